@@ -1,0 +1,38 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch on our machines; elsewhere any torch >= 2.2 works: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+# Tests read the datasets from ../shared/data when it exists (CI), else from the usual search order.
+SHARED_DATA := $(wildcard ../shared/data)
+
+.PHONY: demo test install bench clean-venv fashion-mnist
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST: use any copy the search order finds; else install Debian's dataset package.
+fashion-mnist: $(VENV)/.installed
+	@$(VENV)/bin/robustlr data fashion-mnist >/dev/null 2>&1 || { \
+	  echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: fashion-mnist
+	$(VENV)/bin/robustlr demo
+
+test: $(VENV)/.installed
+	$(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/robustlr bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,47 @@
+"""Metrics of a global model: validation accuracy and loss, base-class accuracy, backdoor accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device: torch.device | None = None) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` (eval mode, in batches)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if labels.numel() == 0:
+        return float("nan")
+    return float((logits.argmax(1) == labels).to(torch.float64).mean())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor, base_class: int,
+             backdoor_x: torch.Tensor, target_class: int) -> dict[str, float]:
+    """The paper's three numbers, as fractions in [0, 1]:
+
+    - ``val_acc`` / ``val_loss``: on the dataset's own test split;
+    - ``base_acc``: accuracy on the clean test images of the base class;
+    - ``backdoor_acc``: share of the base-class test images *with the trojan* classified as
+      the target class.
+    """
+    logits = predict(model, val_x)
+    base_rows = val_y == base_class
+    bd_logits = predict(model, backdoor_x)
+    return {
+        "val_acc": accuracy(logits, val_y),
+        "val_loss": float(F.cross_entropy(logits, val_y)),
+        "base_acc": accuracy(logits[base_rows], val_y[base_rows]),
+        "backdoor_acc": accuracy(bd_logits, torch.full((bd_logits.shape[0],), target_class, dtype=torch.int64)),
+    }

@@ -1,0 +1,205 @@
+"""From a config to a federation: the dataset, the agents' shares, the corrupt agents and
+their poisoned samples, and the evaluation sets. Everything here is computed once per run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustlr import seeding
+from robustlr.attacks.poison import select_poisoned
+from robustlr.attacks.trojans import apply_trojan, dba_parts, trojan_mask
+from robustlr.config import ExperimentConfig
+from robustlr.data import partition as partitioners
+from robustlr.data.base import ImageDataset
+from robustlr.data.store import ENV_DATA_DIR
+
+
+def _trojan_dataset_name(dataset: str) -> str:
+    return {"fashion-mnist": "fashion-mnist", "femnist-leaf": "femnist", "femnist-tff": "femnist", "cifar10": "cifar10"}[
+        dataset
+    ]
+
+
+def _resolve_sources(cfg: ExperimentConfig, data_dir: str | os.PathLike | None) -> list[Path]:
+    roots = [Path(p) for p in (data_dir, os.environ.get(ENV_DATA_DIR)) if p]
+    out = []
+    for src in cfg.data_sources:
+        p = Path(src).expanduser()
+        if p.is_absolute():
+            out.append(p)
+            continue
+        for root in roots:
+            if (root / p).exists():
+                out.append(root / p)
+                break
+        else:
+            searched = ", ".join(str(r / p) for r in roots) or "(no --data-dir and no $" + ENV_DATA_DIR + ")"
+            raise FileNotFoundError(
+                f"data source {src!r} of dataset {cfg.dataset} not found; searched: {searched}. "
+                f"Fix: pass --data-dir pointing at the folder that contains it, or set {ENV_DATA_DIR}, "
+                f"or give an absolute path in data_sources"
+            )
+    return out
+
+
+def load_dataset(cfg: ExperimentConfig, data_dir: str | os.PathLike | None = None) -> ImageDataset:
+    """Load the config's dataset from the documented search order."""
+    if cfg.dataset == "fashion-mnist":
+        from robustlr.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(data_dir=data_dir)
+    if cfg.dataset == "cifar10":
+        from robustlr.data.cifar import load_cifar10
+
+        return load_cifar10(data_dir=data_dir)
+    if cfg.dataset == "femnist-leaf":
+        from robustlr.data.femnist import load_leaf_femnist
+
+        sources = _resolve_sources(cfg, data_dir) if cfg.data_sources else _resolve_sources(
+            cfg.model_copy(update={"data_sources": ["femnist-leaf"]}), data_dir
+        )
+        return load_leaf_femnist(sources, digits_only=cfg.digits_only)
+    if cfg.dataset == "femnist-tff":
+        from robustlr.data.femnist import load_tff_emnist
+
+        if len(cfg.data_sources) != 2:
+            raise ValueError("dataset femnist-tff needs data_sources = [train.h5, test.h5]")
+        train_h5, test_h5 = _resolve_sources(cfg, data_dir)
+        return load_tff_emnist(train_h5, test_h5, digits_only=cfg.digits_only)
+    raise ValueError(f"unknown dataset {cfg.dataset!r}")
+
+
+def stratified_subset(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """``limit`` indices with the classes in the same proportions as ``labels`` (sorted)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts / counts.sum() * limit
+    take = np.floor(share).astype(int)
+    # hand out the remainder to the largest fractional parts, deterministically
+    rest = limit - take.sum()
+    take[np.argsort(-(share - take), kind="stable")[:rest]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False) for c, t in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+@dataclass
+class Federation:
+    """Everything about the agents and the data that stays fixed during a run."""
+
+    dataset: ImageDataset
+    train_x: torch.Tensor  # normalised float32, poisoned rows already trojaned
+    train_y: torch.Tensor  # int64, poisoned rows relabelled to the target class
+    agent_indices: list[np.ndarray]  # per agent, indices into train_x
+    corrupt: np.ndarray  # sorted ids of corrupt agents
+    poisoned_per_agent: dict[int, int]  # corrupt agent id -> number of poisoned samples
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    base_x: torch.Tensor  # clean test images of the base class
+    backdoor_x: torch.Tensor  # the same with the full trojan; all labelled target
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.agent_indices)
+
+    @property
+    def agent_sizes(self) -> np.ndarray:
+        return np.array([len(i) for i in self.agent_indices], dtype=np.int64)
+
+    def is_corrupt(self, agent: int) -> bool:
+        return bool(np.isin(agent, self.corrupt))
+
+
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x.to(torch.float32).div_(255.0) - m).div_(s).contiguous()
+
+
+def partition_agents(cfg: ExperimentConfig, ds: ImageDataset, train_idx: np.ndarray) -> list[np.ndarray]:
+    seed = seeding.seed_of(cfg.seed, seeding.SETUP, 1) % (2**32)
+    labels = ds.train_y.numpy()[train_idx]
+    if cfg.partition == "natural":
+        writers = partitioners.natural(ds)
+        if cfg.train_limit is not None:
+            raise ValueError("train_limit cannot be combined with partition = 'natural'; choose fewer writers with num_agents")
+        if cfg.num_agents is not None:
+            if cfg.num_agents > len(writers):
+                raise ValueError(f"num_agents={cfg.num_agents} but the dataset has {len(writers)} writers")
+            writers = writers[: cfg.num_agents]
+        return [np.asarray(w, dtype=np.int64) for w in writers]
+    k = cfg.num_agents
+    assert k is not None
+    if cfg.partition == "iid":
+        parts = partitioners.iid(len(train_idx), k, seed)
+    elif cfg.partition == "dirichlet":
+        parts = partitioners.dirichlet(labels, k, cfg.dirichlet_alpha, seed)
+    elif cfg.partition == "shards":
+        parts = partitioners.shards(labels, k, cfg.classes_per_client, seed)
+    else:  # pragma: no cover - the config's Literal forbids it
+        raise ValueError(cfg.partition)
+    return [train_idx[np.asarray(p, dtype=np.int64)] for p in parts]
+
+
+def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
+    """Split the data among agents, choose and poison the corrupt agents, build eval sets."""
+    n_train = ds.train_x.shape[0]
+    train_idx = np.arange(n_train)
+    if cfg.train_limit is not None and cfg.partition != "natural":
+        if cfg.train_limit > n_train:
+            raise ValueError(f"train_limit={cfg.train_limit} exceeds the {n_train} training images of {ds.name}")
+        train_idx = stratified_subset(ds.train_y.numpy(), cfg.train_limit, seeding.numpy_rng(cfg.seed, seeding.SUBSET))
+    agents = partition_agents(cfg, ds, train_idx)
+    k = len(agents)
+    n_corrupt = cfg.num_corrupt(k)
+    rng = seeding.numpy_rng(cfg.seed, seeding.SETUP, 2)
+    corrupt = np.sort(rng.choice(k, size=n_corrupt, replace=False)) if n_corrupt else np.zeros(0, dtype=np.int64)
+
+    h, w = ds.image_shape[1:]
+    tname = _trojan_dataset_name(cfg.dataset)
+    full_mask = trojan_mask(cfg.trojan, h, w, dataset=tname)
+    parts = dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=tname) if cfg.attack == "dba" else None
+
+    x = ds.train_x.clone()
+    y = ds.train_y.clone()
+    poisoned: dict[int, int] = {}
+    for i, agent in enumerate(corrupt):
+        idx = select_poisoned(ds.train_y, agents[agent], cfg.base_class, cfg.poison_fraction,
+                              seeding.numpy_rng(cfg.seed, seeding.SETUP, 3, int(agent)))
+        poisoned[int(agent)] = len(idx)
+        if len(idx) == 0:
+            continue
+        mask = full_mask if parts is None else parts[i % len(parts)]
+        t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        x[t] = apply_trojan(x[t], mask, ds.ink)
+        y[t] = cfg.target_class
+
+    test_y = ds.test_y
+    base_rows = torch.nonzero(test_y == cfg.base_class).flatten()
+    base_x_u8 = ds.test_x[base_rows]
+    notes = {
+        "num_agents": k,
+        "num_corrupt": int(n_corrupt),
+        "corrupt_without_base_samples": int(sum(1 for v in poisoned.values() if v == 0)),
+        "poisoned_samples": int(sum(poisoned.values())),
+        "train_samples": int(sum(len(a) for a in agents)),
+        "data_source": ds.source,
+    }
+    return Federation(
+        dataset=ds,
+        train_x=normalise(x, ds.mean, ds.std),
+        train_y=y,
+        agent_indices=agents,
+        corrupt=corrupt.astype(np.int64),
+        poisoned_per_agent=poisoned,
+        val_x=normalise(ds.test_x, ds.mean, ds.std),
+        val_y=test_y.clone(),
+        base_x=normalise(base_x_u8, ds.mean, ds.std),
+        backdoor_x=normalise(apply_trojan(base_x_u8, full_mask, ds.ink), ds.mean, ds.std),
+        notes=notes,
+    )
