@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
-import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,11 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DataFile:
-    """One file of a dataset: its name, its checksum and where it may be found."""
+    """One file of a dataset: its name, its checksum and where it may be found.
+
+    ``hint`` is one more way to fix a missing file, added to the error message (e.g. the
+    system package that installs it).
+    """
 
     name: str
     sha256: str
@@ -44,6 +49,7 @@ class DataFile:
     urls: tuple[str, ...] = ()
     system_dirs: tuple[str, ...] = ()
     checksum_of_decompressed: bool = True
+    hint: str = ""
 
 
 def cache_dir() -> Path:
@@ -71,32 +77,48 @@ def file_sha256(path: Path, decompress: bool) -> str:
     return digest.hexdigest()
 
 
+def _problem(path: Path, spec: DataFile) -> str | None:
+    """Why ``path`` is not a valid copy of ``spec`` (``None`` if it is)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        got = file_sha256(path, spec.checksum_of_decompressed)
+    # A damaged deflate stream raises zlib.error, which is not an OSError.
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"unreadable: {exc}"
+    if got != spec.sha256:
+        return f"corrupt: sha256 {got[:12]}... != expected {spec.sha256[:12]}..."
+    return None
+
+
 @dataclass
 class _Search:
     tried: list[str] = field(default_factory=list)
 
     def check(self, label: str, path: Path, spec: DataFile) -> bool:
-        if not path.is_file():
-            self.tried.append(f"{label}: {path} (missing)")
-            return False
-        try:
-            got = file_sha256(path, spec.checksum_of_decompressed)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            self.tried.append(f"{label}: {path} (unreadable: {exc})")
-            return False
-        if got != spec.sha256:
-            self.tried.append(f"{label}: {path} (corrupt: sha256 {got[:12]}... != expected {spec.sha256[:12]}...)")
-            return False
-        return True
+        problem = _problem(path, spec)
+        if problem is not None:
+            self.tried.append(f"{label}: {path} ({problem})")
+        return problem is None
 
 
-def _download(url: str, dest: Path, timeout: float) -> None:
+def _download(url: str, dest: Path, timeout: float, search: _Search, spec: DataFile) -> bool:
+    """Download ``url`` and move it to ``dest`` only once it has passed the checksum.
+
+    The partial file keeps ``dest``'s name as its suffix (so a ``.gz`` is still checked on its
+    decompressed bytes) and is removed whatever happens, so a bad download never reaches the cache.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix="-" + dest.name, dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out)
+        problem = _problem(Path(tmp), spec)
+        if problem is not None:
+            search.tried.append(f"download: {url} ({problem}; discarded)")
+            return False
         os.replace(tmp, dest)
+        return True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -126,20 +148,27 @@ def locate(
         dest = cache_dir() / spec.subdir / spec.name
         for url in spec.urls:
             try:
-                _download(url, dest, timeout)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                if _download(url, dest, timeout, search, spec):
+                    return dest
+            # URLError and timeouts are OSErrors; a truncated body raises http.client.IncompleteRead
+            # (an HTTPException) and a malformed URL a ValueError.
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 search.tried.append(f"download: {url} ({exc})")
-                continue
-            if search.check(f"download from {url}", dest, spec):
-                return dest
-            dest.unlink(missing_ok=True)
     elif spec.urls:
         search.tried.append("download: disabled")
     places = "\n  ".join(search.tried)
+    fixes = [
+        f"put the file in a folder and pass --data-dir FOLDER (it may sit in FOLDER/{spec.subdir}/)",
+        f"or set {ENV_DATA_DIR}=FOLDER",
+        f"or place it in {cache_dir() / spec.subdir}",
+    ]
+    if spec.hint:
+        fixes.append(f"or {spec.hint}")
+    if spec.urls:
+        fixes.append("or run once with network access to download it" if allow_download
+                     else f"or allow downloads (from {spec.urls[0]})")
     raise DataNotFoundError(
         f"could not find a valid copy of {spec.subdir}/{spec.name} (sha256 {spec.sha256}).\n"
         f"Searched, in order:\n  {places}\n"
-        f"Fix: put the file in a folder and pass --data-dir FOLDER (it may sit in FOLDER/{spec.subdir}/), "
-        f"or set {ENV_DATA_DIR}=FOLDER, or place it in {cache_dir() / spec.subdir}"
-        + (", or run once with network access to download it." if spec.urls else ".")
+        f"Fix: " + ", ".join(fixes) + "."
     )
