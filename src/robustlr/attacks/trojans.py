@@ -1,0 +1,277 @@
+"""Trojan patterns: where they sit, how they are drawn, and how they split for DBA.
+
+A trojan is a boolean mask of shape (H, W); :func:`apply_trojan` sets the masked pixels to one
+value (the dataset's ink, :attr:`robustlr.data.ImageDataset.ink`) in every channel.
+
+The four trojans of the paper (Ozdayi et al. 2021, main text and appendix, after Liu et al. 2018):
+
+``plus`` (top-left)
+    Two bars of equal odd length crossing at their middles. Positions as in the authors'
+    published code (``add_pattern_bd``):
+
+    ============== ====== ========= ================================================
+    dataset        length centre    pixels
+    ============== ====== ========= ================================================
+    fashion-mnist  5      (7, 5)    vertical rows 5..9 at column 5; horizontal row 7,
+                                    columns 3..7 (9 pixels)
+    femnist        5      (10, 8)   vertical rows 8..12 at column 8; horizontal row 10,
+                                    columns 6..10 (the Fashion-MNIST plus moved by 3
+                                    rows and 3 columns, 9 pixels)
+    cifar10        7      (8, 5)    vertical rows 5..11 at column 5; horizontal row 8,
+                                    columns 2..8 (13 pixels)
+    ============== ====== ========= ================================================
+
+``square`` (bottom-right)
+    5x5 pixels two pixels in from the bottom and right edges: rows and columns 21..25 on a
+    28x28 image as in the paper; rows and columns 25..29 on CIFAR-10's 32x32 (same size and
+    same margin, rather than scaled).
+
+``copyright`` and ``apple`` (bottom-right)
+    Drawn in code, not read from image files: each shape is defined in a unit square by
+    circles and ellipses, sampled on an 8x8 sub-pixel grid per pixel, and a pixel belongs to
+    the logo when at least half of its sub-pixels do. The logo box is ``round(9 * min(H, W) / 28)``
+    pixels wide (9 on 28x28, 10 on 32x32) and sits one pixel in from the bottom and right
+    edges (rows and columns 18..26 on 28x28), about where the authors' resized logo images land.
+
+    - copyright: a one-pixel ring filling the box, and inside it a "C": a one-pixel arc of
+      radius two pixels around the centre with its opening (the 100 degrees around "east") to
+      the right.
+    - apple: the body is the union of two overlapping discs (radius 0.33 of the box, centres
+      0.28 apart), a disc of radius 0.26 centred on the right edge bites into its right side,
+      and a leaf (an ellipse, semi-axes 0.17 x 0.09, tilted 45 degrees) sits above it.
+
+Distributed backdoor (DBA, Xie et al. 2019), :func:`dba_parts`: the plus in 4 parts is split
+into its four bar halves in the authors' order (upper vertical, lower vertical, left
+horizontal, right horizontal). The centre pixel belongs to the *upper vertical* part only; the
+horizontal halves are the pixels left and right of the centre. (The authors' code lets the
+parts overlap around the centre; ours are disjoint.) Any other trojan, or another number of
+parts, is split into ``n`` spatial pieces: the mask's pixels sorted by column then row and cut
+into ``n`` contiguous groups whose sizes differ by at most one (left-to-right strips).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TROJANS = ("plus", "square", "copyright", "apple")
+
+DATASETS = ("fashion-mnist", "femnist", "cifar10")
+_DATASET_ALIASES = {
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "femnist": "femnist",
+    "fedemnist": "femnist",
+    "cifar10": "cifar10",
+}
+
+
+@dataclass(frozen=True)
+class _PlusGeometry:
+    row: int  # centre row: the horizontal bar's row
+    col: int  # centre column: the vertical bar's column
+    length: int  # pixels in each bar (odd)
+
+
+_PLUS = {
+    "fashion-mnist": _PlusGeometry(row=7, col=5, length=5),
+    "femnist": _PlusGeometry(row=10, col=8, length=5),
+    "cifar10": _PlusGeometry(row=8, col=5, length=7),
+}
+
+_SQUARE_SIZE = 5
+_SQUARE_MARGIN = 2
+_SUBPIXELS = 8
+
+
+def canonical_dataset(dataset: str) -> str:
+    """The dataset's canonical name for trojan placement (``"fmnist"`` -> ``"fashion-mnist"``)."""
+    key = str(dataset).lower().replace("-", "").replace("_", "")
+    if key not in _DATASET_ALIASES:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (or fmnist, fedemnist), got {dataset!r}")
+    return _DATASET_ALIASES[key]
+
+
+def _check_name(name: str) -> None:
+    if name not in TROJANS:
+        raise ValueError(f"trojan must be one of {', '.join(TROJANS)}, got {name!r}")
+
+
+def _check_size(height: int, width: int) -> None:
+    for label, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{label} must be a positive integer, got {v!r}")
+
+
+def _plus(height: int, width: int, dataset: str) -> np.ndarray:
+    g = _PLUS[dataset]
+    half = g.length // 2
+    if g.row + half >= height or g.col + half >= width:
+        raise ValueError(f"the {dataset} plus (centre {(g.row, g.col)}, bars of {g.length}) does not fit a {height}x{width} image")
+    m = np.zeros((height, width), dtype=bool)
+    m[g.row - half : g.row + half + 1, g.col] = True
+    m[g.row, g.col - half : g.col + half + 1] = True
+    return m
+
+
+def _square(height: int, width: int) -> np.ndarray:
+    need = _SQUARE_SIZE + _SQUARE_MARGIN
+    if height < need or width < need:
+        raise ValueError(f"the square trojan needs an image of at least {need}x{need}, got {height}x{width}")
+    m = np.zeros((height, width), dtype=bool)
+    m[height - need : height - _SQUARE_MARGIN, width - need : width - _SQUARE_MARGIN] = True
+    return m
+
+
+def _unit_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel centres of a size x size box in unit coordinates: u to the right, v down."""
+    c = (np.arange(size * _SUBPIXELS) + 0.5) / (size * _SUBPIXELS)
+    v, u = np.meshgrid(c, c, indexing="ij")
+    return u, v
+
+
+def _to_pixels(fine: np.ndarray, size: int) -> np.ndarray:
+    coverage = fine.reshape(size, _SUBPIXELS, size, _SUBPIXELS).mean(axis=(1, 3))
+    return coverage >= 0.5
+
+
+def _copyright_logo(size: int) -> np.ndarray:
+    u, v = _unit_grid(size)
+    px = 1.0 / size
+    r = np.hypot(u - 0.5, v - 0.5)
+    ring = (r <= 0.5) & (r >= 0.5 - px)
+    angle = np.degrees(np.arctan2(v - 0.5, u - 0.5))  # 0 = pointing right
+    letter_c = (np.abs(r - 2 * px) <= 0.5 * px) & (np.abs(angle) > 50)
+    return _to_pixels(ring | letter_c, size)
+
+
+def _apple_logo(size: int) -> np.ndarray:
+    u, v = _unit_grid(size)
+    body = (np.hypot(u - 0.36, v - 0.64) <= 0.33) | (np.hypot(u - 0.64, v - 0.64) <= 0.33)
+    bite = np.hypot(u - 1.0, v - 0.52) <= 0.26
+    tilt = np.radians(-45)
+    du, dv = u - 0.62, v - 0.14
+    along = du * np.cos(tilt) + dv * np.sin(tilt)
+    across = -du * np.sin(tilt) + dv * np.cos(tilt)
+    leaf = (along / 0.17) ** 2 + (across / 0.09) ** 2 <= 1
+    return _to_pixels((body & ~bite) | leaf, size)
+
+
+def _logo(name: str, height: int, width: int) -> np.ndarray:
+    side = min(height, width)
+    size = max(1, round(9 * side / 28))
+    margin = max(1, round(side / 28))
+    if size + margin > side:
+        raise ValueError(f"the {name} trojan does not fit a {height}x{width} image")
+    logo = _copyright_logo(size) if name == "copyright" else _apple_logo(size)
+    m = np.zeros((height, width), dtype=bool)
+    m[height - margin - size : height - margin, width - margin - size : width - margin] = logo
+    return m
+
+
+def _mask_np(name: str, height: int, width: int, dataset: str) -> np.ndarray:
+    _check_name(name)
+    _check_size(height, width)
+    dataset = canonical_dataset(dataset)
+    if name == "plus":
+        return _plus(height, width, dataset)
+    if name == "square":
+        return _square(height, width)
+    return _logo(name, height, width)
+
+
+def trojan_mask(name: str, height: int = 28, width: int = 28, dataset: str = "fashion-mnist") -> torch.Tensor:
+    """The pixels of a trojan on a ``height`` x ``width`` image of ``dataset``.
+
+    Args:
+        name: one of :data:`TROJANS`.
+        height, width: image size.
+        dataset: ``"fashion-mnist"`` (alias ``"fmnist"``), ``"femnist"`` (alias
+            ``"fedemnist"``) or ``"cifar10"``; it decides where the plus sits.
+
+    Returns:
+        A bool tensor of shape (height, width), True on the trojan's pixels.
+
+    Example:
+        >>> m = trojan_mask("plus")
+        >>> sorted(map(tuple, m.nonzero().tolist()))[:3]
+        [(5, 5), (6, 5), (7, 3)]
+        >>> int(m.sum())
+        9
+    """
+    return torch.from_numpy(_mask_np(name, height, width, dataset))
+
+
+def apply_trojan(x: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Tensor:
+    """A copy of the images ``x`` with the ``mask`` pixels set to ``value`` in every channel.
+
+    Args:
+        x: uint8 images of shape (N, C, H, W).
+        mask: bool tensor of shape (H, W), e.g. from :func:`trojan_mask`.
+        value: the pixel value 0..255 (usually the dataset's ``ink``).
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a uint8 tensor of shape (N, C, H, W), got {got}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[-2:]):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[-2:])}, got {got}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 255:
+        raise ValueError(f"value must be an integer pixel value in 0..255, got {value!r}")
+    out = x.clone()
+    out[:, :, mask.to(x.device)] = int(value)
+    return out
+
+
+def _plus_halves(mask: np.ndarray, dataset: str) -> list[np.ndarray]:
+    g = _PLUS[dataset]
+    rows, cols = np.nonzero(mask)
+    vertical = cols == g.col
+    horizontal = (rows == g.row) & ~vertical  # the centre pixel stays with the vertical bar
+    groups = [
+        vertical & (rows <= g.row),  # upper vertical, centre included
+        vertical & (rows > g.row),  # lower vertical
+        horizontal & (cols < g.col),  # left horizontal
+        horizontal & (cols > g.col),  # right horizontal
+    ]
+    parts = []
+    for sel in groups:
+        part = np.zeros_like(mask)
+        part[rows[sel], cols[sel]] = True
+        parts.append(part)
+    return parts
+
+
+def _strips(mask: np.ndarray, n_parts: int) -> list[np.ndarray]:
+    rows, cols = np.nonzero(mask)
+    order = np.lexsort((rows, cols))  # by column, then row
+    parts = []
+    for chunk in np.array_split(order, n_parts):
+        part = np.zeros_like(mask)
+        part[rows[chunk], cols[chunk]] = True
+        parts.append(part)
+    return parts
+
+
+def dba_parts(
+    name: str, n_parts: int, height: int = 28, width: int = 28, dataset: str = "fashion-mnist"
+) -> list[torch.Tensor]:
+    """Split a trojan into ``n_parts`` disjoint, non-empty masks whose union is the trojan.
+
+    Corrupt agent ``i`` of a distributed backdoor uses part ``i % n_parts``; evaluation uses the
+    full :func:`trojan_mask`. See the module docstring for how each trojan is split.
+
+    Raises:
+        ValueError: ``n_parts`` is not a positive integer or exceeds the trojan's pixel count.
+    """
+    mask = _mask_np(name, height, width, dataset)
+    n_pixels = int(mask.sum())
+    if isinstance(n_parts, bool) or not isinstance(n_parts, (int, np.integer)) or not 1 <= n_parts <= n_pixels:
+        raise ValueError(f"n_parts must be an integer in 1..{n_pixels} (the {name} trojan's pixels), got {n_parts!r}")
+    if name == "plus" and n_parts == 4:
+        parts = _plus_halves(mask, canonical_dataset(dataset))
+    else:
+        parts = _strips(mask, n_parts)
+    return [torch.from_numpy(p) for p in parts]

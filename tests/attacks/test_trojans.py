@@ -1,0 +1,209 @@
+"""Trojan masks, applying them, and their DBA parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustlr.attacks.trojans import TROJANS, apply_trojan, dba_parts, trojan_mask
+
+
+def pixels(mask: torch.Tensor) -> set[tuple[int, int]]:
+    return {(int(r), int(c)) for r, c in mask.nonzero().tolist()}
+
+
+# Fashion-MNIST plus: vertical bar rows 5..9 at column 5, horizontal bar row 7 columns 3..7.
+FMNIST_PLUS = {(5, 5), (6, 5), (7, 5), (8, 5), (9, 5), (7, 3), (7, 4), (7, 6), (7, 7)}
+# FEMNIST: the same plus moved 3 rows down and 3 columns right (authors' start index 8).
+FEMNIST_PLUS = {(8, 8), (9, 8), (10, 8), (11, 8), (12, 8), (10, 6), (10, 7), (10, 9), (10, 10)}
+# CIFAR-10 (authors' code): vertical rows 5..11 at column 5, horizontal row 8 columns 2..8.
+CIFAR_PLUS = {(r, 5) for r in range(5, 12)} | {(8, c) for c in range(2, 9)}
+
+
+def test_plus_fashion_mnist_exact_pixels():
+    m = trojan_mask("plus", 28, 28, "fashion-mnist")
+    assert m.dtype == torch.bool and m.shape == (28, 28)
+    assert pixels(m) == FMNIST_PLUS
+    assert int(m.sum()) == 9
+    assert pixels(trojan_mask("plus")) == FMNIST_PLUS  # the defaults are Fashion-MNIST's
+    assert pixels(trojan_mask("plus", dataset="fmnist")) == FMNIST_PLUS
+
+
+@pytest.mark.parametrize("alias", ["femnist", "fedemnist", "FEMNIST"])
+def test_plus_femnist(alias):
+    assert pixels(trojan_mask("plus", 28, 28, alias)) == FEMNIST_PLUS
+
+
+@pytest.mark.parametrize("alias", ["cifar10", "cifar-10", "CIFAR10"])
+def test_plus_cifar10(alias):
+    m = trojan_mask("plus", 32, 32, alias)
+    assert m.shape == (32, 32)
+    assert pixels(m) == CIFAR_PLUS and len(CIFAR_PLUS) == 13
+
+
+def test_square_coordinates():
+    for dataset in ("fashion-mnist", "femnist"):
+        assert pixels(trojan_mask("square", 28, 28, dataset)) == {(r, c) for r in range(21, 26) for c in range(21, 26)}
+    # 32x32: the same 5x5 block, two pixels in from the bottom and right edges
+    assert pixels(trojan_mask("square", 32, 32, "cifar10")) == {(r, c) for r in range(25, 30) for c in range(25, 30)}
+
+
+@pytest.mark.parametrize("name", ["copyright", "apple"])
+@pytest.mark.parametrize("size,dataset", [(28, "fashion-mnist"), (28, "femnist"), (32, "cifar10")])
+def test_logos_nonempty_in_bottom_right_quadrant(name, size, dataset):
+    m = trojan_mask(name, size, size, dataset)
+    assert m.shape == (size, size) and m.dtype == torch.bool
+    rows, cols = m.nonzero().unbind(1)
+    assert len(rows) >= 25
+    assert rows.min() >= size // 2 and cols.min() >= size // 2
+    assert rows.max() <= size - 2 and cols.max() <= size - 2  # one-pixel margin
+    assert not m[: size // 2].any() and not m[:, : size // 2].any()
+
+
+def test_logos_differ_from_each_other_and_from_square():
+    masks = {n: trojan_mask(n) for n in TROJANS}
+    for a in TROJANS:
+        for b in TROJANS:
+            if a < b:
+                assert not torch.equal(masks[a], masks[b])
+
+
+def test_copyright_is_a_ring_with_hollow_gap():
+    m = trojan_mask("copyright")
+    # the 9x9 box at rows/cols 18..26: its four edge midpoints are on the ring, the centre is empty
+    assert m[18, 22] and m[26, 22] and m[22, 18] and m[22, 26]
+    assert not m[22, 22]
+    # the C opens to the right: its left stroke is drawn, the right side of the inner circle is not
+    assert m[22, 20] and not m[22, 24]
+
+
+def test_masks_are_fresh_tensors():
+    a = trojan_mask("plus")
+    a[0, 0] = True
+    assert not trojan_mask("plus")[0, 0]
+
+
+def test_bad_names_and_sizes():
+    with pytest.raises(ValueError, match=r"trojan must be one of plus, square, copyright, apple, got 'star'"):
+        trojan_mask("star")
+    with pytest.raises(ValueError, match=r"dataset must be one of fashion-mnist, femnist, cifar10.*got 'mnist'"):
+        trojan_mask("plus", dataset="mnist")
+    with pytest.raises(ValueError, match="height must be a positive integer, got 0"):
+        trojan_mask("square", 0, 28)
+    with pytest.raises(ValueError, match="does not fit a 8x8 image"):
+        trojan_mask("plus", 8, 8)
+    with pytest.raises(ValueError, match="at least 7x7"):
+        trojan_mask("square", 6, 6)
+
+
+# --- apply_trojan ---
+
+
+def _images(n=4, c=3, h=28, w=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 200, (n, c, h, w), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("name", TROJANS)
+def test_apply_trojan_changes_only_masked_pixels_in_every_channel(name):
+    x = _images()
+    before = x.clone()
+    mask = trojan_mask(name)
+    out = apply_trojan(x, mask, 255)
+    assert torch.equal(x, before)  # input untouched
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert (out[:, :, mask] == 255).all()
+    assert torch.equal(out[:, :, ~mask], x[:, :, ~mask])
+
+
+def test_apply_trojan_value_zero_and_single_channel():
+    x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    out = apply_trojan(x, trojan_mask("plus", dataset="femnist"), 0)
+    assert int((out == 0).sum()) == 2 * 9
+
+
+def test_apply_trojan_validates():
+    x = _images()
+    with pytest.raises(ValueError, match="uint8 tensor of shape"):
+        apply_trojan(x.float(), trojan_mask("plus"), 255)
+    with pytest.raises(ValueError, match="uint8 tensor of shape"):
+        apply_trojan(x[0], trojan_mask("plus"), 255)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(28, 28\)"):
+        apply_trojan(x, trojan_mask("plus", 32, 32, "cifar10"), 255)
+    with pytest.raises(ValueError, match="value must be an integer pixel value in 0..255, got 256"):
+        apply_trojan(x, trojan_mask("plus"), 256)
+
+
+# --- DBA ---
+
+
+def _check_partition(parts, full):
+    assert all(p.dtype == torch.bool and p.shape == full.shape for p in parts)
+    assert all(p.any() for p in parts)
+    total = torch.stack(parts).sum(0)
+    assert int(total.max()) == 1  # disjoint
+    assert torch.equal(total.bool(), full)  # union is the full trojan
+
+
+def test_dba_plus_four_bar_halves_fashion_mnist():
+    parts = dba_parts("plus", 4, 28, 28, "fashion-mnist")
+    _check_partition(parts, trojan_mask("plus"))
+    # upper vertical (with the centre), lower vertical, left horizontal, right horizontal
+    assert [pixels(p) for p in parts] == [
+        {(5, 5), (6, 5), (7, 5)},
+        {(8, 5), (9, 5)},
+        {(7, 3), (7, 4)},
+        {(7, 6), (7, 7)},
+    ]
+
+
+def test_dba_plus_four_bar_halves_cifar10():
+    parts = dba_parts("plus", 4, 32, 32, "cifar10")
+    _check_partition(parts, trojan_mask("plus", 32, 32, "cifar10"))
+    assert [pixels(p) for p in parts] == [
+        {(5, 5), (6, 5), (7, 5), (8, 5)},
+        {(9, 5), (10, 5), (11, 5)},
+        {(8, 2), (8, 3), (8, 4)},
+        {(8, 6), (8, 7), (8, 8)},
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,n,size,dataset",
+    [
+        ("plus", 4, 28, "femnist"),
+        ("plus", 2, 28, "fashion-mnist"),
+        ("plus", 9, 28, "fashion-mnist"),
+        ("square", 3, 28, "fashion-mnist"),
+        ("square", 4, 32, "cifar10"),
+        ("copyright", 4, 28, "fashion-mnist"),
+        ("copyright", 3, 32, "cifar10"),
+        ("apple", 4, 28, "fashion-mnist"),
+        ("apple", 5, 32, "cifar10"),
+        ("square", 1, 28, "fashion-mnist"),
+    ],
+)
+def test_dba_parts_partition_the_trojan(name, n, size, dataset):
+    parts = dba_parts(name, n, size, size, dataset)
+    assert len(parts) == n
+    _check_partition(parts, trojan_mask(name, size, size, dataset))
+    sizes = [int(p.sum()) for p in parts]
+    if not (name == "plus" and n == 4):
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_dba_square_three_strips_left_to_right():
+    parts = dba_parts("square", 3)
+    assert [int(p.sum()) for p in parts] == [9, 8, 8]
+    # sorted by column then row: part 0 is columns 21..22 (first 9 pixels), and so on
+    assert pixels(parts[0]) == {(r, 21) for r in range(21, 26)} | {(r, 22) for r in range(21, 25)}
+    assert max(c for _, c in pixels(parts[0])) <= min(c for _, c in pixels(parts[2]))
+
+
+def test_dba_bad_part_counts():
+    with pytest.raises(ValueError, match=r"n_parts must be an integer in 1..9 \(the plus trojan's pixels\), got 10"):
+        dba_parts("plus", 10)
+    with pytest.raises(ValueError, match="n_parts must be an integer in 1..25"):
+        dba_parts("square", 0)
+    with pytest.raises(ValueError, match="trojan must be one of"):
+        dba_parts("cross", 4)
