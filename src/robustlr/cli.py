@@ -147,6 +147,58 @@ def show_config(
     console.print_json(cfg.to_json())
 
 
+@app.command()
+def data(
+    dataset: str = typer.Argument("fashion-mnist", help="fashion-mnist (more datasets: see the README)"),
+    data_dir: Optional[Path] = DataDirOpt,
+    download: bool = typer.Option(False, "--download", help="download missing files into the cache when online"),
+) -> None:
+    """Show where each file of a dataset is found (verified by sha256); exit 1 if one is missing."""
+    from robustlr.data.store import DataNotFoundError, locate
+
+    if dataset != "fashion-mnist":
+        _fail(f"unknown dataset {dataset!r}; `robustlr data` checks: fashion-mnist")
+    from robustlr.data.fashion_mnist import DATASET_FILES
+
+    missing = False
+    for key, spec in DATASET_FILES.items():
+        try:
+            path = locate(spec, data_dir=data_dir, allow_download=download)
+            console.print(f"{key:<13} {path}")
+        except DataNotFoundError as exc:
+            missing = True
+            err.print(f"{key:<13} [red]missing[/]\n{exc}", highlight=False)
+    if missing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    preset: str = typer.Option("iid-fedavg", "--preset", help="the setting to time (the paper's iid setting by default)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    steps: int = typer.Option(6, "--steps", help="batches per agent per timed repeat"),
+    repeats: int = typer.Option(3, "--repeats", help="timed repeats after one warm-up (median reported)"),
+    aggregation: bool = typer.Option(False, "--aggregation", help="time the aggregation rules instead "
+                                     "(n = 10, 40, 100 agents x 1.2 M parameters)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Measure speed as ratios taken in one run: our engines vs a naive loop and vs the compute floor."""
+    say = (lambda m: err.print(f"[dim]{m}[/]")) if not as_json else (lambda m: None)
+    if aggregation:
+        from robustlr.aggregation.bench import format_table, run_benchmark
+
+        rows = run_benchmark(device=device)
+        console.print_json(json.dumps(rows)) if as_json else console.print(format_table(rows), highlight=False)
+        return
+    from robustlr.bench import format_bench, run_bench
+
+    res = run_bench(preset=preset, device=device, steps=steps, repeats=repeats, progress=say)
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_bench(res), highlight=False)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from robustlr import seeding
 from robustlr.aggregation import ParamLayout
+from robustlr.models.common import make_dropout_masks
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,22 @@ class SequentialTrainer:
         opt = torch.optim.SGD(self.params, lr=self.s.lr, momentum=self.s.momentum)
         idx = torch.as_tensor(indices, dtype=torch.int64)
         start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 else None
-        # dropout draws from torch's default generator: fork it so that the caller's stream is untouched
+        drop_gen = seeding.torch_generator(self.s.seed, seeding.DROPOUT, round_, agent)
+        shapes = model.dropout_shapes() if hasattr(model, "dropout_shapes") else None
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.precision == "bf16" else nullcontext()
+        # models without explicit dropout masks draw from torch's default generator: seed a fork of it
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(seeding.seed_of(self.s.seed, seeding.DROPOUT, round_, agent))
-            autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                        if self.s.precision == "bf16" else nullcontext())
             for pos in self.batches(len(indices), round_, agent):
                 rows = idx[pos]
                 xb = self.x[rows].to(self.device, non_blocking=True)
                 yb = self.y[rows].to(self.device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 with autocast:
-                    out = model(xb)
+                    if shapes is not None:
+                        out = model(xb, make_dropout_masks(shapes, len(rows), drop_gen, self.device))
+                    else:
+                        out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)
                 if loss_sign != 1.0:
                     loss = loss * loss_sign

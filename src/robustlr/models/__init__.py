@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from robustlr.models.common import make_dropout_masks
 from robustlr.models.mnist import MnistCNN
 
 MODELS = ("mnist-cnn", "cifar-cnn", "cifar-cnn-bn")
@@ -27,4 +28,4 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
-__all__ = ["MODELS", "MnistCNN", "build_model"]
+__all__ = ["MODELS", "MnistCNN", "build_model", "make_dropout_masks"]
