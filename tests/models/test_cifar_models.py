@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 from robustlr.models.cifar import CIFAR_MODELS, CifarCNN, build_cifar_model
 
@@ -101,3 +101,21 @@ def test_dropout_follows_the_torch_seed():
     assert torch.equal(a, b) and not torch.equal(b, c)
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+def test_explicit_dropout_masks():
+    torch.manual_seed(4)
+    model = CifarCNN()
+    assert model.dropout_shapes() == [((1024,), 0.5), ((128,), 0.5), ((256,), 0.5)]
+    x = torch.randn(2, 3, 32, 32)
+    ones = [torch.ones(2, *shape) for shape, _ in model.dropout_shapes()]
+    expected = model.eval()(x)
+    model.train()
+    assert torch.allclose(model(x, ones), expected)  # all-kept masks: no dropout at all
+    last_off = ones[:2] + [torch.zeros(2, 256)]
+    assert torch.allclose(model(x, last_off), model.fc3.bias.expand(2, -1))
+    # what the vectorised engine does: per-agent parameters, batches and masks under vmap
+    params = {k: torch.stack([v.detach(), v.detach() * 0.5]) for k, v in model.named_parameters()}
+    xs, masks = torch.stack([x, x]), [torch.stack([m, m]) for m in ones]
+    out = vmap(lambda p, xb, ms: functional_call(model, p, (xb, ms)))(params, xs, masks)
+    assert out.shape == (2, 2, 10) and torch.allclose(out[0], expected, atol=1e-6)

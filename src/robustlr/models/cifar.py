@@ -8,6 +8,8 @@ written anew here; the two deliberate differences are listed in :class:`CifarCNN
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,8 +61,17 @@ class CifarCNN(nn.Module):
       ordinary per-image flatten and is written as one here.
 
     Parameters are plain leaves and the forward pass has no in-place operations, so the
-    model works with ``torch.func.functional_call``. Dropout draws from the global torch
-    generator, so a caller that seeds it per client gets reproducible masks.
+    model works with ``torch.func.functional_call`` (and, without batch norm, ``vmap``).
+    Dropout follows the simulator's protocol (as :class:`~robustlr.models.mnist.MnistCNN`):
+    ``forward(x, dropout_masks)`` takes one mask per dropout layer, of shape
+    ``(batch, *shape)`` for each shape in :meth:`dropout_shapes` and holding 0 or
+    ``1 / (1 - p)``, so each agent's masks come from its own generator; without masks (or in
+    eval mode) the ``nn.Dropout`` layers are used as usual.
+
+    >>> sum(p.numel() for p in CifarCNN().parameters())
+    537610
+    >>> sum(p.numel() for p in CifarCNN(batch_norm=True).parameters())
+    538058
     """
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False) -> None:
@@ -84,14 +95,23 @@ class CifarCNN(nn.Module):
         self.drop3 = nn.Dropout(0.5)
         self.fc3 = nn.Linear(256, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dropout_shapes(self) -> list[tuple[tuple[int, ...], float]]:
+        """Per-sample mask shape and drop probability of each dropout layer, in forward order."""
+        return [((256 * 2 * 2,), self.drop1.p), ((128,), self.drop2.p), ((256,), self.drop3.p)]
+
+    def forward(self, x: torch.Tensor, dropout_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         x = F.max_pool2d(F.relu(self.bn3(self.conv3(x))), 2)
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(self.drop1(x)))
-        x = F.relu(self.fc2(self.drop2(x)))
-        return self.fc3(self.drop3(x))
+        x = F.relu(self.fc1(self._drop(x, 0, self.drop1, dropout_masks)))
+        x = F.relu(self.fc2(self._drop(x, 1, self.drop2, dropout_masks)))
+        return self.fc3(self._drop(x, 2, self.drop3, dropout_masks))
+
+    def _drop(self, x: torch.Tensor, i: int, layer: nn.Dropout, masks: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        if masks is None or not self.training:
+            return layer(x)
+        return x * masks[i]
 
 
 def build_cifar_model(name: str, num_classes: int = 10) -> CifarCNN:
