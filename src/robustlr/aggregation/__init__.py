@@ -1,0 +1,41 @@
+"""Aggregation rules over a stacked update matrix, and the robust learning rate.
+
+Every rule is a callable object ``rule(updates, weights=None, agent_ids=None) -> Tensor``:
+``updates`` is an ``(n_agents, n_params)`` float tensor whose rows are the agents' updates
+(new local weights minus global weights), ``weights`` optional per-agent dataset sizes and
+``agent_ids`` optional ids (FoolsGold needs them). The result is ``(n_params,)``, with the
+dtype and device of ``updates``; ``rule.telemetry`` holds the last call's telemetry.
+
+Wrappers take another rule: ``RobustLR(FedAvg(), threshold=4)``,
+``RobustLR(ClipAndNoise(FedAvg(), clip_norm=4, noise_sigma=1e-3), threshold=4)``.
+
+>>> import torch
+>>> from robustlr.aggregation import FedAvg, RobustLR
+>>> U = torch.tensor([[1.0, -2.0, 3.0], [1.0, 2.0, -3.0], [1.0, 2.0, 3.0]])
+>>> RobustLR(FedAvg(), threshold=2)(U)
+tensor([ 1.0000, -0.6667, -1.0000])
+"""
+
+from .base import AggregationRule, sign_vote, validate_inputs
+from .clip import ClipAndNoise, clip_updates
+from .foolsgold import FoolsGold, foolsgold_weights
+from .layout import LayoutEntry, ParamLayout
+from .rlr import RobustLR, threshold_range
+from .rules import CoordinateMedian, FedAvg, SignAggregation
+
+__all__ = [
+    "AggregationRule",
+    "FedAvg",
+    "CoordinateMedian",
+    "SignAggregation",
+    "FoolsGold",
+    "ClipAndNoise",
+    "RobustLR",
+    "ParamLayout",
+    "LayoutEntry",
+    "threshold_range",
+    "clip_updates",
+    "foolsgold_weights",
+    "sign_vote",
+    "validate_inputs",
+]

@@ -1,0 +1,236 @@
+"""The aggregation-rule protocol, input validation, and the sign vote shared by several rules.
+
+Every rule is a callable object::
+
+    rule(updates, weights=None, agent_ids=None) -> Tensor
+
+``updates`` is an ``(n_agents, n_params)`` floating-point tensor whose row k is agent k's
+update (its new local weights minus the global weights), ``weights`` optional per-agent
+sizes ``n_k``, and ``agent_ids`` optional hashable ids (only stateful rules such as
+FoolsGold need them). The result is an ``(n_params,)`` tensor with the dtype and device of
+``updates``. The last call's telemetry is kept in ``rule.telemetry``.
+
+Validation happens once, in :meth:`AggregationRule.__call__`. Wrappers (``RobustLR``,
+``ClipAndNoise``) call the wrapped rule's :meth:`AggregationRule.aggregate_validated`, so a
+stack of wrappers reads the update matrix for validation only once.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["AggregationRule", "sign_vote", "validate_inputs", "column_chunk"]
+
+# Column blocks of about this many elements (4 MiB of float32) keep a block of the update
+# matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
+_CPU_CHUNK_ELEMENTS = 1 << 20
+# On accelerators a block only bounds the size of temporaries.
+_ACCEL_CHUNK_ELEMENTS = 1 << 26
+
+
+def column_chunk(n_rows: int, device: torch.device) -> int:
+    """Number of columns per block when a rule walks an ``(n_rows, n)`` matrix in blocks."""
+    budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCEL_CHUNK_ELEMENTS
+    return max(1024, budget // max(1, n_rows))
+
+
+def sign_vote(updates: Tensor) -> Tensor:
+    """Per coordinate, ``sum_k sign(updates[k, i])`` as a float32 ``(n_params,)`` tensor.
+
+    ``sign(0) = 0``. The vote is exact (an integer) for fewer than 2**24 agents. The matrix is
+    walked in column blocks, so no second ``(n_agents, n_params)`` matrix is materialised;
+    only one block of signs at a time.
+
+    >>> sign_vote(torch.tensor([[1.0, -2.0, 0.0], [3.0, 4.0, -5.0]]))
+    tensor([ 2.,  0., -1.])
+    """
+    n_agents, n_params = updates.shape
+    vote = torch.empty(n_params, dtype=torch.float32, device=updates.device)
+    step = column_chunk(n_agents, updates.device)
+    for start in range(0, n_params, step):
+        block = updates[:, start : start + step]
+        torch.sum(torch.sign(block), dim=0, dtype=torch.float32, out=vote[start : start + step])
+    return vote
+
+
+def _as_weights(weights: Any, n_agents: int, updates: Tensor) -> Tensor:
+    if isinstance(weights, Tensor):
+        w64 = weights.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            w64 = torch.as_tensor(weights, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"weights must be a 1-D tensor or sequence of numbers (one size per agent); "
+                f"could not convert {type(weights).__name__}: {exc}"
+            ) from None
+    if w64.ndim != 1:
+        raise ValueError(
+            f"weights must be 1-D (one size per agent), got shape {tuple(w64.shape)}; "
+            f"pass e.g. torch.tensor([n_1, ..., n_K])"
+        )
+    if w64.shape[0] != n_agents:
+        raise ValueError(
+            f"weights has {w64.shape[0]} entries but updates has {n_agents} agents (rows); "
+            f"pass one weight per agent, in the same order as the rows"
+        )
+    bad = (~torch.isfinite(w64)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"weights must be finite; agent rows {bad} have NaN or infinite weights")
+    negative = (w64 < 0).nonzero().flatten().tolist()
+    if negative:
+        raise ValueError(
+            f"weights must be non-negative (they are dataset sizes); agent rows {negative} "
+            f"have negative weights"
+        )
+    if float(w64.sum()) <= 0.0:
+        raise ValueError(
+            "weights sum to zero; give at least one agent a positive weight, "
+            "or pass weights=None for a plain mean"
+        )
+    return w64.to(device=updates.device, dtype=updates.dtype)
+
+
+def _check_finite(updates: Tensor) -> None:
+    # A row sum is NaN or infinite whenever the row holds a NaN or an infinity, so one cheap
+    # reduction finds the suspect rows; an exact check on those rows rules out rows whose
+    # finite values merely overflow the sum.
+    suspects = (~torch.isfinite(updates.sum(dim=1))).nonzero().flatten().tolist()
+    bad = [k for k in suspects if not bool(torch.isfinite(updates[k]).all())]
+    if bad:
+        raise ValueError(
+            f"updates contain non-finite values (NaN or inf) in agent rows {bad}; "
+            f"drop or repair those agents' updates before aggregating"
+        )
+
+
+def validate_inputs(
+    updates: Any,
+    weights: Any = None,
+    agent_ids: Sequence[Hashable] | None = None,
+    *,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor | None, list[Hashable] | None]:
+    """Check ``(updates, weights, agent_ids)`` and return them in canonical form.
+
+    Returns ``updates`` unchanged (no copy), ``weights`` as a tensor with the dtype and
+    device of ``updates`` (or None), and ``agent_ids`` as a list (or None). Raises
+    ``ValueError`` naming the problem and the fix.
+    """
+    if not isinstance(updates, Tensor):
+        raise TypeError(
+            f"updates must be a torch.Tensor of shape (n_agents, n_params), got "
+            f"{type(updates).__name__}; build it with torch.stack([...]) of flattened updates"
+        )
+    if updates.ndim != 2:
+        raise ValueError(
+            f"updates must be 2-D (n_agents, n_params), got {updates.ndim}-D shape "
+            f"{tuple(updates.shape)}; stack one flattened update per agent with torch.stack"
+        )
+    if not updates.is_floating_point():
+        raise ValueError(
+            f"updates must be a floating-point tensor, got {updates.dtype}; convert with updates.float()"
+        )
+    n_agents = updates.shape[0]
+    if n_agents == 0:
+        raise ValueError("updates has no agents (0 rows); aggregate at least one agent's update")
+    w = None if weights is None else _as_weights(weights, n_agents, updates)
+    ids = None
+    if agent_ids is not None:
+        ids = list(agent_ids)
+        if len(ids) != n_agents:
+            raise ValueError(
+                f"agent_ids has {len(ids)} entries but updates has {n_agents} agents (rows); "
+                f"pass one id per row"
+            )
+        try:
+            distinct = len(set(ids))
+        except TypeError:
+            raise ValueError("agent_ids must be hashable (e.g. ints or strings)") from None
+        if distinct != n_agents:
+            dupes = sorted(repr(i) for i, count in Counter(ids).items() if count > 1)
+            raise ValueError(f"agent_ids must be distinct within a round; repeated: {', '.join(dupes)}")
+    if check_finite:
+        _check_finite(updates)
+    return updates, w, ids
+
+
+class AggregationRule(abc.ABC):
+    """Base class of all aggregation rules.
+
+    Subclasses implement :meth:`aggregate_validated`; :meth:`__call__` validates the inputs
+    first. ``telemetry`` holds the last call's telemetry (empty for rules without any).
+    Stateful rules override :meth:`reset`.
+    """
+
+    def __init__(self) -> None:
+        self.telemetry: dict[str, Any] = {}
+
+    def __call__(
+        self,
+        updates: Tensor,
+        weights: Tensor | Sequence[float] | None = None,
+        agent_ids: Sequence[Hashable] | None = None,
+    ) -> Tensor:
+        updates, w, ids = validate_inputs(updates, weights, agent_ids)
+        return self.aggregate_validated(updates, w, ids)
+
+    @abc.abstractmethod
+    def aggregate_validated(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        """Aggregate inputs already checked by :func:`validate_inputs`."""
+
+    def reset(self) -> None:
+        """Forget any state kept between calls (no-op for stateless rules)."""
+        self.telemetry = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def call_inner(
+    rule: AggregationRule | Callable[..., Tensor],
+    updates: Tensor,
+    weights: Tensor | None,
+    agent_ids: list[Hashable] | None,
+) -> Tensor:
+    """Call a wrapped rule on validated inputs (skipping its own validation when possible)."""
+    if isinstance(rule, AggregationRule):
+        return rule.aggregate_validated(updates, weights, agent_ids)
+    out = rule(updates, weights=weights, agent_ids=agent_ids)
+    if not isinstance(out, Tensor) or out.shape != updates.shape[1:]:
+        raise ValueError(
+            f"the wrapped rule {rule!r} must return a tensor of shape ({updates.shape[1]},), "
+            f"got {getattr(out, 'shape', type(out).__name__)}"
+        )
+    return out
+
+
+def inner_telemetry(rule: Any) -> dict[str, Any]:
+    return dict(getattr(rule, "telemetry", {}) or {})
+
+
+def check_rule(rule: Any) -> None:
+    if not callable(rule):
+        raise ValueError(
+            f"rule must be an aggregation rule such as FedAvg(), got {rule!r}; "
+            f"wrappers take the rule they wrap as their first argument"
+        )
+
+
+def check_nonnegative_finite(name: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return x
