@@ -223,6 +223,8 @@ def test_leaf_errors(tmp_path, two_runs):
         load_leaf_femnist(_write(tmp_path / "b4" / "train" / "s.json", bad))
     with pytest.raises(ValueError, match="not a LEAF shard"):
         load_leaf_femnist(_write(tmp_path / "b5" / "train" / "s.json", {"hello": 1}))
+    with pytest.raises(ValueError, match="not a LEAF shard"):
+        load_leaf_femnist(_write(tmp_path / "b6" / "train" / "s.json", [1, 2]))
 
 
 # ---------------------------------------------------------------------------------------------

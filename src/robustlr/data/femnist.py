@@ -182,7 +182,9 @@ def _check_writer(where: str, writer: str, x: np.ndarray, y: np.ndarray, declare
         raise ValueError(f"{where}: writer {writer!r} has labels outside 0..61 ({y.min()}..{y.max()})")
 
 
-def _declared_counts(doc: dict, where: str) -> dict:
+def _declared_counts(doc, where: str) -> dict:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: not a LEAF shard (the JSON is not an object)")
     users = doc.get("users")
     if not isinstance(users, list) or not isinstance(doc.get("user_data"), dict):
         raise ValueError(f"{where}: not a LEAF shard (needs 'users' and 'user_data')")
