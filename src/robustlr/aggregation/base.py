@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AggregationRule", "sign_vote", "validate_inputs", "column_chunk"]
+__all__ = ["AggregationRule", "sign_vote", "validate_inputs", "check_finite_rows", "column_chunk"]
 
 # Column blocks of about this many elements (4 MiB of float32) keep a block of the update
 # matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
@@ -41,12 +41,14 @@ def column_chunk(n_rows: int, device: torch.device) -> int:
     return max(1024, budget // max(1, n_rows))
 
 
-def sign_vote(updates: Tensor) -> Tensor:
+def sign_vote(updates: Tensor, row_sums: Tensor | None = None) -> Tensor:
     """Per coordinate, ``sum_k sign(updates[k, i])`` as a float32 ``(n_params,)`` tensor.
 
     ``sign(0) = 0``. The vote is exact (an integer) for fewer than 2**24 agents. The matrix is
-    walked in column blocks, so no second ``(n_agents, n_params)`` matrix is materialised;
-    only one block of signs at a time.
+    walked in column blocks that stay in cache, so no second ``(n_agents, n_params)`` matrix
+    is materialised, only one block of signs at a time. If ``row_sums`` (a float32
+    ``(n_agents,)`` tensor of zeros) is given, each row's sum is accumulated into it in the
+    same pass; it is non-finite for rows holding NaN or inf (see :func:`check_finite_rows`).
 
     >>> sign_vote(torch.tensor([[1.0, -2.0, 0.0], [3.0, 4.0, -5.0]]))
     tensor([ 2.,  0., -1.])
@@ -57,6 +59,8 @@ def sign_vote(updates: Tensor) -> Tensor:
     for start in range(0, n_params, step):
         block = updates[:, start : start + step]
         torch.sum(torch.sign(block), dim=0, dtype=torch.float32, out=vote[start : start + step])
+        if row_sums is not None:
+            row_sums += block.sum(dim=1, dtype=torch.float32)
     return vote
 
 
@@ -98,11 +102,17 @@ def _as_weights(weights: Any, n_agents: int, updates: Tensor) -> Tensor:
     return w64.to(device=updates.device, dtype=updates.dtype)
 
 
-def _check_finite(updates: Tensor) -> None:
-    # A row sum is NaN or infinite whenever the row holds a NaN or an infinity, so one cheap
-    # reduction finds the suspect rows; an exact check on those rows rules out rows whose
-    # finite values merely overflow the sum.
-    suspects = (~torch.isfinite(updates.sum(dim=1))).nonzero().flatten().tolist()
+def check_finite_rows(updates: Tensor, row_stats: Tensor | None = None) -> None:
+    """Raise ``ValueError`` naming the agent rows of ``updates`` that hold NaN or inf.
+
+    ``row_stats`` is any per-row statistic that is non-finite whenever its row holds a
+    non-finite value (a row sum or a row norm, often computed anyway); without it the row
+    sums are computed here, in one pass and without temporaries. Rows whose statistic is
+    non-finite are then checked exactly, so finite rows whose sum merely overflows pass.
+    """
+    if row_stats is None:
+        row_stats = updates.sum(dim=1)
+    suspects = (~torch.isfinite(row_stats)).nonzero().flatten().tolist()
     bad = [k for k in suspects if not bool(torch.isfinite(updates[k]).all())]
     if bad:
         raise ValueError(
@@ -158,7 +168,7 @@ def validate_inputs(
             dupes = sorted(repr(i) for i, count in Counter(ids).items() if count > 1)
             raise ValueError(f"agent_ids must be distinct within a round; repeated: {', '.join(dupes)}")
     if check_finite:
-        _check_finite(updates)
+        check_finite_rows(updates)
     return updates, w, ids
 
 
@@ -168,6 +178,10 @@ class AggregationRule(abc.ABC):
     Subclasses implement :meth:`aggregate_validated`; :meth:`__call__` validates the inputs
     first. ``telemetry`` holds the last call's telemetry (empty for rules without any).
     Stateful rules override :meth:`reset`.
+
+    :meth:`aggregate_validated` may assume finite updates. A rule that makes a pass over the
+    matrix anyway can override :meth:`aggregate_checking_finite` to fuse the finiteness
+    check into that pass (it must reject before changing any state).
     """
 
     def __init__(self) -> None:
@@ -179,8 +193,15 @@ class AggregationRule(abc.ABC):
         weights: Tensor | Sequence[float] | None = None,
         agent_ids: Sequence[Hashable] | None = None,
     ) -> Tensor:
-        updates, w, ids = validate_inputs(updates, weights, agent_ids)
-        return self.aggregate_validated(updates, w, ids)
+        updates, w, ids = validate_inputs(updates, weights, agent_ids, check_finite=False)
+        return self.aggregate_checking_finite(updates, w, ids)
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        """Reject non-finite updates (``ValueError``), then :meth:`aggregate_validated`."""
+        check_finite_rows(updates)
+        return self.aggregate_validated(updates, weights, agent_ids)
 
     @abc.abstractmethod
     def aggregate_validated(

@@ -7,9 +7,33 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, call_inner, check_nonnegative_finite, check_rule, inner_telemetry
+from .base import (
+    AggregationRule,
+    call_inner,
+    check_finite_rows,
+    check_nonnegative_finite,
+    check_rule,
+    inner_telemetry,
+)
+from .rules import FedAvg
 
 __all__ = ["ClipAndNoise", "clip_updates"]
+
+
+def clip_scale(updates: Tensor, clip_norm: float, norms: Tensor | None = None) -> tuple[Tensor | None, int]:
+    """Per-row factors ``min(1, clip_norm / ||u||_2)`` and the number of rows below 1.
+
+    Returns ``(None, 0)`` when no row is clipped (or ``clip_norm == 0``).
+    """
+    if clip_norm == 0:
+        return None, 0
+    if norms is None:
+        norms = torch.linalg.vector_norm(updates, dim=1)
+    over = norms > clip_norm
+    n_clipped = int(over.sum())
+    if n_clipped == 0:
+        return None, 0
+    return torch.where(over, clip_norm / norms, torch.ones_like(norms)), n_clipped
 
 
 def clip_updates(updates: Tensor, clip_norm: float) -> tuple[Tensor, int]:
@@ -24,14 +48,9 @@ def clip_updates(updates: Tensor, clip_norm: float) -> tuple[Tensor, int]:
         (tensor([[0.6000, 0.8000],
                 [0.3000, 0.4000]]), 1)
     """
-    if clip_norm == 0:
+    scale, n_clipped = clip_scale(updates, clip_norm)
+    if scale is None:
         return updates, 0
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    over = norms > clip_norm
-    n_clipped = int(over.sum())
-    if n_clipped == 0:
-        return updates, 0
-    scale = torch.where(over, clip_norm / norms, torch.ones_like(norms))
     return updates * scale.unsqueeze(1), n_clipped
 
 
@@ -106,8 +125,30 @@ class ClipAndNoise(AggregationRule):
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
     ) -> Tensor:
-        clipped, n_clipped = clip_updates(updates, self.clip_norm)
-        out = call_inner(self.rule, clipped, weights, agent_ids)
+        return self._aggregate(updates, weights, agent_ids, check_finite=False)
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self._aggregate(updates, weights, agent_ids, check_finite=True)
+
+    def _aggregate(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
+    ) -> Tensor:
+        norms = None
+        if self.clip_norm > 0:
+            norms = torch.linalg.vector_norm(updates, dim=1)
+        if check_finite:
+            check_finite_rows(updates, norms)  # a row's norm is non-finite if the row is
+        scale, n_clipped = clip_scale(updates, self.clip_norm, norms)
+        if scale is None:
+            out = call_inner(self.rule, updates, weights, agent_ids)
+        elif type(self.rule) is FedAvg:
+            # FedAvg is linear in each row: fold the clipping factors into its weights
+            # instead of materialising a clipped copy of the matrix.
+            out = self.rule.aggregate_row_scaled(updates, scale, weights)
+        else:
+            out = call_inner(self.rule, updates * scale.unsqueeze(1), weights, agent_ids)
         std = self.noise_std
         if std > 0:
             noise_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32

@@ -13,6 +13,7 @@ from torch import Tensor
 from .base import (
     AggregationRule,
     call_inner,
+    check_finite_rows,
     check_nonnegative_finite,
     check_rule,
     inner_telemetry,
@@ -201,6 +202,16 @@ class RobustLR(AggregationRule):
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
     ) -> Tensor:
+        return self._aggregate(updates, weights, agent_ids, check_finite=False)
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self._aggregate(updates, weights, agent_ids, check_finite=True)
+
+    def _aggregate(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
+    ) -> Tensor:
         n_agents, n_params = updates.shape
         if self.mask is not None and self.mask.shape[0] != n_params:
             what = "layout" if self.layout is not None else "mask"
@@ -209,17 +220,24 @@ class RobustLR(AggregationRule):
                 f"{n_params} (n_params); build them from the same model"
             )
         theta = self.resolve_threshold(n_agents)
-        out = call_inner(self.rule, updates, weights, agent_ids)
         mask = None if self._all_masked else self._mask_for_device(updates.device)
         lr = self.server_lr
 
+        # The vote comes first: it also checks finiteness (in the same pass), and that must
+        # happen before a stateful inner rule (FoolsGold) records anything.
         if theta == 0:
             flipped = None
+            if check_finite:
+                check_finite_rows(updates)
         else:
-            vote = sign_vote(updates)
+            row_sums = torch.zeros(n_agents, dtype=torch.float32, device=updates.device) if check_finite else None
+            vote = sign_vote(updates, row_sums)
+            if row_sums is not None:
+                check_finite_rows(updates, row_sums)
             flipped = vote.abs_() < theta
             if mask is not None:
                 flipped &= mask
+        out = call_inner(self.rule, updates, weights, agent_ids)
         if flipped is None:
             scale = None if lr == 1.0 else torch.full_like(out, lr)
         else:

@@ -39,6 +39,14 @@ class FedAvg(AggregationRule):
         # updates.mean(0); dividing afterwards keeps small integer examples exact.
         return torch.mv(updates.t(), weights).div_(weights.sum())
 
+    def aggregate_row_scaled(self, updates: Tensor, row_scale: Tensor, weights: Tensor | None) -> Tensor:
+        """``FedAvg`` of ``updates * row_scale[:, None]`` without materialising that matrix."""
+        self.telemetry = {}
+        scale = row_scale.to(updates.dtype)
+        if weights is None:
+            return torch.mv(updates.t(), scale).div_(updates.shape[0])
+        return torch.mv(updates.t(), weights * scale).div_(weights.sum())
+
 
 class CoordinateMedian(AggregationRule):
     r"""Coordinate-wise median of the updates ("comed").

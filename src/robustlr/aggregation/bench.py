@@ -1,0 +1,141 @@
+"""Time every aggregation rule against a plain ``updates.mean(0)`` in the same run.
+
+``python -m robustlr.aggregation.bench`` prints the table; ``--help`` lists the options.
+Each time is the median of ``repeats`` calls after one warm-up call, on random normal
+updates; the ratio is that time over the plain mean's, measured in the same run with the
+same matrix, so the ratios are comparable across machines even when absolute times are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .clip import ClipAndNoise
+from .foolsgold import FoolsGold
+from .rlr import RobustLR, threshold_range
+from .rules import CoordinateMedian, FedAvg, SignAggregation
+
+__all__ = ["run_benchmark", "format_table", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up: allocator, thread pool, kernels
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_benchmark(
+    n_agents_list: Sequence[int] = (10, 40, 100),
+    n_params: int = 1_200_000,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    rules: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Time each rule for each number of agents; one row per (n_agents, rule).
+
+    Rows: ``n_agents``, ``n_params``, ``rule``, ``seconds`` (median of ``repeats``),
+    ``ratio`` (over ``updates.mean(0)`` on the same matrix; the baseline row has 1.0),
+    ``device``, ``threads`` (torch's intra-op threads).
+
+    ``rules`` restricts the rules timed (names as in the rows); the baseline always runs.
+    ``threads`` sets torch's intra-op threads for the run (restored afterwards).
+    The RLR threshold is the low end of :func:`threshold_range` at F = 0.1; the clipping
+    bound is the median update norm, so about half of the agents are clipped.
+    """
+    dev = torch.device(device)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_benchmark(n_agents_list, n_params, repeats, device, seed, rules)
+        finally:
+            torch.set_num_threads(previous)
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Any]] = []
+    for n_agents in n_agents_list:
+        updates = torch.randn(n_agents, n_params, generator=gen).mul_(1e-3).to(dev)
+        ids = list(range(n_agents))
+        clip_norm = float(torch.linalg.vector_norm(updates, dim=1).median())
+        theta = threshold_range(n_agents, 0.1)[0] if n_agents >= 3 else 1
+        fg = FoolsGold()
+        candidates: dict[str, Callable[[], Any]] = {
+            "FedAvg": lambda: FedAvg()(updates),
+            "CoordinateMedian": lambda: CoordinateMedian()(updates),
+            "SignAggregation": lambda: SignAggregation()(updates),
+            "FoolsGold": lambda: fg(updates, agent_ids=ids),
+            "ClipAndNoise(FedAvg)": lambda: ClipAndNoise(
+                FedAvg(), clip_norm, 1e-3, torch.Generator().manual_seed(seed)
+            )(updates),
+            "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta)(updates),
+        }
+        unknown = set(rules or ()) - set(candidates)
+        if unknown:
+            raise ValueError(f"unknown rules {sorted(unknown)}; choose from {list(candidates)}")
+        selected = [(name, fn) for name, fn in candidates.items() if rules is None or name in rules]
+        base = _time(lambda: updates.mean(0), repeats, dev)
+        common = {"n_agents": n_agents, "n_params": n_params, "device": str(dev), "threads": torch.get_num_threads()}
+        rows.append({**common, "rule": "mean(0) baseline", "seconds": base, "ratio": 1.0})
+        for name, fn in selected:
+            seconds = _time(fn, repeats, dev)
+            rows.append({**common, "rule": name, "seconds": seconds, "ratio": seconds / base})
+        del updates, fg
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text table of :func:`run_benchmark`'s rows."""
+    header = f"{'agents':>6}  {'params':>9}  {'rule':<22}  {'ms':>10}  {'x mean':>7}"
+    lines = [header, "-" * len(header)]
+    last = None
+    for r in rows:
+        if last is not None and r["n_agents"] != last:
+            lines.append("")
+        last = r["n_agents"]
+        lines.append(
+            f"{r['n_agents']:>6}  {r['n_params']:>9}  {r['rule']:<22}  "
+            f"{r['seconds'] * 1e3:>10.2f}  {r['ratio']:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m robustlr.aggregation.bench",
+        description="Time each aggregation rule against a plain updates.mean(0) in the same run.",
+    )
+    parser.add_argument("--agents", type=int, nargs="+", default=[10, 40, 100], help="numbers of agents")
+    parser.add_argument("--params", type=int, default=1_200_000, help="parameters per update")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per rule (median reported)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--rules", nargs="+", default=None, help="only these rules (names as in the table)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    rows = run_benchmark(args.agents, args.params, args.repeats, args.device, rules=args.rules, threads=args.threads)
+    print(f"device {rows[0]['device']}, torch {torch.__version__}, {rows[0]['threads']} threads; "
+          f"median of {args.repeats} calls after a warm-up")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
