@@ -11,6 +11,11 @@ from .base import AggregationRule, column_chunk
 
 __all__ = ["FoolsGold", "foolsgold_weights"]
 
+# Cosine similarities this close to 1 count as exactly 1. Exact copies otherwise come out at
+# 1 - 2e-16 or so, and the normalisation by the largest weight would blow the resulting
+# 2e-16 weights up to full ones when every agent in the round is a copy.
+IDENTICAL_TOLERANCE = 1e-6
+
 
 def foolsgold_weights(histories: Tensor, kappa: float = 1.0) -> Tensor:
     r"""FoolsGold's per-agent learning rates ``alpha`` from a ``(n, d)`` history matrix.
@@ -36,6 +41,7 @@ def _weights_from_gram(gram: Tensor, kappa: float) -> Tensor:
     # a zero history has no direction: its similarity to anything is 0
     cos = torch.where(denom > 0, gram / denom.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(gram))
     cos = cos.clamp(-1.0, 1.0)
+    cos = torch.where(cos >= 1.0 - IDENTICAL_TOLERANCE, torch.ones_like(cos), cos)
     # Self-similarity counts as 0 (not 1), so every row's maximum is at least 0.
     cos.fill_diagonal_(0.0)
     max_cs = cos.max(dim=1).values
@@ -63,7 +69,8 @@ class FoolsGold(AggregationRule):
     of the round's agents, then computes, over the agents of the round only:
 
     1. ``cs[i, j]``: cosine similarity of the histories of agents i and j (0 for i == j and
-       for a zero history); ``v_i = max_j cs[i, j]`` (hence ``v_i >= 0``).
+       for a zero history; values within 1e-6 of 1 count as 1, so that rounding cannot tell
+       exact copies apart); ``v_i = max_j cs[i, j]`` (hence ``v_i >= 0``).
     2. Pardoning: where ``v_i < v_j``, ``cs[i, j] *= v_i / v_j``.
     3. ``w_i = clip(1 - max_j cs[i, j], 0, 1)``, then ``w_i /= max_j w_j`` (all weights 0
        when every ``w_i`` is 0, e.g. when all agents are identical).
