@@ -143,18 +143,20 @@ class FoolsGold(AggregationRule):
                 )
             features = updates[:, self.similarity_mask.to(updates.device)]
         n_features = features.shape[1]
+        # histories are sums over many rounds: keep them in at least float32
+        history_dtype = torch.promote_types(features.dtype, torch.float32)
         for agent, row in zip(agent_ids, features):
             past = self.history.get(agent)
             if past is None:
-                self.history[agent] = row.detach().clone()
+                self.history[agent] = row.detach().to(history_dtype, copy=True)
                 continue
             if past.shape[0] != n_features:
                 raise ValueError(
                     f"agent {agent!r} has a history of {past.shape[0]} coordinates but this update "
                     f"has {n_features}; call reset() when the model changes"
                 )
-            if past.device != row.device or past.dtype != row.dtype:
-                past = past.to(device=row.device, dtype=row.dtype)
+            if past.device != row.device:
+                past = past.to(row.device)
                 self.history[agent] = past
             past.add_(row)
 
