@@ -4,6 +4,12 @@
 Each time is the median of ``repeats`` calls after one warm-up call, on random normal
 updates; the ratio is that time over the plain mean's, measured in the same run with the
 same matrix, so the ratios are comparable across machines even when absolute times are not.
+
+Measure on an otherwise idle machine. When more threads are busy than there are cores
+(another job running, or torch's threads set above the core count), every multi-threaded
+torch operation waits for descheduled threads, and rules that make many operations over
+cache-sized column blocks (the sign vote, the median) slow down far more than one large
+operation such as the baseline; ``--threads 1`` then gives the more faithful ratios.
 """
 
 from __future__ import annotations

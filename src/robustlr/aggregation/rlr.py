@@ -176,6 +176,7 @@ class RobustLR(AggregationRule):
         self.mask = mask
         self._mask_on: dict[torch.device, Tensor] = {}
         self._all_masked = mask is None or bool(mask.all())
+        self._n_masked = None if mask is None else int(mask.sum())
 
     def resolve_threshold(self, n_agents: int) -> int:
         """The threshold count used for a round of ``n_agents`` agents (validated)."""
@@ -248,7 +249,7 @@ class RobustLR(AggregationRule):
                 scale = torch.where(mask, scale, torch.ones((), dtype=out.dtype, device=out.device))
             out = out * scale
 
-        n_coords = n_params if mask is None else int(mask.sum())
+        n_coords = n_params if self._n_masked is None else self._n_masked
         n_flipped = 0 if flipped is None else int(flipped.sum())
         telemetry: dict[str, Any] = {
             "n_flipped": n_flipped,
