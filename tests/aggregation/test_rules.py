@@ -162,3 +162,9 @@ def test_finite_rows_whose_sum_overflows_are_accepted():
 def test_sign_aggregation_rejects_negative_lr():
     with pytest.raises(ValueError, match="server_lr"):
         SignAggregation(server_lr=-1.0)
+
+
+def test_large_weights_in_half_precision_do_not_overflow():
+    U = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float16)
+    out = FedAvg()(U, weights=[60000, 60000])
+    assert torch.equal(out, torch.tensor([2.0, 3.0], dtype=torch.float16))

@@ -99,7 +99,9 @@ def _as_weights(weights: Any, n_agents: int, updates: Tensor) -> Tensor:
             "weights sum to zero; give at least one agent a positive weight, "
             "or pass weights=None for a plain mean"
         )
-    return w64.to(device=updates.device, dtype=updates.dtype)
+    # Every rule uses only the weights' ratios; dividing by the largest keeps large dataset
+    # sizes from overflowing a half-precision sum (65504) and is exact for integer sizes.
+    return (w64 / w64.max()).to(device=updates.device, dtype=updates.dtype)
 
 
 def check_finite_rows(updates: Tensor, row_stats: Tensor | None = None) -> None:
@@ -130,8 +132,8 @@ def validate_inputs(
 ) -> tuple[Tensor, Tensor | None, list[Hashable] | None]:
     """Check ``(updates, weights, agent_ids)`` and return them in canonical form.
 
-    Returns ``updates`` unchanged (no copy), ``weights`` as a tensor with the dtype and
-    device of ``updates`` (or None), and ``agent_ids`` as a list (or None). Raises
+    Returns ``updates`` unchanged (no copy), ``weights`` divided by their maximum (rules use
+    only their ratios) as a tensor with the dtype and device of ``updates`` (or None), and ``agent_ids`` as a list (or None). Raises
     ``ValueError`` naming the problem and the fix.
     """
     if not isinstance(updates, Tensor):
