@@ -168,3 +168,21 @@ def test_large_weights_in_half_precision_do_not_overflow():
     U = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float16)
     out = FedAvg()(U, weights=[60000, 60000])
     assert torch.equal(out, torch.tensor([2.0, 3.0], dtype=torch.float16))
+
+
+def test_fedavg_finds_non_finite_rows_of_weight_zero():
+    U = torch.ones(4, 3)
+    U[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"rows \[2\]"):
+        FedAvg()(U, weights=[1, 1, 0, 1])
+    U[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"rows \[0, 2\]"):
+        FedAvg()(U, weights=[1, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"rows \[0, 2\]"):
+        FedAvg()(U, weights=[0, 1, 0, 1])
+
+
+def test_fedavg_of_finite_rows_that_overflow_is_returned():
+    U = torch.tensor([[3e38, 1.0], [3e38, 1.0]])
+    out = FedAvg()(U)
+    assert out[1] == 1.0 and torch.isinf(out[0])

@@ -41,14 +41,21 @@ def column_chunk(n_rows: int, device: torch.device) -> int:
     return max(1024, budget // max(1, n_rows))
 
 
-def sign_vote(updates: Tensor, row_sums: Tensor | None = None) -> Tensor:
+def sign_vote(
+    updates: Tensor,
+    row_sums: Tensor | None = None,
+    per_block: Callable[[int, int, Tensor], None] | None = None,
+) -> Tensor:
     """Per coordinate, ``sum_k sign(updates[k, i])`` as a float32 ``(n_params,)`` tensor.
 
     ``sign(0) = 0``. The vote is exact (an integer) for fewer than 2**24 agents. The matrix is
     walked in column blocks that stay in cache, so no second ``(n_agents, n_params)`` matrix
-    is materialised, only one block of signs at a time. If ``row_sums`` (a float32
-    ``(n_agents,)`` tensor of zeros) is given, each row's sum is accumulated into it in the
-    same pass; it is non-finite for rows holding NaN or inf (see :func:`check_finite_rows`).
+    is materialised, only one block of signs at a time.
+
+    In the same pass, if ``row_sums`` (a float32 ``(n_agents,)`` tensor of zeros) is given,
+    each row's sum is accumulated into it (non-finite for rows holding NaN or inf, see
+    :func:`check_finite_rows`); and ``per_block(start, stop, block)`` is called on each block
+    ``updates[:, start:stop]`` while it is in cache.
 
     >>> sign_vote(torch.tensor([[1.0, -2.0, 0.0], [3.0, 4.0, -5.0]]))
     tensor([ 2.,  0., -1.])
@@ -57,10 +64,13 @@ def sign_vote(updates: Tensor, row_sums: Tensor | None = None) -> Tensor:
     vote = torch.empty(n_params, dtype=torch.float32, device=updates.device)
     step = column_chunk(n_agents, updates.device)
     for start in range(0, n_params, step):
-        block = updates[:, start : start + step]
-        torch.sum(torch.sign(block), dim=0, dtype=torch.float32, out=vote[start : start + step])
+        stop = min(start + step, n_params)
+        block = updates[:, start:stop]
+        torch.sum(torch.sign(block), dim=0, dtype=torch.float32, out=vote[start:stop])
         if row_sums is not None:
             row_sums += block.sum(dim=1, dtype=torch.float32)
+        if per_block is not None:
+            per_block(start, stop, block)
     return vote
 
 
@@ -181,10 +191,16 @@ class AggregationRule(abc.ABC):
     first. ``telemetry`` holds the last call's telemetry (empty for rules without any).
     Stateful rules override :meth:`reset`.
 
+    ``column_separable = True`` declares that output coordinate ``i`` depends on column ``i``
+    of the updates only (and that the rule keeps no state), so wrappers may run it on column
+    blocks while those are in cache.
+
     :meth:`aggregate_validated` may assume finite updates. A rule that makes a pass over the
     matrix anyway can override :meth:`aggregate_checking_finite` to fuse the finiteness
     check into that pass (it must reject before changing any state).
     """
+
+    column_separable: bool = False
 
     def __init__(self) -> None:
         self.telemetry: dict[str, Any] = {}

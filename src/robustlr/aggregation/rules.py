@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, check_nonnegative_finite, column_chunk, sign_vote
+from .base import AggregationRule, check_finite_rows, check_nonnegative_finite, column_chunk, sign_vote
 
 __all__ = ["FedAvg", "CoordinateMedian", "SignAggregation"]
 
@@ -29,15 +30,36 @@ class FedAvg(AggregationRule):
         tensor([1.0000, 0.0000, 1.5000])
     """
 
+    column_separable = True
+
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
     ) -> Tensor:
         self.telemetry = {}
+        # Measured on CPU: a reduction over dim 0 is fastest without weights (as fast as
+        # updates.mean(0)), a matrix-vector product with them; dividing by the total
+        # afterwards keeps small integer examples exact.
         if weights is None:
-            weights = torch.ones(updates.shape[0], dtype=updates.dtype, device=updates.device)
-        # A matrix-vector product reads the matrix once and was measured faster than
-        # updates.mean(0); dividing afterwards keeps small integer examples exact.
+            return updates.sum(dim=0).div_(updates.shape[0])
         return torch.mv(updates.t(), weights).div_(weights.sum())
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        # NaN and inf propagate through the weighted sum, so a finite result proves finite
+        # inputs, except in rows of weight 0, which a BLAS may skip: check those directly.
+        out = self.aggregate_validated(updates, weights, agent_ids)
+        # the sum of the output is non-finite iff an entry is (or the sum overflows, which
+        # the exact check then clears); torch.isfinite(out).all() measured 50x slower
+        if not math.isfinite(float(out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32))):
+            check_finite_rows(updates)  # names the rows (or passes if only a sum overflowed)
+        elif weights is not None:
+            zero = (weights == 0).nonzero().flatten()
+            if zero.numel():
+                stats = torch.zeros(updates.shape[0], dtype=updates.dtype, device=updates.device)
+                stats[zero] = updates[zero].sum(dim=1)
+                check_finite_rows(updates, stats)
+        return out
 
     def aggregate_row_scaled(self, updates: Tensor, row_scale: Tensor, weights: Tensor | None) -> Tensor:
         """``FedAvg`` of ``updates * row_scale[:, None]`` without materialising that matrix."""
@@ -68,6 +90,8 @@ class CoordinateMedian(AggregationRule):
         >>> CoordinateMedian()(torch.tensor([[1.0, 5.0], [4.0, -1.0]]))   # even: mean of the middle two
         tensor([2.5000, 2.0000])
     """
+
+    column_separable = True
 
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
@@ -109,6 +133,8 @@ class SignAggregation(AggregationRule):
         tensor([0.])
     """
 
+    column_separable = True
+
     def __init__(self, server_lr: float = 1e-3) -> None:
         super().__init__()
         self.server_lr = check_nonnegative_finite("server_lr", server_lr)
@@ -117,8 +143,19 @@ class SignAggregation(AggregationRule):
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
     ) -> Tensor:
         self.telemetry = {}
-        vote = sign_vote(updates)
-        return torch.sign(vote).mul_(self.server_lr).to(updates.dtype)
+        return self._from_vote(sign_vote(updates), updates.dtype)
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        self.telemetry = {}
+        row_sums = torch.zeros(updates.shape[0], dtype=torch.float32, device=updates.device)
+        vote = sign_vote(updates, row_sums)  # the row sums come from the same pass
+        check_finite_rows(updates, row_sums)
+        return self._from_vote(vote, updates.dtype)
+
+    def _from_vote(self, vote: Tensor, dtype: torch.dtype) -> Tensor:
+        return torch.sign(vote).mul_(self.server_lr).to(dtype)
 
     def __repr__(self) -> str:
         return f"SignAggregation(server_lr={self.server_lr!r})"
