@@ -2,8 +2,9 @@
 
 ``python -m robustlr.aggregation.bench`` prints the table; ``--help`` lists the options.
 Each time is the median of ``repeats`` calls after one warm-up call, on random normal
-updates; the ratio is that time over the plain mean's, measured in the same run with the
-same matrix, so the ratios are comparable across machines even when absolute times are not.
+updates. The ratio is that median over the median of the plain mean's times, measured
+alternately with the rule's on the same matrix, so ratios are comparable across machines
+(and robust to a machine whose speed drifts) even when absolute times are not.
 
 Measure on an otherwise idle machine. When more threads are busy than there are cores
 (another job running, or torch's threads set above the core count), every multi-threaded
@@ -35,16 +36,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up: allocator, thread pool, kernels
-    _sync(device)
-    times = []
-    for _ in range(repeats):
+def _time_pair(fn: Callable[[], Any], base: Callable[[], Any], repeats: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Times of ``fn`` and of ``base``, measured alternately after a warm-up of each.
+
+    Alternating makes the ratio of the two medians robust to the machine's speed drifting
+    during the run (other jobs, frequency changes).
+    """
+
+    def once(f: Callable[[], Any]) -> float:
         start = time.perf_counter()
-        fn()
+        f()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    base()  # warm-up: allocator, thread pool, kernels
+    fn()
+    _sync(device)
+    fn_times, base_times = [], []
+    for _ in range(repeats):
+        base_times.append(once(base))
+        fn_times.append(once(fn))
+    return fn_times, base_times
 
 
 def run_benchmark(
@@ -59,7 +71,8 @@ def run_benchmark(
     """Time each rule for each number of agents; one row per (n_agents, rule).
 
     Rows: ``n_agents``, ``n_params``, ``rule``, ``seconds`` (median of ``repeats``),
-    ``ratio`` (over ``updates.mean(0)`` on the same matrix; the baseline row has 1.0),
+    ``ratio`` (over ``updates.mean(0)`` on the same matrix, timed alternately with the rule;
+    the baseline row has 1.0 and the median of all its times),
     ``device``, ``threads`` (torch's intra-op threads).
 
     ``rules`` restricts the rules timed (names as in the rows); the baseline always runs.
@@ -99,12 +112,19 @@ def run_benchmark(
         if unknown:
             raise ValueError(f"unknown rules {sorted(unknown)}; choose from {list(candidates)}")
         selected = [(name, fn) for name, fn in candidates.items() if rules is None or name in rules]
-        base = _time(lambda: updates.mean(0), repeats, dev)
+        baseline = lambda: updates.mean(0)  # noqa: E731
         common = {"n_agents": n_agents, "n_params": n_params, "device": str(dev), "threads": torch.get_num_threads()}
-        rows.append({**common, "rule": "mean(0) baseline", "seconds": base, "ratio": 1.0})
+        base_row = {**common, "rule": "mean(0) baseline", "seconds": 0.0, "ratio": 1.0}
+        rows.append(base_row)
+        all_base: list[float] = []
         for name, fn in selected:
-            seconds = _time(fn, repeats, dev)
-            rows.append({**common, "rule": name, "seconds": seconds, "ratio": seconds / base})
+            fn_times, base_times = _time_pair(fn, baseline, repeats, dev)
+            all_base += base_times
+            seconds = statistics.median(fn_times)
+            rows.append({**common, "rule": name, "seconds": seconds, "ratio": seconds / statistics.median(base_times)})
+        if not all_base:
+            all_base = _time_pair(baseline, baseline, repeats, dev)[0]
+        base_row["seconds"] = statistics.median(all_base)
         del updates, fg
     return rows
 
