@@ -287,11 +287,11 @@ class RobustLR(AggregationRule):
             "inner": inner_telemetry(self.rule),
         }
         if self.layout is not None:
-            telemetry["per_layer"] = self._per_layer(flipped, updates.device)
+            telemetry["per_layer"] = self._per_layer(flipped)
         self.telemetry = telemetry
         return out
 
-    def _per_layer(self, flipped: Tensor | None, device: torch.device) -> dict[str, tuple[int, int]]:
+    def _per_layer(self, flipped: Tensor | None) -> dict[str, tuple[int, int]]:
         assert self.layout is not None and self.mask is not None
         layout = self.layout
         ends = torch.tensor([o + n for o, n in zip(layout.offsets, layout.numels)], dtype=torch.int64)
