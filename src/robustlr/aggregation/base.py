@@ -12,7 +12,8 @@ FoolsGold need them). The result is an ``(n_params,)`` tensor with the dtype and
 
 Validation happens once, in :meth:`AggregationRule.__call__`. Wrappers (``RobustLR``,
 ``ClipAndNoise``) call the wrapped rule's :meth:`AggregationRule.aggregate_validated`, so a
-stack of wrappers reads the update matrix for validation only once.
+stack of wrappers checks the update matrix only once, and each rule fuses that check into a
+pass it makes anyway where it can (the sign vote, the clipping norms, FedAvg's output).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ __all__ = ["AggregationRule", "sign_vote", "validate_inputs", "check_finite_rows
 # Column blocks of about this many elements (4 MiB of float32) keep a block of the update
 # matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
 _CPU_CHUNK_ELEMENTS = 1 << 20
-# On accelerators a block only bounds the size of temporaries.
-_ACCEL_CHUNK_ELEMENTS = 1 << 26
+# On accelerators a block only bounds the size of temporaries (32 MiB of float32), so that
+# no second matrix of the updates' size is allocated.
+_ACCEL_CHUNK_ELEMENTS = 1 << 23
 
 
 def column_chunk(n_rows: int, device: torch.device) -> int:
