@@ -41,3 +41,9 @@ def tiny_dataset(n_train: int = 240, n_test: int = 60, seed: int = 0, channels: 
     vx, vy = make(n_test)
     return ImageDataset("tiny", tx, ty, vx, vy, classes=tuple(str(i) for i in range(10)),
                         mean=(0.2,) * channels, std=(0.3,) * channels, ink=255, source="generated (tests only)")
+
+
+@pytest.fixture
+def tiny():
+    """A factory of tiny generated datasets (code paths only)."""
+    return tiny_dataset

@@ -10,7 +10,6 @@ from robustlr.config import make_config
 from robustlr.federation import build_federation
 from robustlr.simulation import ResumeError, Simulation, run_experiment, sample_agents
 
-from .conftest import tiny_dataset
 
 BASE = {"dataset": "fashion-mnist", "rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25, "poison_fraction": 0.5,
         "local_epochs": 1, "batch_size": 16, "rlr_threshold": 2, "eval_every": 1, "seed": 3, "checkpoint_every": 1,
@@ -21,8 +20,8 @@ def cfg_of(**kw):
     return make_config({**BASE, **kw})
 
 
-def test_same_seed_same_numbers_and_seed_matters():
-    ds = tiny_dataset()
+def test_same_seed_same_numbers_and_seed_matters(tiny):
+    ds = tiny()
     a = run_experiment(cfg_of(), dataset=ds)
     b = run_experiment(cfg_of(), dataset=ds)
     strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("seconds")} for m in ms]
@@ -32,8 +31,8 @@ def test_same_seed_same_numbers_and_seed_matters():
     assert not torch.equal(a.global_params, c.global_params)
 
 
-def test_agent_update_does_not_depend_on_training_order():
-    ds = tiny_dataset()
+def test_agent_update_does_not_depend_on_training_order(tiny):
+    ds = tiny()
     cfg = cfg_of()
     sim = Simulation(cfg, build_federation(cfg, ds))
     fed = sim.fed
@@ -44,8 +43,8 @@ def test_agent_update_does_not_depend_on_training_order():
         assert torch.equal(u, v)
 
 
-def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
-    ds = tiny_dataset()
+def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, tiny):
+    ds = tiny()
     full = run_experiment(cfg_of(rounds=4), tmp_path / "full", dataset=ds)
     # a run that stops after round 2 (simulated crash), then resumes in the same folder
     cfg = cfg_of(rounds=4)
@@ -68,15 +67,15 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     assert [m["backdoor_acc"] for m in res.metrics] == [m["backdoor_acc"] for m in full.metrics]
 
 
-def test_folder_of_another_config_is_refused(tmp_path):
-    ds = tiny_dataset()
+def test_folder_of_another_config_is_refused(tmp_path, tiny):
+    ds = tiny()
     run_experiment(cfg_of(rounds=1), tmp_path / "run", dataset=ds)
     with pytest.raises(ResumeError, match="different config"):
         run_experiment(cfg_of(rounds=1, seed=9), tmp_path / "run", dataset=ds)
 
 
-def test_outputs_written(tmp_path):
-    res = run_experiment(cfg_of(rounds=2), tmp_path, dataset=tiny_dataset())
+def test_outputs_written(tmp_path, tiny):
+    res = run_experiment(cfg_of(rounds=2), tmp_path, dataset=tiny())
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3
     recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in recs] == [1, 2]
@@ -90,8 +89,8 @@ def test_outputs_written(tmp_path):
     assert res.summary["federation"]["num_corrupt"] == 1
 
 
-def test_malformed_update_is_rejected_and_logged(caplog):
-    ds = tiny_dataset()
+def test_malformed_update_is_rejected_and_logged(caplog, tiny):
+    ds = tiny()
     cfg = cfg_of(rounds=1, rlr_threshold=0)
     sim = Simulation(cfg, build_federation(cfg, ds))
     real = sim.trainer.train
