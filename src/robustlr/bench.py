@@ -3,8 +3,12 @@
 For the iid preset (K 10, E 2, B 256, the paper's CNN) it measures, on the current machine and
 in the same process, the training throughput (samples/s) of
 
-- our fastest engine (the one ``train_mode = "auto"`` picks, or the best of both),
-- our sequential engine,
+- our engines: ``processes`` (agents side by side in one single-threaded worker process per
+  core: the CPU default), ``sequential`` (one agent after another on one thread: the
+  reference), ``sequential-mt`` (one agent after another on all cores' threads; not
+  bit-reproducible across core counts, shown to explain the choice), ``vectorized``
+  (``torch.func.vmap`` over agents: the CUDA default) and ``sequential-bf16`` (opt-in bf16
+  autocast);
 - a naive reference-style loop: one ``DataLoader`` per agent over a dataset that converts and
   normalises every sample in Python (``__getitem__``), a deep copy of the model per agent, as
   a typical research codebase does it;
@@ -151,9 +155,22 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
                              grad_clip=cfg.grad_clip, clip_norm=0.0, seed=0, precision=precision)
 
     engines: dict[str, float] = {}
+    if dev.type == "cpu":
+        from robustlr.parallel import ProcessTrainer, available_cores
+
+        workers = min(available_cores(), k)
+        res["workers"] = workers
+        progress(f"timing the processes engine ({workers} workers)")
+        with ProcessTrainer(cfg.model, 10, layout, settings(), x.clone(), y.clone(), workers=workers,
+                            max_agents=k) as par:
+            engines["processes"] = _time_engine(par, layout, flat, indices, k, repeats)
     progress("timing the sequential engine")
     seq = SequentialTrainer(model, layout, settings(), x.to(dev), y.to(dev), dev)
     engines["sequential"] = _time_engine(seq, layout, flat, indices, k, repeats)
+    if dev.type == "cpu" and torch.get_num_threads() > 1:
+        progress(f"timing the sequential engine on {torch.get_num_threads()} threads")
+        seq_mt = SequentialTrainer(model, layout, settings(), x.to(dev), y.to(dev), dev, threads=None)
+        engines["sequential-mt"] = _time_engine(seq_mt, layout, flat, indices, k, repeats)
     if not has_batch_norm(model):
         progress("timing the vectorized engine")
         vec = VectorizedTrainer(model, layout, settings(), x.to(dev), y.to(dev), dev)
@@ -197,7 +214,7 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
             times.append(time.perf_counter() - t)
     agg_s = statistics.median(times)
 
-    fp32 = {k_: v for k_, v in engines.items() if k_ in ("sequential", "vectorized")}
+    fp32 = {k_: v for k_, v in engines.items() if k_ in ("processes", "sequential", "vectorized")}
     fastest = max(fp32, key=fp32.get)
     ours = fp32[fastest]
     round_s = samples_per_round / ours
@@ -233,6 +250,9 @@ def format_bench(res: dict) -> str:
         f"speed-up vs naive loop: {res['speedup_vs_naive']:.2f}x; vs sequential: {res['speedup_vs_sequential']:.2f}x; "
         f"vectorized/sequential: {res['vectorized_vs_sequential']:.2f}x",
     ]
+    if "sequential-mt" in res["samples_per_s"]:
+        lines.append(f"sequential on {res['threads']} threads / on 1 thread: "
+                     f"{res['samples_per_s']['sequential-mt'] / res['samples_per_s']['sequential']:.2f}x")
     if res.get("bf16_speedup"):
         lines.append(f"bf16 autocast (opt-in) vs fp32 sequential: {res['bf16_speedup']:.2f}x")
     lines.append(f"aggregation (RLR over FedAvg, {res['aggregation_seconds'] * 1e3:.1f} ms) share of a round: "

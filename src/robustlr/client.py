@@ -43,7 +43,12 @@ class SequentialTrainer:
     name = "sequential"
 
     def __init__(self, model: nn.Module, layout: ParamLayout, settings: LocalSettings,
-                 train_x: torch.Tensor, train_y: torch.Tensor, device: torch.device) -> None:
+                 train_x: torch.Tensor, train_y: torch.Tensor, device: torch.device,
+                 threads: int | None = 1) -> None:
+        #: intra-op threads per agent on the CPU: 1 (the default) makes the numbers independent of
+        #: the machine; None leaves torch's setting (faster alone on a quiet multi-core machine,
+        #: but not bit-reproducible across core counts)
+        self.threads = threads
         # channels-last activations: oneDNN's convolutions run about 1.4x faster on the CPU
         self.model = model.to(device=device, memory_format=torch.channels_last)
         self.layout = layout
@@ -75,7 +80,24 @@ class SequentialTrainer:
 
     def train(self, global_flat: torch.Tensor, indices: np.ndarray, round_: int, agent: int,
               loss_sign: float = 1.0) -> torch.Tensor:
-        """Train one agent from the global weights; return its update (local minus global)."""
+        """Train one agent from the global weights; return its update (local minus global).
+
+        On the CPU the agent trains on exactly one intra-op thread (restored afterwards): the
+        backward convolutions sum in a thread-count-dependent order, and one thread per agent
+        makes the numbers independent of the machine's core count (parallelism comes from
+        training agents side by side, see :mod:`robustlr.parallel`).
+        """
+        if self.device.type == "cpu" and self.threads is not None and torch.get_num_threads() != self.threads:
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                return self._train(global_flat, indices, round_, agent, loss_sign)
+            finally:
+                torch.set_num_threads(before)
+        return self._train(global_flat, indices, round_, agent, loss_sign)
+
+    def _train(self, global_flat: torch.Tensor, indices: np.ndarray, round_: int, agent: int,
+               loss_sign: float) -> torch.Tensor:
         self._load(global_flat)
         model = self.model
         model.train()

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device: torch.device | None = None) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
     """Logits of ``model`` on ``x`` (eval mode, in batches)."""
     device = device or next(model.parameters()).device
     was_training = model.training
