@@ -1,6 +1,9 @@
 """The process-parallel engine gives bit-for-bit the updates of the in-process reference engine."""
 
+import multiprocessing
+
 import numpy as np
+import pytest
 import torch
 
 from robustlr.aggregation import ParamLayout
@@ -12,7 +15,11 @@ from robustlr.parallel import ProcessTrainer
 from robustlr.simulation import Simulation
 
 
-def test_process_engine_equals_sequential_engine_bitwise(tiny):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_process_engine_equals_sequential_engine_bitwise(tiny, monkeypatch, start_method):
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} on this OS")
+    monkeypatch.setenv("ROBUSTLR_START_METHOD", start_method)
     ds = tiny()
     x = (ds.train_x.float() / 255.0).contiguous()
     y = ds.train_y.clone()
