@@ -119,6 +119,11 @@ class Simulation:
         self.global_params = self.layout.flatten(self.model).to(self.device)
         self.noise_gen = torch.Generator(device="cpu")
         self.rule, self.scale = build_aggregator(cfg, self.layout, self.noise_gen)
+        # eta scales trainable parameters only; buffers (batch-norm running statistics and
+        # num_batches_tracked) are averaged plainly
+        trainable = self.layout.trainable_mask()
+        self.step_scale = self.scale if bool(trainable.all()) else torch.where(
+            trainable, self.scale, 1.0).to(self.device)
         self.trainer = make_trainer(cfg, self.model, self.layout, fed, self.device)
         self.metrics: list[dict] = []
         self.start_round = 1
@@ -205,7 +210,7 @@ class Simulation:
             weights = torch.as_tensor(fed.agent_sizes[agents], dtype=torch.float32)
             step = self.rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
             if self.scale != 1.0:
-                step = step * self.scale
+                step = step * self.step_scale
             self.global_params += step
             tel = getattr(self.rule, "telemetry", {}) or {}
             if "flipped_fraction" in tel:

@@ -1,0 +1,133 @@
+"""Batch-norm buffers under the server's learning rate and the robust learning rate.
+
+The global model's running statistics and ``num_batches_tracked`` must be the plain
+(size-weighted) average of the agents' ones: eta scales trainable parameters only, and RLR
+flips trainable parameters only (``rlr_scope = "trainable"``, the default). Code paths on
+tiny generated 32x32 RGB data with the paper's CIFAR CNN plus batch norm.
+"""
+
+import pytest
+import torch
+
+from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
+from robustlr.config import make_config
+from robustlr.federation import build_federation
+from robustlr.models import build_model
+from robustlr.simulation import Simulation
+
+BASE = {"dataset": "cifar10", "model": "cifar-cnn-bn", "rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25,
+        "attack": "dba", "poison_fraction": 0.5, "local_epochs": 1, "batch_size": 16, "eval_every": 1, "seed": 0,
+        "checkpoint_every": 0, "train_mode": "sequential", "threads": 1}
+
+
+def _sim(tiny, **kw) -> Simulation:
+    cfg = make_config({**BASE, **kw})
+    return Simulation(cfg, build_federation(cfg, tiny(channels=3, size=32)))
+
+
+def _round_with_updates(sim: Simulation, round_: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Run one round; return the global vector before it, the agents' updates and the round's record."""
+    captured = {}
+    train_into = sim.trainer.train_into
+
+    def spy(out, *args, **kwargs):
+        train_into(out, *args, **kwargs)
+        captured["updates"] = out.clone()
+
+    sim.trainer.train_into = spy
+    before = sim.global_params.clone()
+    rec = sim.run_round(round_)
+    return before, captured["updates"], rec
+
+
+def _buffer_names(layout: ParamLayout) -> list[str]:
+    return [e.name for e in layout.entries if not e.is_trainable]
+
+
+def test_the_bn_model_has_buffers_and_equal_agents(tiny):
+    sim = _sim(tiny)
+    assert {n.rsplit(".", 1)[1] for n in _buffer_names(sim.layout)} == {"running_mean", "running_var",
+                                                                       "num_batches_tracked"}
+    assert len(set(sim.fed.agent_sizes.tolist())) == 1  # so the size-weighted mean is the plain mean
+
+
+@pytest.mark.parametrize("eta", [0.5, 3.0])
+def test_server_lr_scales_parameters_but_not_buffers(tiny, eta):
+    sim = _sim(tiny, server_lr=eta)
+    before, updates, _ = _round_with_updates(sim)
+    mean = updates.mean(dim=0)
+    trainable = sim.layout.trainable_mask()
+    after = sim.global_params
+    torch.testing.assert_close(after[trainable], before[trainable] + eta * mean[trainable])
+    torch.testing.assert_close(after[~trainable], before[~trainable] + mean[~trainable])
+    state = sim.layout.unflatten(after)
+    per_agent = [sim.layout.unflatten(before + u) for u in updates]
+    for name in _buffer_names(sim.layout):
+        expected = torch.stack([s[name].to(torch.float64) for s in per_agent]).mean(0)
+        if name.endswith("num_batches_tracked"):
+            # every agent ran ceil(60 / 16) = 4 batches: the average, not eta times it
+            assert int(state[name]) == int(expected) == 4
+        else:
+            torch.testing.assert_close(state[name].to(torch.float64), expected, rtol=1e-5, atol=1e-6)
+    assert all(bool((state[n] > 0).all()) for n in _buffer_names(sim.layout) if n.endswith("running_var"))
+
+
+def test_rlr_never_flips_batch_norm_statistics_even_when_most_coordinates_flip(tiny):
+    # theta = 4 of 4 agents: every coordinate the agents do not agree on unanimously is flipped
+    sim = _sim(tiny, rlr_threshold=4)
+    trainable = sim.layout.trainable_mask()
+    saw_disagreeing_buffer = False
+    for r in range(1, 4):
+        before, updates, rec = _round_with_updates(sim, r)
+        assert rec["flipped_fraction"] > 0.5, rec
+        mean = updates.mean(dim=0)
+        after = sim.global_params
+        # the buffers: plainly averaged, whatever the vote
+        torch.testing.assert_close(after[~trainable], before[~trainable] + mean[~trainable])
+        votes = torch.sign(updates).sum(0).abs()
+        saw_disagreeing_buffer |= bool((votes[~trainable] < 4).any())
+        # the parameters: + mean where unanimous, - mean elsewhere
+        sign = torch.where(votes >= 4, 1.0, -1.0)
+        torch.testing.assert_close(after[trainable], before[trainable] + (sign * mean)[trainable])
+        state = sim.layout.unflatten(after)
+        for name in _buffer_names(sim.layout):
+            if name.endswith("num_batches_tracked"):
+                assert int(state[name]) == 4 * r  # the agents' count, never pushed back
+            elif name.endswith("running_var"):
+                assert bool((state[name] > 0).all())
+    # the test bites: some buffer coordinates were not unanimous, so flipping them would have shown
+    assert saw_disagreeing_buffer
+
+
+def test_rlr_scope_all_does_flip_buffers(tiny):
+    """The contrast: with ``rlr_scope = "all"`` buffers vote too (the behaviour the default avoids)."""
+    sim = _sim(tiny, rlr_threshold=4, rlr_scope="all")
+    trainable = sim.layout.trainable_mask()
+    before, updates, _ = _round_with_updates(sim)
+    mean = updates.mean(dim=0)
+    plain = before + mean
+    assert not torch.allclose(sim.global_params[~trainable], plain[~trainable])
+
+
+def test_robust_lr_with_a_layout_leaves_a_split_num_batches_tracked_vote_alone():
+    """Direct check on the rule: one agent with no batches (a zero delta, sign 0) makes the vote on
+    ``num_batches_tracked`` 3 < theta = 4; over all coordinates it would be flipped to -mean."""
+    model = build_model("cifar-cnn-bn")
+    layout = ParamLayout.from_module(model)
+    g = torch.Generator().manual_seed(0)
+    updates = torch.randn(4, layout.numel, generator=g) * 0.01
+    slices = layout.slices()
+    for name, sl in slices.items():
+        if name.endswith("num_batches_tracked"):
+            updates[:, sl] = torch.tensor([[8.0], [8.0], [8.0], [0.0]])
+        elif name.endswith("running_var"):
+            updates[:, sl] = updates[:, sl].abs() * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
+    trainable = layout.trainable_mask()
+    plain = FedAvg()(updates)
+    masked = RobustLR(FedAvg(), threshold=4, layout=layout)(updates)
+    everything = RobustLR(FedAvg(), threshold=4)(updates)
+    torch.testing.assert_close(masked[~trainable], plain[~trainable])
+    nbt = [sl for name, sl in slices.items() if name.endswith("num_batches_tracked")]
+    for sl in nbt:
+        assert float(masked[sl]) == 6.0
+        assert float(everything[sl]) == -6.0  # what flipping buffers would do
