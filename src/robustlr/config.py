@@ -72,6 +72,11 @@ class ExperimentConfig(BaseModel):
     attack: Attack = Field("trojan", description="trojan: every corrupt agent uses the whole trojan; "
                            "dba: corrupt agent i uses part i mod dba_parts")
     trojan: Trojan = "plus"
+    trojan_value: int | None = Field(
+        None, description="pixel value 0..255 the trojan is drawn with, in every channel, for poisoning and "
+        "the backdoor test set (None = the dataset's ink: 255 on Fashion-MNIST and CIFAR-10, 0 on FEMNIST; "
+        "the authors' code draws the CIFAR-10 plus with 0)"
+    )
     dba_parts: int = Field(4, ge=1)
     poison_fraction: float = Field(0.5, gt=0, le=1, description="P: share of a corrupt agent's base-class samples poisoned")
     base_class: int = Field(5, ge=0)
@@ -134,6 +139,11 @@ class ExperimentConfig(BaseModel):
                     f"rlr_threshold={int(self.rlr_threshold)} exceeds the {per_round} agents in a round "
                     f"(K={self.num_agents}, C={self.participation}); the paper's range is K*F+1 .. K-K*F"
                 )
+        if self.trojan_value is not None and not 0 <= self.trojan_value <= 255:
+            problems.append(
+                f"trojan_value={self.trojan_value} is not a pixel value: use an integer in 0..255, "
+                "or leave it unset for the dataset's ink"
+            )
         if self.noise_sigma > 0 and self.clip_norm == 0:
             problems.append("noise_sigma > 0 needs clip_norm > 0 (the noise std is sigma * M)")
         if problems:

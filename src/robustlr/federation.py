@@ -165,6 +165,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     full_mask = trojan_mask(cfg.trojan, h, w, dataset=tname)
     parts = dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=tname) if cfg.attack == "dba" else None
 
+    value = ds.ink if cfg.trojan_value is None else cfg.trojan_value
     x = ds.train_x.clone()
     y = ds.train_y.clone()
     poisoned: dict[int, int] = {}
@@ -176,7 +177,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
             continue
         mask = full_mask if parts is None else parts[i % len(parts)]
         t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        x[t] = apply_trojan(x[t], mask, ds.ink)
+        x[t] = apply_trojan(x[t], mask, value)
         y[t] = cfg.target_class
 
     test_y = ds.test_y
@@ -187,6 +188,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "num_corrupt": int(n_corrupt),
         "corrupt_without_base_samples": int(sum(1 for v in poisoned.values() if v == 0)),
         "poisoned_samples": int(sum(poisoned.values())),
+        "trojan_value": int(value),
         "train_samples": int(sum(len(a) for a in agents)),
         "data_source": ds.source,
     }
@@ -200,6 +202,6 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         val_x=normalise(ds.test_x, ds.mean, ds.std),
         val_y=test_y.clone(),
         base_x=normalise(base_x_u8, ds.mean, ds.std),
-        backdoor_x=normalise(apply_trojan(base_x_u8, full_mask, ds.ink), ds.mean, ds.std),
+        backdoor_x=normalise(apply_trojan(base_x_u8, full_mask, value), ds.mean, ds.std),
         notes=notes,
     )
