@@ -8,9 +8,10 @@ FedAvg's. The paper's gap at its full budget is 3.3 points (98.5 vs 95.2); RLR c
 slowly (the paper says so), so after 30 rounds the gap is somewhat larger: 3.5 points measured
 at seed 0 and 4.2 at seed 1 (backdoor: FedAvg 0.83 / 0.95, RLR 0.07 / 0.20).
 
-Runtime: two runs of about 105 s of single-core CPU time each (30 rounds x ~3.5 s), plus about
-5 s of loading: about 2 minutes on two idle cores with the default process engine, about
-3.5 minutes on one core; several times that on a machine shared with other jobs.
+Runtime: measured 6 min 21 s on a 2-core machine shared with other jobs (load average 5-7;
+245 s of CPU time, 65 % of a core). The automatic engine is the sequential one here (15 agents
+x ~100 samples x E 2 is below the process engine's threshold), which trains on one thread, so
+on an idle machine the test takes about its CPU time: about 4 minutes (two runs of ~120 s).
 """
 
 import pytest
