@@ -178,6 +178,7 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     steps: int = typer.Option(6, "--steps", help="batches per agent per timed repeat"),
     repeats: int = typer.Option(3, "--repeats", help="timed repeats after one warm-up (median reported)"),
+    agents: Optional[int] = typer.Option(None, "--agents", help="agents per timed round (default: the preset's K)"),
     aggregation: bool = typer.Option(False, "--aggregation", help="time the aggregation rules instead "
                                      "(n = 10, 40, 100 agents x 1.2 M parameters)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
@@ -192,7 +193,7 @@ def bench(
         return
     from robustlr.bench import format_bench, run_bench
 
-    res = run_bench(preset=preset, device=device, steps=steps, repeats=repeats, progress=say)
+    res = run_bench(preset=preset, device=device, steps=steps, repeats=repeats, agents=agents, progress=say)
     if as_json:
         print(json.dumps(res, indent=2))
     else:

@@ -26,7 +26,7 @@ Partition = Literal["iid", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold"]
 Attack = Literal["trojan", "dba"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
-TrainMode = Literal["auto", "sequential", "vectorized"]
+TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
 Precision = Literal["fp32", "bf16"]
 
 
@@ -106,9 +106,14 @@ class ExperimentConfig(BaseModel):
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0 = only at the end)")
     device: str = Field("cpu", description="cpu, cuda, cuda:0, ...")
-    train_mode: TrainMode = Field("auto", description="local training engine")
+    train_mode: TrainMode = Field(
+        "auto", description="local training engine: sequential (one agent after another, in-process), processes "
+        "(agents side by side in worker processes, one thread each; the CPU default), vectorized (torch.func vmap; "
+        "the CUDA default); auto picks by device and round size")
     precision: Precision = Field("fp32", description="bf16 autocast for local training (opt-in)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = all cores)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU cores to use: training worker processes (one thread per agent) and "
+        "evaluation threads; None = all available. The numbers do not depend on it")
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":

@@ -35,8 +35,8 @@ PAPER = {
 
 RUN_LABELS = {
     "fedavg_clean": "FedAvg, no attack",
-    "fedavg_attack": "FedAvg, under attack",
-    "rlr_attack": "FedAvg + RLR, under attack",
+    "fedavg_attack": "FedAvg, attack",
+    "rlr_attack": "FedAvg + RLR, attack",
 }
 
 
@@ -53,21 +53,16 @@ def comparison_table(setting: str, runs: dict[str, dict], title: str | None = No
     from rich.table import Table
 
     paper = PAPER.get(setting, {})
-    table = Table(title=title or f"robustlr demo ({setting}) vs the paper's {paper.get('source', '')}")
-    table.add_column("run")
-    for m in ("validation", "base class", "backdoor"):
-        table.add_column(f"{m} %", justify="right")
-        table.add_column("paper", justify="right", style="dim")
+    table = Table(title=title or f"robustlr demo ({setting}) vs the paper's {paper.get('source', '')}",
+                  caption="ours (paper's, at the paper's full budget); '-' = not reported")
+    table.add_column("run", no_wrap=True)
+    for m in ("validation %", "base class %", "backdoor %"):
+        table.add_column(m, justify="right", no_wrap=True)
     table.add_column("seconds", justify="right")
     for key, res in runs.items():
         p = paper.get(key, {})
-        table.add_row(
-            RUN_LABELS.get(key, key),
-            _pct(res.get("val_acc")), _paper(p.get("val_acc")),
-            _pct(res.get("base_acc")), _paper(p.get("base_acc")),
-            _pct(res.get("backdoor_acc")), _paper(p.get("backdoor_acc")),
-            f"{res.get('seconds', 0):.0f}",
-        )
+        cells = [f"{_pct(res.get(k))} ({_paper(p.get(k))})" for k in ("val_acc", "base_acc", "backdoor_acc")]
+        table.add_row(RUN_LABELS.get(key, key), *cells, f"{res.get('seconds', 0):.0f}")
     return table
 
 

@@ -62,21 +62,42 @@ def sample_agents(cfg: ExperimentConfig, num_agents: int, round_: int) -> np.nda
     return np.sort(rng.choice(num_agents, size=m, replace=False))
 
 
+# auto mode spreads agents over processes only when a round's local training is at least this
+# many sample-epochs: below it, handing tasks to workers costs more than it saves
+PROCESS_MIN_WORK = 1000
+
+
 def make_trainer(cfg: ExperimentConfig, model, layout, fed: Federation, device: torch.device):
+    """The local-training engine for ``cfg`` (see the config's ``train_mode``)."""
     settings = LocalSettings(
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.client_lr, momentum=cfg.client_momentum,
         grad_clip=cfg.grad_clip, clip_norm=cfg.clip_norm, seed=cfg.seed, precision=cfg.precision,
     )
     mode = cfg.train_mode
-    if mode in ("auto", "vectorized"):
-        try:
-            from robustlr.vectorized import VectorizedTrainer, prefer_vectorized
-        except ImportError:
-            if mode == "vectorized":
-                raise
+    per_round = cfg.agents_per_round(fed.num_agents)
+    if mode == "auto":
+        if device.type == "cuda":
+            from robustlr.vectorized import has_batch_norm
+
+            mode = "sequential" if has_batch_norm(model) else "vectorized"
         else:
-            if mode == "vectorized" or prefer_vectorized(cfg, device):
-                return VectorizedTrainer(model, layout, settings, fed.train_x, fed.train_y, device)
+            from robustlr.parallel import available_cores
+
+            work = float(np.sort(fed.agent_sizes)[-per_round:].sum()) * cfg.local_epochs
+            cores = cfg.threads or available_cores()
+            mode = "processes" if cores >= 2 and per_round >= 2 and work >= PROCESS_MIN_WORK else "sequential"
+    if mode == "vectorized":
+        from robustlr.vectorized import VectorizedTrainer
+
+        return VectorizedTrainer(model, layout, settings, fed.train_x, fed.train_y, device)
+    if mode == "processes":
+        if device.type != "cpu":
+            raise ValueError(f"train_mode 'processes' runs on the CPU, not on {device}; use vectorized or sequential")
+        from robustlr.parallel import ProcessTrainer, available_cores
+
+        workers = max(1, min(cfg.threads or available_cores(), per_round))
+        return ProcessTrainer(cfg.model, fed.dataset.num_classes, layout, settings, fed.train_x, fed.train_y,
+                              workers=workers, max_agents=per_round)
     return SequentialTrainer(model, layout, settings, fed.train_x, fed.train_y, device)
 
 
@@ -115,6 +136,9 @@ class Simulation:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
         self.model = build_model(cfg.model, num_classes=fed.dataset.num_classes).to(self.device)
+        if self.device.type == "cpu":
+            # oneDNN's convolutions are about 2x faster on channels-last activations (evaluation too)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.layout = ParamLayout.from_module(self.model)
         self.global_params = self.layout.flatten(self.model).to(self.device)
         self.noise_gen = torch.Generator(device="cpu")
@@ -238,6 +262,14 @@ class Simulation:
         return rec
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            close = getattr(self.trainer, "close", None)
+            if close is not None:
+                close()
+
+    def _run(self) -> RunResult:
         cfg = self.cfg
         for r in range(self.start_round, cfg.rounds + 1):
             rec = self.run_round(r)
