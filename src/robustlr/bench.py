@@ -179,6 +179,11 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         progress("timing the sequential engine with bf16 autocast")
         seq16 = SequentialTrainer(model, layout, settings("bf16"), x.to(dev), y.to(dev), dev)
         engines["sequential-bf16"] = _time_engine(seq16, layout, flat, indices, k, repeats)
+        if dev.type == "cpu":
+            progress(f"timing the processes engine with bf16 autocast ({res['workers']} workers)")
+            with ProcessTrainer(cfg.model, 10, layout, settings("bf16"), x.clone(), y.clone(),
+                                workers=res["workers"], max_agents=k) as par16:
+                engines["processes-bf16"] = _time_engine(par16, layout, flat, indices, k, repeats)
 
     progress("timing the naive reference loop")
     imgs = (torch.rand(n, *shape[1:]) * 255).to(torch.uint8).numpy() if shape[0] == 1 else None
@@ -231,6 +236,8 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         "speedup_vs_sequential": ours / engines["sequential"],
         "vectorized_vs_sequential": engines.get("vectorized", float("nan")) / engines["sequential"],
         "bf16_speedup": engines["sequential-bf16"] / engines["sequential"] if "sequential-bf16" in engines else None,
+        "bf16_fastest_vs_naive": (engines["processes-bf16"] / engines["naive"]
+                                  if "processes-bf16" in engines and "naive" in engines else None),
         "aggregation_seconds": agg_s,
         "aggregation_share": agg_s / (round_s + agg_s),
     })
@@ -255,6 +262,8 @@ def format_bench(res: dict) -> str:
                      f"{res['samples_per_s']['sequential-mt'] / res['samples_per_s']['sequential']:.2f}x")
     if res.get("bf16_speedup"):
         lines.append(f"bf16 autocast (opt-in) vs fp32 sequential: {res['bf16_speedup']:.2f}x")
+    if res.get("bf16_fastest_vs_naive"):
+        lines.append(f"processes engine in bf16 (opt-in) vs naive fp32 loop: {res['bf16_fastest_vs_naive']:.2f}x")
     lines.append(f"aggregation (RLR over FedAvg, {res['aggregation_seconds'] * 1e3:.1f} ms) share of a round: "
                  f"{100 * res['aggregation_share']:.2f} %")
     return "\n".join(lines)
