@@ -73,3 +73,11 @@ def test_paper_presets_are_table_2(run, corrupt, theta):
     assert cfg.trojan_value == 0  # the authors draw the CIFAR-10 plus in black
     assert cfg.train_limit is None
 
+
+def test_demo_preset_keeps_the_papers_model_and_attack():
+    cfg = load_config("demo-cifar")
+    assert (cfg.dataset, cfg.model, cfg.attack, cfg.trojan, cfg.dba_parts, cfg.trojan_value) == (
+        "cifar10", "cifar-cnn", "dba", "plus", 4, 0)
+    assert (cfg.base_class, cfg.target_class, cfg.poison_fraction) == (5, 7, 0.5)
+    assert cfg.num_corrupt(cfg.num_agents) == 4  # one corrupt agent per part of the plus
+    assert cfg.rlr_threshold > cfg.num_corrupt(cfg.num_agents)
