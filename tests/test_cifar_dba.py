@@ -1,5 +1,7 @@
 """CIFAR-10 + distributed backdoor: the trojan's colour, who draws which part, and the presets."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +21,10 @@ def test_trojan_value_is_validated():
     for bad in (-1, 256, 1000):
         with pytest.raises(ConfigError, match=rf"trojan_value={bad} is not a pixel value: use an integer in 0..255"):
             load_config("cifar-dba-paper-rlr", [f"trojan_value={bad}"])
-    with pytest.raises(ConfigError, match="trojan_value"):
-        load_config("cifar-dba-paper-rlr", ["trojan_value=0.5"])
+    for bad in ("0.5", "true", '"255"'):
+        with pytest.raises(ConfigError, match="trojan_value"):
+            load_config("cifar-dba-paper-rlr", [f"trojan_value={bad}"])
+    assert make_config(json.loads(load_config("demo-cifar").to_json())).trojan_value == 0
 
 
 @pytest.mark.parametrize("value", [None, 0, 128])

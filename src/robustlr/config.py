@@ -73,7 +73,7 @@ class ExperimentConfig(BaseModel):
                            "dba: corrupt agent i uses part i mod dba_parts")
     trojan: Trojan = "plus"
     trojan_value: int | None = Field(
-        None, description="pixel value 0..255 the trojan is drawn with, in every channel, for poisoning and "
+        None, strict=True, description="pixel value 0..255 the trojan is drawn with, in every channel, for poisoning and "
         "the backdoor test set (None = the dataset's ink: 255 on Fashion-MNIST and CIFAR-10, 0 on FEMNIST; "
         "the authors' code draws the CIFAR-10 plus with 0)"
     )
