@@ -48,8 +48,9 @@ class CifarCNN(nn.Module):
     add dead coordinates to every update): -448 bias + 896 BN weight/bias = **538,058**
     trainable parameters, plus buffers ``bn{1,2,3}.running_mean``, ``running_var`` (64 + 128
     + 256 values each) and ``num_batches_tracked``. Aggregation must treat those buffers
-    separately from the parameters (the authors' code flips them together with the
-    parameters, which is what breaks it with batch norm).
+    separately from the parameters: robustlr averages them plainly (RLR and the server
+    learning rate act on trainable parameters only). The authors' code aggregates parameters
+    only and never updates buffers in the global model; their CIFAR CNN has no batch norm.
 
     Differences from the authors' code, neither changing the function computed:
 
