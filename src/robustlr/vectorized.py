@@ -32,17 +32,6 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def prefer_vectorized(cfg, device: torch.device) -> bool:
-    """The engine ``train_mode = "auto"`` picks: a fixed rule per device, so that one config
-    always runs on the same engine and gives the same numbers.
-
-    On CUDA the vectorised engine (one small CNN uses a fraction of the device otherwise); on
-    the CPU the sequential one, which ``robustlr bench`` measured as at least as fast there
-    (the CPU is already saturated by one agent's batch; batching agents adds copies).
-    """
-    return device.type == "cuda"
-
-
 class VectorizedTrainer:
     """Trains all agents of a round together with ``vmap``."""
 
