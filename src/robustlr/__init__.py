@@ -1,16 +1,50 @@
 """robustlr: federated learning under backdoor attack, and the robust learning rate defense.
 
-Modules (imports go one way, top to bottom of this list never imports upward):
+The package has one folder per concern; imports go one way, from the top of this list down::
 
-- ``robustlr.aggregation``: aggregation rules over a stacked update matrix, and ``RobustLR``.
-- ``robustlr.data``: in-memory datasets (Fashion-MNIST, FEMNIST, CIFAR-10) and partitioners.
-- ``robustlr.attacks``: trojan patterns, poisoning, distributed backdoors.
-- ``robustlr.models``: the paper's networks.
-- ``robustlr.config``: the one typed, validated experiment configuration.
-- ``robustlr.client``: local training of agents.
-- ``robustlr.simulation``: the round loop.
-- ``robustlr.report``: tables and plots.
-- ``robustlr.cli``: the ``robustlr`` command.
+    cli                      the ``robustlr`` command, one module per command group
+    reports, bench,          tables and plots; speed measurements;
+    experiments, analysis,   suites and the results store; attribution and telemetry;
+    integrations             Flower
+    sim                      config and presets, federation, engines/, server, loop, records
+    aggregation, data,       rules over a stacked update matrix; datasets; trojans and
+    attacks, models          poisoning; the networks
+    errors                   robustlr's own error types
+
+``robustlr.run(config)`` and ``robustlr.load_config(...)`` are the entry points for a script::
+
+    import robustlr
+    cfg = robustlr.load_config("demo-iid", ["rounds=4"])
+    result = robustlr.run(cfg, out_dir="runs/demo-iid")
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robustlr.sim.config import ExperimentConfig
+    from robustlr.sim.loop import RunResult
+
+__all__ = ["__version__", "load_config", "run"]
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> "ExperimentConfig":
+    """A validated config from a TOML file or preset name, with ``key=value`` overrides."""
+    from robustlr.sim.config import load_config as _load
+
+    return _load(path, overrides)
+
+
+def run(config: "ExperimentConfig | str", out_dir: str | None = None, data_dir: str | None = None,
+        **kwargs: Any) -> "RunResult":
+    """Run an experiment to the end: ``config`` is an :class:`ExperimentConfig` or a preset/file name.
+
+    With ``out_dir`` the run writes its records there and resumes from its last checkpoint.
+    """
+    from robustlr.sim.loop import run_experiment
+
+    cfg = load_config(config) if isinstance(config, str) else config
+    return run_experiment(cfg, out_dir, data_dir=data_dir, **kwargs)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from robustlr.data import cifar
+from robustlr.data.cifar import image_folder, python_release
 from robustlr.data.store import ENV_CACHE_DIR, ENV_DATA_DIR, DataNotFoundError
 
 # --------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def write_python_release(folder: Path) -> dict:
 def accept_files_in(monkeypatch, folder: Path) -> None:
     """Make the loader's md5 table describe the files written here instead of the official ones."""
     table = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in cifar.PYTHON_FILE_MD5}
-    monkeypatch.setattr(cifar, "PYTHON_FILE_MD5", table)
+    monkeypatch.setattr(python_release, "PYTHON_FILE_MD5", table)
 
 
 def assert_matches_release(ds, batches: dict) -> None:
@@ -143,7 +144,7 @@ def test_python_archive_read_without_extracting(isolated, monkeypatch):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging, arcname="cifar-10-batches-py")
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(cifar, "PYTHON_ARCHIVE", dataclasses.replace(cifar.PYTHON_ARCHIVE, sha256=sha))
+    monkeypatch.setattr(python_release, "PYTHON_ARCHIVE", dataclasses.replace(cifar.PYTHON_ARCHIVE, sha256=sha))
     ds = cifar.load_cifar10(root, allow_download=False, layout="python")
     assert_matches_release(ds, batches)
     assert ds.extra["path"] == str(archive)
@@ -158,7 +159,7 @@ def test_download_into_cache_when_nothing_local(isolated, monkeypatch):
         tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     spec = dataclasses.replace(cifar.PYTHON_ARCHIVE, sha256=sha, urls=(archive.as_uri(),))
-    monkeypatch.setattr(cifar, "PYTHON_ARCHIVE", spec)
+    monkeypatch.setattr(python_release, "PYTHON_ARCHIVE", spec)
     ds = cifar.load_cifar10(isolated / "empty")
     assert_matches_release(ds, batches)
     assert ds.extra["path"] == str(isolated / "cache" / "cifar10" / "cifar-10-python.tar.gz")
@@ -167,7 +168,7 @@ def test_download_into_cache_when_nothing_local(isolated, monkeypatch):
 
 def test_failed_download_is_reported(isolated, monkeypatch):
     url = (isolated / "nowhere" / "cifar-10-python.tar.gz").as_uri()
-    monkeypatch.setattr(cifar, "PYTHON_ARCHIVE", dataclasses.replace(cifar.PYTHON_ARCHIVE, urls=(url,)))
+    monkeypatch.setattr(python_release, "PYTHON_ARCHIVE", dataclasses.replace(cifar.PYTHON_ARCHIVE, urls=(url,)))
     with pytest.raises(DataNotFoundError) as err:
         cifar.load_cifar10(isolated / "empty", layout="python")
     assert f"download: {url} (" in str(err.value)
@@ -275,7 +276,7 @@ def test_png_folder_exact_and_cached(isolated, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(cifar, "_decode", no_decoding)
+    monkeypatch.setattr(image_folder, "_decode", no_decoding)
     again = cifar.load_cifar10(isolated / "data", allow_download=False, layout="folder")
     assert again.extra["from_cache"] is True
     assert_matches_folder(again, expected)
@@ -298,7 +299,7 @@ def test_extracted_jpeg_copy_is_recognised_by_content(isolated, monkeypatch):
     top = isolated / "data" / "cifar10-jpeg"
     write_image_folder(top)
     files = cifar._files_from_folder(top)
-    monkeypatch.setattr(cifar, "JPEG_CONTENT_DIGEST", cifar._content_digest(files))
+    monkeypatch.setattr(image_folder, "JPEG_CONTENT_DIGEST", cifar._content_digest(files))
     ds = cifar.load_cifar10(isolated / "data", allow_download=False)
     assert ds.source == cifar.SOURCE_JPEG_COPY == "CIFAR-10 (JPEG q75 copy)"
     assert cifar.JPEG_ARCHIVE.sha256 in ds.extra["cache"]  # shares the archive's cache entry

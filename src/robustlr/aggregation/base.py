@@ -237,6 +237,20 @@ class AggregationRule(abc.ABC):
         """Forget any state kept between calls (no-op for stateless rules)."""
         self.telemetry = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state kept between calls, as tensors and plain values (what a checkpoint saves).
+
+        Stateless rules have none; a wrapper holds its wrapped rule's state under ``"rule"``.
+        """
+        inner = getattr(self, "rule", None)
+        return {"rule": inner.state_dict()} if isinstance(inner, AggregationRule) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        inner = getattr(self, "rule", None)
+        if isinstance(inner, AggregationRule):
+            inner.load_state_dict(state.get("rule", {}))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -269,6 +283,20 @@ def check_rule(rule: Any) -> None:
             f"rule must be an aggregation rule such as FedAvg(), got {rule!r}; "
             f"wrappers take the rule they wrap as their first argument"
         )
+
+
+def deprecated_server_lr(rule: str, server_lr: Any) -> float:
+    """The ``server_lr`` argument of a rule, kept for one release: warn, and return it validated."""
+    import warnings
+
+    warnings.warn(
+        f"{rule}(server_lr=...) is deprecated and will be removed in robustlr 0.3: rules are pure, and the "
+        f"simulator applies the server learning rate once (robustlr.sim.server.apply_server_lr); "
+        f"scale the rule's output yourself",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return check_nonnegative_finite("server_lr", server_lr)
 
 
 def check_nonnegative_finite(name: str, value: Any) -> float:

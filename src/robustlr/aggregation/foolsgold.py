@@ -121,6 +121,13 @@ class FoolsGold(AggregationRule):
         self.similarity_mask = similarity_mask
         self.history: dict[Hashable, Tensor] = {}
 
+    def state_dict(self) -> dict:
+        """The history: agent ids (ints or strings) and one tensor per agent, in the same order."""
+        return {"ids": list(self.history), "history": list(self.history.values())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = dict(zip(state.get("ids", []), state.get("history", [])))
+
     def reset(self) -> None:
         """Forget every agent's history (and the last telemetry)."""
         self.history = {}

@@ -14,8 +14,8 @@ from .base import (
     AggregationRule,
     call_inner,
     check_finite_rows,
-    check_nonnegative_finite,
     check_rule,
+    deprecated_server_lr,
     inner_telemetry,
     sign_vote,
 )
@@ -74,13 +74,15 @@ class RobustLR(AggregationRule):
 
     .. math::
 
-        \eta_{\theta,i} = \begin{cases} +\eta & |\sum_k \operatorname{sgn}(\Delta^k_i)| \ge \theta \\
-                                        -\eta & \text{otherwise} \end{cases}
-        \qquad g(\Delta)_i = \eta_{\theta,i} \cdot \mathrm{rule}(\Delta)_i
+        s_{\theta,i} = \begin{cases} +1 & |\sum_k \operatorname{sgn}(\Delta^k_i)| \ge \theta \\
+                                     -1 & \text{otherwise} \end{cases}
+        \qquad g(\Delta)_i = s_{\theta,i} \cdot \mathrm{rule}(\Delta)_i
 
-    (paper eq. 5-6). ``sgn(0) = 0``, so an agent whose update is exactly zero on a coordinate
-    does not vote there; a vote exactly equal to ``theta`` keeps the positive rate; ``theta = 0``
-    gives ``eta * rule(...)``. The vote is unweighted (one agent, one vote) even when weights
+    (paper eq. 5-6, where the server's learning rate is ``eta_{theta,i} = eta * s_{theta,i}``;
+    ``eta`` itself is applied once, by the simulator's server step,
+    :func:`robustlr.sim.server.apply_server_lr`). ``sgn(0) = 0``, so an agent whose update is
+    exactly zero on a coordinate does not vote there; a vote exactly equal to ``theta`` keeps
+    the sign; ``theta = 0`` gives ``rule(...)``. The vote is unweighted (one agent, one vote) even when weights
     are given; the weights are passed to ``rule``. Coordinates outside the mask get
     ``rule(...)`` **unchanged** (no server learning rate, no flip): they are meant for
     buffers such as batch-norm running statistics, which should be averaged plainly.
@@ -89,7 +91,7 @@ class RobustLR(AggregationRule):
         rule: the aggregation rule wrapped, e.g. ``FedAvg()`` or ``ClipAndNoise(FedAvg(), 4)``.
         threshold: ``theta`` as a count of agents, an integer in ``0..n_agents`` (checked at
             each call against the agents of the round). See :func:`threshold_range`.
-        server_lr: ``eta``.
+        server_lr: deprecated (one release): ``eta`` applied here, on the masked coordinates.
         threshold_fraction: alternative to ``threshold``, a float in [0, 1] resolved at each
             call as ``theta = ceil(threshold_fraction * n_agents)``; useful when the number of
             agents per round varies. Give exactly one of the two.
@@ -122,7 +124,7 @@ class RobustLR(AggregationRule):
         self,
         rule: AggregationRule | Callable[..., Tensor],
         threshold: int | None = None,
-        server_lr: float = 1.0,
+        server_lr: float | None = None,
         threshold_fraction: float | None = None,
         mask: Tensor | None = None,
         layout: ParamLayout | None = None,
@@ -155,7 +157,7 @@ class RobustLR(AggregationRule):
             threshold_fraction = f
         self.threshold = threshold
         self.threshold_fraction = threshold_fraction
-        self.server_lr = check_nonnegative_finite("server_lr", server_lr)
+        self.server_lr = 1.0 if server_lr is None else deprecated_server_lr("RobustLR", server_lr)
 
         if param_names is not None and layout is None:
             raise ValueError("param_names needs a layout to resolve them; pass layout=ParamLayout.from_module(model)")
@@ -313,4 +315,5 @@ class RobustLR(AggregationRule):
             if self.threshold is not None
             else f"threshold_fraction={self.threshold_fraction}"
         )
-        return f"RobustLR({self.rule!r}, {theta}, server_lr={self.server_lr!r})"
+        lr = "" if self.server_lr == 1.0 else f", server_lr={self.server_lr!r}"
+        return f"RobustLR({self.rule!r}, {theta}{lr})"

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, check_finite_rows, check_nonnegative_finite, column_chunk, sign_vote
+from .base import AggregationRule, check_finite_rows, column_chunk, deprecated_server_lr, sign_vote
 
 __all__ = ["FedAvg", "CoordinateMedian", "SignAggregation"]
 
@@ -116,28 +116,30 @@ class CoordinateMedian(AggregationRule):
 class SignAggregation(AggregationRule):
     r"""Sign aggregation, signSGD with majority vote (Bernstein et al. 2018; paper eq. 4).
 
-    .. math:: g(\Delta)_i = \eta \cdot \operatorname{sgn}\Big(\sum_k \operatorname{sgn}(\Delta^k_i)\Big)
+    .. math:: g(\Delta)_i = \operatorname{sgn}\Big(\sum_k \operatorname{sgn}(\Delta^k_i)\Big)
 
     with ``sgn(0) = 0``: a tied vote gives 0. Weights are ignored (one agent, one vote).
-    Telemetry: none.
+    The rule is pure: the step size ``eta`` of eq. 4 (the paper uses 1e-3, the config's
+    default for ``aggregator = "sign"``) is the server learning rate, applied by the
+    simulator (:func:`robustlr.sim.server.apply_server_lr`). Telemetry: none.
 
     Args:
-        server_lr: the step size ``eta`` (the paper uses 1e-3).
+        server_lr: deprecated (one release): multiplies the result by ``eta`` here.
 
     Example:
         >>> import torch
         >>> U = torch.tensor([[1.0, -2.0, 3.0, 0.0], [1.0, 2.0, -3.0, 0.0], [1.0, 2.0, 3.0, -1.0]])
-        >>> SignAggregation(server_lr=0.5)(U)
-        tensor([ 0.5000,  0.5000,  0.5000, -0.5000])
-        >>> SignAggregation(server_lr=1.0)(torch.tensor([[1.0], [-1.0]]))   # tie
+        >>> SignAggregation()(U)
+        tensor([ 1.,  1.,  1., -1.])
+        >>> SignAggregation()(torch.tensor([[1.0], [-1.0]]))   # tie
         tensor([0.])
     """
 
     column_separable = True
 
-    def __init__(self, server_lr: float = 1e-3) -> None:
+    def __init__(self, server_lr: float | None = None) -> None:
         super().__init__()
-        self.server_lr = check_nonnegative_finite("server_lr", server_lr)
+        self.server_lr = 1.0 if server_lr is None else deprecated_server_lr("SignAggregation", server_lr)
 
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
@@ -155,7 +157,10 @@ class SignAggregation(AggregationRule):
         return self._from_vote(vote, updates.dtype)
 
     def _from_vote(self, vote: Tensor, dtype: torch.dtype) -> Tensor:
-        return torch.sign(vote).mul_(self.server_lr).to(dtype)
+        out = torch.sign(vote)
+        if self.server_lr != 1.0:
+            out.mul_(self.server_lr)
+        return out.to(dtype)
 
     def __repr__(self) -> str:
-        return f"SignAggregation(server_lr={self.server_lr!r})"
+        return "SignAggregation()" if self.server_lr == 1.0 else f"SignAggregation(server_lr={self.server_lr!r})"

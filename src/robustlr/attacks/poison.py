@@ -1,4 +1,4 @@
-"""Data poisoning for trojan backdoors: choose which samples to poison, and poison them.
+"""Data poisoning for trojan backdoors: the one place samples get poisoned.
 
 A corrupt agent adds the trojan to a fraction P of its *base-class* samples and relabels them
 to the target class (paper, section 5). The same :func:`poison` builds the backdoor test set:
@@ -8,6 +8,7 @@ every base-class test image with the full trojan, labelled target.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -86,3 +87,41 @@ def poison(
     x_new = apply_trojan(x_uint8[rows], mask, value)
     y_new = torch.full((rows.numel(),), int(target_class), dtype=y.dtype, device=y.device)
     return x_new, y_new
+
+
+def poison_agents(
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    agent_indices: list[np.ndarray],
+    corrupt: np.ndarray,
+    masks: list[torch.Tensor],
+    value: int,
+    base_class: int,
+    target_class: int,
+    fraction: float,
+    rng_for: Callable[[int], np.random.Generator],
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, int]]:
+    """The training set with every corrupt agent's poisoned samples trojaned and relabelled.
+
+    Corrupt agent ``corrupt[i]`` poisons :func:`select_poisoned` of its samples (drawn from
+    ``rng_for(agent)``) with ``masks[i % len(masks)]``: one mask is the plain trojan attack,
+    the parts of :func:`robustlr.attacks.dba.dba_parts` a distributed backdoor.
+
+    Returns ``(x, y, poisoned_per_agent)``: copies of ``x_uint8`` and ``y`` (the inputs are not
+    modified) and, per corrupt agent id, how many of its samples were poisoned (0 for an agent
+    without base-class samples, which then trains honestly).
+    """
+    if not masks:
+        raise ValueError("masks must hold at least one trojan mask")
+    x_out = x_uint8.clone()
+    y_out = y.clone()
+    poisoned: dict[int, int] = {}
+    for i, agent in enumerate(corrupt):
+        idx = select_poisoned(y, agent_indices[agent], base_class, fraction, rng_for(int(agent)))
+        poisoned[int(agent)] = len(idx)
+        if len(idx):
+            x_new, y_new = poison(x_uint8, y, idx, masks[i % len(masks)], value, target_class)
+            rows = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            x_out[rows] = x_new
+            y_out[rows] = y_new
+    return x_out, y_out, poisoned

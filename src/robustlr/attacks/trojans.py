@@ -1,4 +1,4 @@
-"""Trojan patterns: where they sit, how they are drawn, and how they split for DBA.
+"""Trojan patterns: where they sit and how they are drawn.
 
 A trojan is a boolean mask of shape (H, W); :func:`apply_trojan` sets the masked pixels to one
 value (the dataset's ink, :attr:`robustlr.data.ImageDataset.ink`) in every channel.
@@ -40,13 +40,7 @@ The four trojans of the paper (Ozdayi et al. 2021, main text and appendix, after
       0.28 apart), a disc of radius 0.26 centred on the right edge bites into its right side,
       and a leaf (an ellipse, semi-axes 0.17 x 0.09, tilted 45 degrees) sits above it.
 
-Distributed backdoor (DBA, Xie et al. 2019), :func:`dba_parts`: the plus in 4 parts is split
-into its four bar halves in the authors' order (upper vertical, lower vertical, left
-horizontal, right horizontal). The centre pixel belongs to the *upper vertical* part only; the
-horizontal halves are the pixels left and right of the centre. (The authors' code lets the
-parts overlap around the centre; ours are disjoint.) Any other trojan, or another number of
-parts, is split into ``n`` spatial pieces: the mask's pixels sorted by column then row and cut
-into ``n`` contiguous groups whose sizes differ by at most one (left-to-right strips).
+Their split into parts for a distributed backdoor lives in :mod:`robustlr.attacks.dba`.
 """
 
 from __future__ import annotations
@@ -223,55 +217,3 @@ def apply_trojan(x: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Tenso
     out = x.clone()
     out[:, :, mask.to(x.device)] = int(value)
     return out
-
-
-def _plus_halves(mask: np.ndarray, dataset: str) -> list[np.ndarray]:
-    g = _PLUS[dataset]
-    rows, cols = np.nonzero(mask)
-    vertical = cols == g.col
-    horizontal = (rows == g.row) & ~vertical  # the centre pixel stays with the vertical bar
-    groups = [
-        vertical & (rows <= g.row),  # upper vertical, centre included
-        vertical & (rows > g.row),  # lower vertical
-        horizontal & (cols < g.col),  # left horizontal
-        horizontal & (cols > g.col),  # right horizontal
-    ]
-    parts = []
-    for sel in groups:
-        part = np.zeros_like(mask)
-        part[rows[sel], cols[sel]] = True
-        parts.append(part)
-    return parts
-
-
-def _strips(mask: np.ndarray, n_parts: int) -> list[np.ndarray]:
-    rows, cols = np.nonzero(mask)
-    order = np.lexsort((rows, cols))  # by column, then row
-    parts = []
-    for chunk in np.array_split(order, n_parts):
-        part = np.zeros_like(mask)
-        part[rows[chunk], cols[chunk]] = True
-        parts.append(part)
-    return parts
-
-
-def dba_parts(
-    name: str, n_parts: int, height: int = 28, width: int = 28, dataset: str = "fashion-mnist"
-) -> list[torch.Tensor]:
-    """Split a trojan into ``n_parts`` disjoint, non-empty masks whose union is the trojan.
-
-    Corrupt agent ``i`` of a distributed backdoor uses part ``i % n_parts``; evaluation uses the
-    full :func:`trojan_mask`. See the module docstring for how each trojan is split.
-
-    Raises:
-        ValueError: ``n_parts`` is not a positive integer or exceeds the trojan's pixel count.
-    """
-    mask = _mask_np(name, height, width, dataset)
-    n_pixels = int(mask.sum())
-    if isinstance(n_parts, bool) or not isinstance(n_parts, (int, np.integer)) or not 1 <= n_parts <= n_pixels:
-        raise ValueError(f"n_parts must be an integer in 1..{n_pixels} (the {name} trojan's pixels), got {n_parts!r}")
-    if name == "plus" and n_parts == 4:
-        parts = _plus_halves(mask, canonical_dataset(dataset))
-    else:
-        parts = _strips(mask, n_parts)
-    return [torch.from_numpy(p) for p in parts]

@@ -27,12 +27,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustlr.errors import DataNotFoundError
+
 ENV_DATA_DIR = "ROBUSTLR_DATA_DIR"
 ENV_CACHE_DIR = "ROBUSTLR_CACHE_DIR"
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset file is missing or fails its checksum everywhere we looked."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""Time every aggregation rule against a plain ``updates.mean(0)`` in the same run.
+
+``robustlr bench aggregation`` prints the table; ``--help`` lists the options.
+Each time is the median of ``repeats`` calls after one warm-up call, on random normal
+updates. The ratio is that median over the median of the plain mean's times, measured
+alternately with the rule's on the same matrix, so ratios are comparable across machines
+(and robust to a machine whose speed drifts) even when absolute times are not.
+
+Measure on an otherwise idle machine. When more threads are busy than there are cores
+(another job running, or torch's threads set above the core count), every multi-threaded
+torch operation waits for descheduled threads, and rules that make many operations over
+cache-sized column blocks (the sign vote, the median) slow down far more than one large
+operation such as the baseline; ``--threads 1`` then gives the more faithful ratios.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from robustlr.aggregation import (ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, RobustLR, SignAggregation,
+                                  threshold_range)
+from robustlr.bench.common import time_pair
+
+__all__ = ["run_benchmark", "format_table"]
+
+
+def run_benchmark(
+    n_agents_list: Sequence[int] = (10, 40, 100),
+    n_params: int = 1_200_000,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    rules: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Time each rule for each number of agents; one row per (n_agents, rule).
+
+    Rows: ``n_agents``, ``n_params``, ``rule``, ``seconds`` (median of ``repeats``),
+    ``ratio`` (over ``updates.mean(0)`` on the same matrix, timed alternately with the rule;
+    the baseline row has 1.0 and the median of all its times),
+    ``device``, ``threads`` (torch's intra-op threads).
+
+    ``rules`` restricts the rules timed (names as in the rows); the baseline always runs.
+    ``threads`` sets torch's intra-op threads for the run (restored afterwards).
+    The RLR threshold is the low end of :func:`threshold_range` at F = 0.1; the clipping
+    bound is the median update norm, so about half of the agents are clipped.
+    """
+    dev = torch.device(device)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_benchmark(n_agents_list, n_params, repeats, device, seed, rules)
+        finally:
+            torch.set_num_threads(previous)
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Any]] = []
+    for n_agents in n_agents_list:
+        updates = torch.randn(n_agents, n_params, generator=gen).mul_(1e-3).to(dev)
+        ids = list(range(n_agents))
+        clip_norm = float(torch.linalg.vector_norm(updates, dim=1).median())
+        theta = threshold_range(n_agents, 0.1)[0] if n_agents >= 3 else 1
+        fg = FoolsGold()
+        candidates: dict[str, Callable[[], Any]] = {
+            "FedAvg": lambda: FedAvg()(updates),
+            "CoordinateMedian": lambda: CoordinateMedian()(updates),
+            "SignAggregation": lambda: SignAggregation()(updates),
+            "FoolsGold": lambda: fg(updates, agent_ids=ids),
+            "ClipAndNoise(FedAvg)": lambda: ClipAndNoise(
+                FedAvg(), clip_norm, 1e-3, torch.Generator().manual_seed(seed)
+            )(updates),
+            "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta)(updates),
+        }
+        unknown = set(rules or ()) - set(candidates)
+        if unknown:
+            raise ValueError(f"unknown rules {sorted(unknown)}; choose from {list(candidates)}")
+        selected = [(name, fn) for name, fn in candidates.items() if rules is None or name in rules]
+        baseline = lambda: updates.mean(0)  # noqa: E731
+        common = {"n_agents": n_agents, "n_params": n_params, "device": str(dev), "threads": torch.get_num_threads()}
+        base_row = {**common, "rule": "mean(0) baseline", "seconds": 0.0, "ratio": 1.0}
+        rows.append(base_row)
+        all_base: list[float] = []
+        for name, fn in selected:
+            fn_times, base_times = time_pair(fn, baseline, repeats, dev)
+            all_base += base_times
+            seconds = statistics.median(fn_times)
+            rows.append({**common, "rule": name, "seconds": seconds, "ratio": seconds / statistics.median(base_times)})
+        if not all_base:
+            all_base = time_pair(baseline, baseline, repeats, dev)[0]
+        base_row["seconds"] = statistics.median(all_base)
+        del updates, fg
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text table of :func:`run_benchmark`'s rows."""
+    header = f"{'agents':>6}  {'params':>9}  {'rule':<22}  {'ms':>10}  {'x mean':>7}"
+    lines = [header, "-" * len(header)]
+    last = None
+    for r in rows:
+        if last is not None and r["n_agents"] != last:
+            lines.append("")
+        last = r["n_agents"]
+        lines.append(
+            f"{r['n_agents']:>6}  {r['n_params']:>9}  {r['rule']:<22}  "
+            f"{r['seconds'] * 1e3:>10.2f}  {r['ratio']:>7.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""``robustlr bench engines``: how fast local training is, as ratios measured in one run.
+
+For any preset (by default the iid one: K 10, E 2, B 256, the paper's CNN) it measures, on
+the current machine and in the same process, the training throughput (samples/s) of
+
+- our engines: ``processes`` (agents side by side in one single-threaded worker process per
+  core: the CPU default), ``sequential`` (one agent after another on one thread: the
+  reference), ``sequential-mt`` (one agent after another on all cores' threads; not
+  bit-reproducible across core counts, shown to explain the choice), ``vectorized``
+  (``torch.func.vmap`` over agents: the CUDA default) and ``sequential-bf16`` (opt-in bf16
+  autocast);
+- a naive reference-style loop: one ``DataLoader`` per agent over a dataset that converts and
+  normalises every sample in Python (``__getitem__``), a deep copy of the model per agent, as
+  a typical research codebase does it;
+
+and the compute floor: the model's training FLOPs per sample (counted by PyTorch's
+``FlopCounterMode``) divided by a large fp32 matrix product's throughput measured on the spot.
+Inputs are synthetic, of the preset's model's input shape; the agents timed are the preset's
+agents per round (``round(C*K)``). Seconds per round are extrapolated from the measured
+throughput to the preset's samples per round (its dataset's nominal size, see
+:mod:`robustlr.data.registry`). Timings are medians over repeats; only ratios taken in the
+same run are meaningful.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
+from robustlr.bench.common import matmul_gflops, sync, training_flops_per_sample
+from robustlr.bench.naive import PerSampleDataset, naive_train
+from robustlr.data.registry import dataset_spec
+from robustlr.models import build_model, has_batch_norm, model_spec
+from robustlr.sim.config import ExperimentConfig, load_config
+from robustlr.sim.engines import EngineContext, LocalSettings, build_engine
+
+
+def _time_engine(engine, global_flat, samples: int, n_agents: int, repeats: int) -> float:
+    rates = []
+    for r in range(repeats + 1):
+        sync(global_flat.device)
+        t = time.perf_counter()
+        engine.train_round(global_flat, list(range(n_agents)), r + 1)
+        sync(global_flat.device)
+        if r > 0:  # the first is a warm-up
+            rates.append(samples / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def round_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    """(agents K, agents per round, samples per agent) of ``cfg``, from the dataset's nominal size."""
+    spec = dataset_spec(cfg.dataset)
+    k = cfg.num_agents or spec.nominal_writers or 10
+    n_train = cfg.train_limit or spec.nominal_train_size
+    if cfg.partition == "natural" and spec.nominal_writers:
+        n_train = spec.nominal_train_size * k // spec.nominal_writers
+    return k, cfg.agents_per_round(k), max(1, n_train // k)
+
+
+def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, repeats: int = 3,
+              agents: int | None = None, precision_bf16: bool = True, progress=print) -> dict:
+    """Measure the engines on ``preset`` (any preset; default the paper's iid setting).
+
+    Each engine trains ``agents`` agents (default: the preset's agents per round) for
+    ``steps`` full batches each on synthetic inputs of the preset's shape, ``repeats`` times
+    after a warm-up; the throughput is extrapolated to the preset's round.
+    """
+    cfg: ExperimentConfig = load_config(preset, [f"device={device}"])
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    shape = model_spec(cfg.model).input_shape
+    model = build_model(cfg.model, num_classes=cfg.num_classes).to(dev)
+    layout = ParamLayout.from_module(model)
+    k_total, per_round, per_agent = round_size(cfg)
+    k = agents or per_round
+    b = cfg.batch_size
+    samples_per_round = per_agent * cfg.local_epochs * per_round
+
+    # synthetic inputs of the right shape: speed does not depend on pixel values
+    n = k * steps * b
+    x = torch.randn(n, *shape)
+    y = torch.randint(0, cfg.num_classes, (n,))
+    indices = [np.arange(i * steps * b, (i + 1) * steps * b) for i in range(k)]
+    samples = n  # one epoch of `steps` batches per agent
+    flat = layout.flatten(model).to(dev)
+    res: dict = {"preset": preset, "device": str(dev), "agents": k, "batch_size": b, "steps_per_agent": steps,
+                 "threads": torch.get_num_threads(), "model": cfg.model, "input_shape": list(shape),
+                 "agents_per_round": per_round, "samples_per_agent": per_agent}
+
+    def ctx(precision: str = "fp32", workers: int = 1) -> EngineContext:
+        settings = LocalSettings(epochs=1, batch_size=b, lr=cfg.client_lr, momentum=cfg.client_momentum,
+                                 grad_clip=cfg.grad_clip, clip_norm=0.0, seed=0, precision=precision)
+        return EngineContext(cfg.model, cfg.num_classes, settings, x.to(dev), y.to(dev), indices, dev,
+                             max_agents=k, workers=workers)
+
+    engines: dict[str, float] = {}
+
+    def time_mode(label: str, mode: str, precision: str = "fp32", workers: int = 1, **kw) -> None:
+        progress(f"timing the {label} engine")
+        engine = build_engine(ctx(precision, workers), mode) if not kw else kw["make"](ctx(precision, workers))
+        try:
+            engines[label] = _time_engine(engine, flat, samples, k, repeats)
+        finally:
+            engine.close()
+
+    if dev.type == "cpu":
+        from robustlr.sim.engines.select import available_cores
+
+        workers = min(available_cores(), k)
+        res["workers"] = workers
+        time_mode("processes", "processes", workers=workers)
+    time_mode("sequential", "sequential")
+    if dev.type == "cpu" and torch.get_num_threads() > 1:
+        from robustlr.sim.engines.sequential import SequentialEngine
+
+        time_mode("sequential-mt", "sequential", make=lambda c: SequentialEngine(c, threads=None))
+    if not has_batch_norm(model):
+        time_mode("vectorized", "vectorized")
+    if precision_bf16 and (dev.type == "cuda" or torch.backends.mkldnn.is_available()):
+        time_mode("sequential-bf16", "sequential", "bf16")
+        if dev.type == "cpu":
+            time_mode("processes-bf16", "processes", "bf16", workers=res["workers"])
+
+    progress("timing the naive reference loop")
+    imgs = (torch.rand(n, *shape) * 255).to(torch.uint8).numpy()
+    naive_rates = []
+    cpu_model = model.cpu()
+    for r in range(repeats + 1):
+        t = time.perf_counter()
+        seen = 0
+        for i in range(k):
+            ds = PerSampleDataset(imgs[indices[i]], y.numpy()[indices[i]], 0.5, 0.25)
+            loader = torch.utils.data.DataLoader(ds, batch_size=b, shuffle=True)
+            seen += naive_train(cpu_model, loader, 1, cfg.client_lr, cfg.client_momentum, steps, cfg.grad_clip)
+        if r > 0:
+            naive_rates.append(seen / (time.perf_counter() - t))
+    model.to(dev)
+    engines["naive"] = statistics.median(naive_rates)
+
+    progress("measuring the compute floor")
+    flops = training_flops_per_sample(model, shape)
+    gflops = matmul_gflops(dev)
+    floor = gflops * 1e9 / flops
+
+    progress("timing aggregation")
+    upd = torch.randn(per_round, layout.numel, device=dev)
+    rule = RobustLR(FedAvg(), threshold=max(1, per_round // 2))
+    times = []
+    for i in range(repeats + 1):
+        sync(dev)
+        t = time.perf_counter()
+        rule(upd)
+        sync(dev)
+        if i:
+            times.append(time.perf_counter() - t)
+    agg_s = statistics.median(times)
+
+    fp32 = {k_: v for k_, v in engines.items() if k_ in ("processes", "sequential", "vectorized")}
+    fastest = max(fp32, key=fp32.get)
+    ours = fp32[fastest]
+    round_s = samples_per_round / ours
+    res.update({
+        "samples_per_s": engines,
+        "seconds_per_round": {k_: samples_per_round / v for k_, v in engines.items()},
+        "samples_per_round": samples_per_round,
+        "fastest_fp32_engine": fastest,
+        "training_mflop_per_sample": flops / 1e6,
+        "matmul_gflops": gflops,
+        "floor_samples_per_s": floor,
+        "floor_fraction": ours / floor,
+        "speedup_vs_naive": ours / engines["naive"],
+        "speedup_vs_sequential": ours / engines["sequential"],
+        "vectorized_vs_sequential": engines.get("vectorized", float("nan")) / engines["sequential"],
+        "bf16_speedup": engines["sequential-bf16"] / engines["sequential"] if "sequential-bf16" in engines else None,
+        "bf16_fastest_vs_naive": (engines["processes-bf16"] / engines["naive"]
+                                  if "processes-bf16" in engines else None),
+        "aggregation_seconds": agg_s,
+        "aggregation_share": agg_s / (round_s + agg_s),
+    })
+    return res
+
+
+def format_bench(res: dict) -> str:
+    lines = [f"robustlr bench engines: preset {res['preset']} on {res['device']} ({res['threads']} threads), "
+             f"{res['agents']} agents x {res['steps_per_agent']} batches of {res['batch_size']}",
+             f"{'engine':<18}{'samples/s':>12}{'s/round (extrap.)':>20}"]
+    for k, v in res["samples_per_s"].items():
+        lines.append(f"{k:<18}{v:>12.0f}{res['seconds_per_round'][k]:>20.1f}")
+    lines += [
+        f"compute floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at {res['matmul_gflops']:.0f} GFLOP/s "
+        f"(fp32 matmul, measured) = {res['floor_samples_per_s']:.0f} samples/s",
+        f"fastest fp32 engine: {res['fastest_fp32_engine']}, {100 * res['floor_fraction']:.1f} % of the floor",
+        f"speed-up vs naive loop: {res['speedup_vs_naive']:.2f}x; vs sequential: {res['speedup_vs_sequential']:.2f}x; "
+        f"vectorized/sequential: {res['vectorized_vs_sequential']:.2f}x",
+    ]
+    if "sequential-mt" in res["samples_per_s"]:
+        lines.append(f"sequential on {res['threads']} threads / on 1 thread: "
+                     f"{res['samples_per_s']['sequential-mt'] / res['samples_per_s']['sequential']:.2f}x")
+    if res.get("bf16_speedup"):
+        lines.append(f"bf16 autocast (opt-in) vs fp32 sequential: {res['bf16_speedup']:.2f}x")
+    if res.get("bf16_fastest_vs_naive"):
+        lines.append(f"processes engine in bf16 (opt-in) vs naive fp32 loop: {res['bf16_fastest_vs_naive']:.2f}x")
+    lines.append(f"aggregation (RLR over FedAvg, {res['aggregation_seconds'] * 1e3:.1f} ms) share of a round: "
+                 f"{100 * res['aggregation_share']:.2f} %")
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""The ``robustlr`` command: one module per command group.
+
+``run`` (run, demo), ``config`` (config, presets), ``data``, ``bench`` (engines, aggregation,
+scale). A new command goes in the module of its group, registered below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from robustlr.cli import bench, config, data, run
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold tensors of millions of values
+    help="Federated learning under backdoor attack, and the robust learning rate defense (Ozdayi et al., AAAI 2021).",
+)
+app.command("run")(run.run)
+app.command("demo")(run.demo)
+app.command("config")(config.show_config)
+app.command("presets")(config.presets)
+app.command("data")(data.data)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

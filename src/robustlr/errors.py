@@ -1,0 +1,32 @@
+"""robustlr's own error types: the ones the command line turns into a one-line message.
+
+Anything else that escapes a command is a bug and keeps its traceback. Each class also
+derives from the built-in type a caller would expect (``ValueError``, ``FileNotFoundError``),
+so library users can catch either.
+"""
+
+from __future__ import annotations
+
+
+class RobustlrError(Exception):
+    """Base of the errors that name a problem of the user's input and its fix."""
+
+
+class ConfigError(RobustlrError, ValueError):
+    """A configuration that cannot run; the message names each problem and its fix."""
+
+
+class DataError(RobustlrError, ValueError):
+    """A dataset that cannot be used as configured (too few samples, too few writers, ...)."""
+
+
+class DataNotFoundError(RobustlrError, FileNotFoundError):
+    """A dataset file that is missing or corrupt; the message names every place searched."""
+
+
+class ResumeError(RobustlrError):
+    """An output folder that cannot be resumed (another config, an old checkpoint format)."""
+
+
+class EngineError(RobustlrError, ValueError):
+    """A training engine that cannot run this configuration (device, model, precision)."""

@@ -1,0 +1,1 @@
+"""Reports: tables, plots, the paper's reference numbers (``paper.toml``), the demo."""

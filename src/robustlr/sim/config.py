@@ -1,0 +1,244 @@
+"""The one typed, validated experiment configuration.
+
+A config is loaded from a TOML file or a preset (see :mod:`robustlr.sim.presets`), optionally changed by ``--set
+key=value`` overrides, validated once, and saved as ``config.json`` beside every result so
+that any number can be traced to the exact settings and seed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from robustlr.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Dataset = Literal["fashion-mnist", "femnist-leaf", "femnist-tff", "cifar10"]
+Partition = Literal["iid", "natural", "dirichlet", "shards"]
+Aggregator = Literal["fedavg", "comed", "sign", "foolsgold"]
+Attack = Literal["trojan", "dba"]
+Trojan = Literal["plus", "square", "copyright", "apple"]
+TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
+Precision = Literal["fp32", "bf16"]
+
+
+class ExperimentConfig(BaseModel):
+    """Every knob of one federated-learning experiment.
+
+    Notation of the paper in brackets: R rounds, K agents, F corrupt fraction, P poison
+    fraction, C participation, E local epochs, B batch size, theta RLR threshold.
+    """
+
+    # inf and nan are refused in every float field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    name: str = Field("experiment", description="a label for reports")
+    # -- data
+    dataset: Dataset = Field("fashion-mnist", description="which dataset to load")
+    data_sources: list[str] = Field(
+        default_factory=list,
+        description="dataset-specific inputs, relative to the data directory or absolute: "
+        "LEAF shard folders for femnist-leaf, [train.h5, test.h5] for femnist-tff",
+    )
+    digits_only: bool = Field(True, description="FEMNIST: keep digits 0-9 only (10 classes)")
+    partition: Partition = Field("iid", description="how training data is split among agents")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="label skew of the dirichlet partition")
+    classes_per_client: int = Field(2, ge=1, description="classes per agent for the shards partition")
+    train_limit: int | None = Field(
+        None, ge=10, description="use a stratified subset of this many training images (quick runs)"
+    )
+    # -- model
+    model: Literal["mnist-cnn", "cifar-cnn", "cifar-cnn-bn"] = "mnist-cnn"
+    # -- federation
+    rounds: int = Field(200, ge=1, description="R: communication rounds")
+    num_agents: int | None = Field(
+        10, ge=1, description="K: number of agents (natural partition: None = one per writer, "
+        "a number = the first K writers)"
+    )
+    corrupt_fraction: float = Field(0.1, ge=0, lt=1, description="F: fraction of corrupt agents (0 = no attack)")
+    participation: float = Field(1.0, gt=0, le=1, description="C: fraction of agents sampled each round")
+    # -- attack
+    attack: Attack = Field("trojan", description="trojan: every corrupt agent uses the whole trojan; "
+                           "dba: corrupt agent i uses part i mod dba_parts")
+    trojan: Trojan = "plus"
+    trojan_value: int | None = Field(
+        None, strict=True, description="pixel value 0..255 the trojan is drawn with, in every channel, for poisoning and "
+        "the backdoor test set (None = the dataset's ink: 255 on Fashion-MNIST and CIFAR-10, 0 on FEMNIST; "
+        "the authors' code draws the CIFAR-10 plus with 0)"
+    )
+    dba_parts: int = Field(4, ge=1)
+    poison_fraction: float = Field(0.5, gt=0, le=1, description="P: share of a corrupt agent's base-class samples poisoned")
+    base_class: int = Field(5, ge=0)
+    target_class: int = Field(7, ge=0)
+    # -- local training
+    local_epochs: int = Field(2, ge=1, description="E")
+    batch_size: int = Field(256, ge=1, description="B")
+    client_lr: float = Field(0.1, gt=0)
+    client_momentum: float = Field(0.9, ge=0, lt=1)
+    grad_clip: float = Field(10.0, ge=0, description="gradient-norm clip in local SGD (0 = off)")
+    # -- server
+    aggregator: Aggregator = "fedavg"
+    server_lr: float | None = Field(
+        None, gt=0, description="eta; default 1e-3 for sign aggregation, else 1.0"
+    )
+    rlr_threshold: float = Field(
+        0, ge=0, description="theta; 0 = no robust learning rate; an integer >= 1 counts agents; "
+        "a value in (0, 1) is a fraction of the agents in the round"
+    )
+    rlr_scope: Literal["trainable", "all"] = Field(
+        "trainable", description="coordinates RLR may flip; 'trainable' averages batch-norm statistics plainly"
+    )
+    clip_norm: float = Field(0.0, ge=0, description="M: L2 bound of updates (agents project, server clips); 0 = off")
+    noise_sigma: float = Field(0.0, ge=0, description="sigma: server noise std is sigma * M")
+    # -- run
+    seed: int = 0
+    eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0 = only at the end)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:0, ...")
+    train_mode: TrainMode = Field(
+        "auto", description="local training engine: sequential (one agent after another, in-process), processes "
+        "(agents side by side in worker processes, one thread each; the CPU default), vectorized (torch.func vmap; "
+        "the CUDA default); auto picks by device and round size")
+    precision: Precision = Field("fp32", description="bf16 autocast for local training (opt-in)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU cores to use: training worker processes (one thread per agent) and "
+        "evaluation threads; None = all available. The numbers do not depend on it")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentConfig":
+        problems = []
+        if self.base_class == self.target_class:
+            problems.append(f"base_class and target_class are both {self.base_class}: the backdoor must change the label")
+        if self.rlr_threshold >= 1 and not float(self.rlr_threshold).is_integer():
+            problems.append(f"rlr_threshold={self.rlr_threshold}: use an integer count of agents or a fraction in (0, 1)")
+        if self.dataset in ("femnist-leaf", "femnist-tff"):
+            if self.model != "mnist-cnn":
+                problems.append(f"model {self.model!r} does not fit {self.dataset} (28x28 grayscale): use mnist-cnn")
+        elif self.dataset == "fashion-mnist" and self.model != "mnist-cnn":
+            problems.append(f"model {self.model!r} does not fit fashion-mnist (28x28 grayscale): use mnist-cnn")
+        elif self.dataset == "cifar10" and self.model == "mnist-cnn":
+            problems.append("model 'mnist-cnn' does not fit cifar10 (3x32x32): use cifar-cnn or cifar-cnn-bn")
+        if self.partition == "natural" and self.dataset not in ("femnist-leaf", "femnist-tff"):
+            problems.append(f"partition 'natural' needs a dataset with writers (femnist-leaf, femnist-tff), not {self.dataset}")
+        if self.num_agents is None and self.partition != "natural":
+            problems.append("num_agents may be omitted only with partition = 'natural'")
+        n_classes = self.num_classes
+        for key in ("base_class", "target_class"):
+            if getattr(self, key) >= n_classes:
+                problems.append(f"{key}={getattr(self, key)} but {self.dataset} has {n_classes} classes (0..{n_classes - 1})")
+        if self.num_agents is not None:
+            per_round = self.agents_per_round(self.num_agents)
+            if self.rlr_threshold >= 1 and self.rlr_threshold > per_round:
+                problems.append(
+                    f"rlr_threshold={int(self.rlr_threshold)} exceeds the {per_round} agents in a round "
+                    f"(K={self.num_agents}, C={self.participation}); the paper's range is K*F+1 .. K-K*F"
+                )
+        if self.trojan_value is not None and not 0 <= self.trojan_value <= 255:
+            problems.append(
+                f"trojan_value={self.trojan_value} is not a pixel value: use an integer in 0..255, "
+                "or leave it unset for the dataset's ink"
+            )
+        if self.aggregator == "sign" and self.model == "cifar-cnn-bn":
+            problems.append(
+                "aggregator 'sign' with model 'cifar-cnn-bn': the sign vote moves every coordinate by +-1 before eta, "
+                "batch-norm running statistics included (eta scales trainable parameters only); use model 'cifar-cnn' "
+                "or another aggregator")
+        if self.noise_sigma > 0 and self.clip_norm == 0:
+            problems.append("noise_sigma > 0 needs clip_norm > 0 (the noise std is sigma * M)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- derived values
+    @property
+    def num_classes(self) -> int:
+        return 62 if self.dataset.startswith("femnist") and not self.digits_only else 10
+
+    @property
+    def resolved_server_lr(self) -> float:
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1e-3 if self.aggregator == "sign" else 1.0
+
+    def agents_per_round(self, num_agents: int) -> int:
+        """round(C*K), at least 1."""
+        return max(1, int(math.floor(self.participation * num_agents + 0.5)))
+
+    def num_corrupt(self, num_agents: int) -> int:
+        """floor(F*K) corrupt agents (the paper's code uses the same rounding)."""
+        return int(math.floor(self.corrupt_fraction * num_agents + 1e-9))
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False)
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    fields = list(ExperimentConfig.model_fields)
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+            lines.append(f"  - unknown key {loc!r}{hint}")
+            continue
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (for example --set rounds=20)")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = _parse_value(raw.strip())
+    return out
+
+
+def make_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a TOML config or a preset (the defaults when ``path`` is None), apply ``key=value`` overrides.
+
+    A file or preset may name another preset in ``extends``; see :mod:`robustlr.sim.presets`.
+    """
+    from robustlr.sim.presets import read_config_file
+
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        data, source = read_config_file(path)
+    data.update(parse_overrides(overrides))
+    return make_config(data, source)
+
+
+def config_from_json(path: str | Path) -> ExperimentConfig:
+    return make_config(json.loads(Path(path).read_text()), str(path))

@@ -1,0 +1,12 @@
+"""Local-training engines behind one interface (:class:`robustlr.sim.engines.base.Engine`).
+
+- ``sequential``: one agent after another, in-process (the reference);
+- ``processes``: agents side by side in worker processes, one thread each (the CPU default);
+- ``vectorized``: all agents of a round as one ``torch.func.vmap`` computation (the CUDA default).
+"""
+
+from robustlr.sim.engines.base import Engine, EngineContext, LocalSettings, RoundUpdates, batch_plan
+from robustlr.sim.engines.select import ENGINES, available_cores, build_engine, engine_context, select_mode
+
+__all__ = ["ENGINES", "Engine", "EngineContext", "LocalSettings", "RoundUpdates", "available_cores", "batch_plan",
+           "build_engine", "engine_context", "select_mode"]

@@ -1,0 +1,100 @@
+"""The one interface every local-training engine implements, and what engines share.
+
+An engine trains the agents of a round from the global weights and returns their updates::
+
+    engine.train_round(global_params, agent_ids, round_) -> RoundUpdates
+
+``global_params`` is the flat global vector (:class:`robustlr.aggregation.ParamLayout`),
+``agent_ids`` the agents sampled in the round, ``round_`` the round number (1-based). Row i
+of ``RoundUpdates.updates`` is agent ``agent_ids[i]``'s update, its local weights minus the
+global ones. ``engine.close()`` releases what the engine holds (worker processes).
+
+Every engine implements the same local training, step for step: SGD with momentum,
+cross-entropy (times the agent's loss sign), gradient-norm clipping, ``E`` epochs of shuffled
+mini-batches from :func:`batch_plan` (the last one may be short), the PGD projection onto the
+L2 ball of radius ``clip_norm`` after every step when it is set, and dropout masks drawn
+from ``(seed, round, agent)``. So an agent's update does not depend on the engine's order of
+work or on which agents were trained before it.
+
+To add an engine: a module in this package with a class that takes an :class:`EngineContext`
+and implements :class:`Engine`, and an entry in :data:`robustlr.sim.engines.select.ENGINES`
+(the config's ``train_mode`` names it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustlr.sim import seeding
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """How an agent trains locally (from the config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    grad_clip: float  # 0 = off
+    clip_norm: float  # PGD radius, 0 = off
+    seed: int
+    precision: str = "fp32"  # or "bf16": autocast of the forward pass
+
+
+@dataclass
+class EngineContext:
+    """Everything an engine needs, fixed for a run."""
+
+    model_name: str
+    num_classes: int
+    settings: LocalSettings
+    train_x: Any  # indexes to normalised float32 images (NormalisedImages or a Tensor)
+    train_y: Tensor  # int64 labels, poisoned rows relabelled
+    agent_indices: Sequence[np.ndarray]  # per agent, indices into train_x
+    device: torch.device
+    max_agents: int  # the most agents one round trains
+    workers: int = 1  # worker processes (processes engine)
+    loss_signs: Mapping[int, float] = field(default_factory=dict)  # agent -> sign of its loss (default +1)
+
+    def loss_sign(self, agent: int) -> float:
+        return float(self.loss_signs.get(int(agent), 1.0))
+
+
+@dataclass
+class RoundUpdates:
+    """The updates of one round: row i belongs to ``agent_ids[i]``.
+
+    ``updates`` may be a view into a buffer the engine reuses: it is valid until the
+    engine's next ``train_round``.
+    """
+
+    updates: Tensor  # (n_agents, n_params) float32, on the run's device
+    agent_ids: np.ndarray  # int64, (n_agents,)
+    seconds: float  # wall time of the local training
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def train_round(self, global_params: Tensor, agent_ids: Sequence[int], round_: int) -> RoundUpdates:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def batch_plan(settings: LocalSettings, n: int, round_: int, agent: int) -> list[Tensor]:
+    """The agent's mini-batches (positions into its index array) for all its epochs, in order."""
+    g = seeding.torch_generator(settings.seed, seeding.BATCHES, round_, agent)
+    out: list[Tensor] = []
+    for _ in range(settings.epochs):
+        out.extend(torch.randperm(n, generator=g).split(settings.batch_size))
+    return out

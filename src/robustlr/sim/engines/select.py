@@ -1,0 +1,80 @@
+"""Which engine trains a run: ``train_mode`` names a module of this package, ``auto`` picks one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from robustlr.models import build_model, has_batch_norm
+from robustlr.sim.config import ExperimentConfig
+from robustlr.sim.engines.base import Engine, EngineContext, LocalSettings
+
+# auto mode spreads agents over processes only when a round's local training is at least this
+# many sample-epochs: below it, handing tasks to workers costs more than it saves
+PROCESS_MIN_WORK = 1000
+
+
+def _sequential(ctx: EngineContext) -> Engine:
+    from robustlr.sim.engines.sequential import SequentialEngine
+
+    return SequentialEngine(ctx)
+
+
+def _processes(ctx: EngineContext) -> Engine:
+    from robustlr.sim.engines.processes import ProcessesEngine
+
+    return ProcessesEngine(ctx)
+
+
+def _vectorized(ctx: EngineContext) -> Engine:
+    from robustlr.sim.engines.vectorized import VectorizedEngine
+
+    return VectorizedEngine(ctx)
+
+
+#: train_mode -> a constructor taking an EngineContext
+ENGINES = {"sequential": _sequential, "processes": _processes, "vectorized": _vectorized}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def local_settings(cfg: ExperimentConfig) -> LocalSettings:
+    return LocalSettings(
+        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.client_lr, momentum=cfg.client_momentum,
+        grad_clip=cfg.grad_clip, clip_norm=cfg.clip_norm, seed=cfg.seed, precision=cfg.precision,
+    )
+
+
+def select_mode(cfg: ExperimentConfig, agent_sizes: np.ndarray, device: torch.device) -> str:
+    """``cfg.train_mode``, with ``auto`` resolved: vectorized on CUDA (sequential for batch-norm
+    models), processes on a multi-core CPU when a round is worth spreading, else sequential."""
+    if cfg.train_mode != "auto":
+        return cfg.train_mode
+    if device.type == "cuda":
+        return "sequential" if has_batch_norm(build_model(cfg.model)) else "vectorized"
+    per_round = cfg.agents_per_round(len(agent_sizes))
+    work = float(np.sort(agent_sizes)[-per_round:].sum()) * cfg.local_epochs
+    cores = cfg.threads or available_cores()
+    return "processes" if cores >= 2 and per_round >= 2 and work >= PROCESS_MIN_WORK else "sequential"
+
+
+def build_engine(ctx: EngineContext, mode: str) -> Engine:
+    return ENGINES[mode](ctx)
+
+
+def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineContext:
+    """The context of ``cfg`` on federation ``fed`` (a :class:`robustlr.sim.federation.Federation`)."""
+    per_round = cfg.agents_per_round(fed.num_agents)
+    return EngineContext(
+        model_name=cfg.model, num_classes=fed.dataset.num_classes, settings=local_settings(cfg),
+        train_x=fed.train_x, train_y=fed.train_y, agent_indices=fed.agent_indices, device=device,
+        max_agents=per_round, workers=max(1, min(cfg.threads or available_cores(), per_round)),
+    )

@@ -1,0 +1,233 @@
+"""The round loop: sample agents, train them locally, aggregate, apply the server step,
+evaluate, record, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustlr.aggregation import ParamLayout
+from robustlr.errors import ResumeError
+from robustlr.models import build_model
+from robustlr.sim import checkpoint, seeding
+from robustlr.sim.config import ExperimentConfig, make_config
+from robustlr.sim.engines import build_engine, engine_context, select_mode
+from robustlr.sim.evaluation import evaluate
+from robustlr.sim.federation import Federation
+from robustlr.sim.records import RoundRecord, RunSummary, dumps, provenance
+from robustlr.sim.server import apply_server_lr, build_rule, server_lr_vector
+
+log = logging.getLogger("robustlr")
+
+__all__ = ["ResumeError", "RunResult", "Simulation", "run_experiment", "sample_agents"]
+
+
+def sample_agents(cfg: ExperimentConfig, num_agents: int, round_: int) -> np.ndarray:
+    m = cfg.agents_per_round(num_agents)
+    if m >= num_agents:
+        return np.arange(num_agents)
+    rng = seeding.numpy_rng(cfg.seed, seeding.SAMPLE, round_)
+    return np.sort(rng.choice(num_agents, size=m, replace=False))
+
+
+@dataclass
+class RunResult:
+    config: ExperimentConfig
+    records: list[RoundRecord]  # every round
+    summary: RunSummary
+    out_dir: Path | None = None
+    global_params: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def evaluated(self) -> list[RoundRecord]:
+        """The evaluated rounds' records."""
+        return [r for r in self.records if r.evaluated]
+
+
+class Simulation:
+    """One federated training run of ``cfg`` on ``fed``.
+
+    With ``out_dir`` it writes ``config.json``, ``metrics.jsonl`` (a record per round), a
+    checkpoint every ``cfg.checkpoint_every`` rounds, and at the end ``summary.json`` and
+    ``model.pt``; a run started again on the same folder with the same config resumes from its
+    last checkpoint (or starts over when there is none) and gives the same numbers as an
+    uninterrupted run.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, fed: Federation, out_dir: str | Path | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        self.cfg = cfg
+        self.fed = fed
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.on_round = on_round
+        self.device = torch.device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
+        self.model = build_model(cfg.model, num_classes=fed.dataset.num_classes).to(self.device)
+        if self.device.type == "cpu":
+            # oneDNN's convolutions are about 2x faster on channels-last activations (evaluation too)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.layout = ParamLayout.from_module(self.model)
+        self.global_params = self.layout.flatten(self.model).to(self.device)
+        self.noise_gen = torch.Generator(device="cpu")
+        self.rule = build_rule(cfg, self.layout, self.noise_gen)
+        self.eta = server_lr_vector(cfg.resolved_server_lr, self.layout.trainable_mask())
+        if isinstance(self.eta, torch.Tensor):
+            self.eta = self.eta.to(self.device)
+        self.engine = build_engine(engine_context(cfg, fed, self.device),
+                                   select_mode(cfg, fed.agent_sizes, self.device))
+        self.records: list[RoundRecord] = []
+        self.start_round = 1
+        self.elapsed = 0.0
+        if self.out_dir is not None:
+            self._prepare_out_dir()
+
+    # -- persistence
+    def _prepare_out_dir(self) -> None:
+        assert self.out_dir is not None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.out_dir / "config.json"
+        ckpt = self.out_dir / checkpoint.NAME
+        if cfg_path.exists():
+            old = make_config(json.loads(cfg_path.read_text()), str(cfg_path))
+            if old != self.cfg:
+                diff = {k: (getattr(old, k), getattr(self.cfg, k)) for k in type(self.cfg).model_fields
+                        if getattr(old, k) != getattr(self.cfg, k)}
+                raise ResumeError(
+                    f"{self.out_dir} holds a run of a different config (differs in {diff}); "
+                    f"choose another --out folder, or delete it to start over"
+                )
+            if ckpt.exists():
+                self._resume(ckpt)
+        cfg_path.write_text(self.cfg.to_json())
+        # metrics.jsonl holds exactly the rounds done so far (none for a fresh start, the
+        # checkpoint's on resume): a restart never leaves a round in it twice
+        self._rewrite_metrics()
+
+    def _resume(self, ckpt: Path) -> None:
+        state = checkpoint.load_checkpoint(ckpt)
+        self.global_params = state["global_params"].to(self.device)
+        self.rule.load_state_dict(state["rule_state"])
+        self.records = [RoundRecord.model_validate(r) for r in state["records"]]
+        self.start_round = state["round"] + 1
+        self.elapsed = state["elapsed"]
+        log.info("resuming %s from round %d", self.out_dir, self.start_round)
+
+    def _rewrite_metrics(self) -> None:
+        assert self.out_dir is not None
+        with open(self.out_dir / "metrics.jsonl", "w") as fh:
+            for rec in self.records:
+                fh.write(dumps(rec.to_json_dict()) + "\n")
+
+    def _checkpoint(self, round_: int) -> None:
+        assert self.out_dir is not None
+        checkpoint.save_checkpoint(self.out_dir / checkpoint.NAME, round_=round_, global_params=self.global_params,
+                                   rule_state=self.rule.state_dict(), records=[r.model_dump() for r in self.records],
+                                   elapsed=self.elapsed)
+
+    # -- one round
+    def run_round(self, round_: int) -> RoundRecord:
+        cfg, fed = self.cfg, self.fed
+        t0 = time.perf_counter()
+        trained = self.engine.train_round(self.global_params, sample_agents(cfg, fed.num_agents, round_), round_)
+        updates, agents = trained.updates, trained.agent_ids
+        # a malformed update (NaN/inf) is rejected and logged, never averaged in. A row whose
+        # norm is finite has only finite entries; only rows with a non-finite norm (possibly an
+        # overflow) get the exact check: a full isfinite pass cost 5 % of a round at 34 agents
+        norms_t = torch.linalg.vector_norm(updates, dim=1)
+        finite = torch.isfinite(norms_t).cpu().numpy()
+        for i in np.flatnonzero(~finite):
+            finite[i] = bool(torch.isfinite(updates[i]).all())
+        rejected = [int(a) for a, ok in zip(agents, finite) if not ok]
+        if rejected:
+            log.warning("round %d: rejected non-finite updates of agents %s", round_, rejected)
+            keep = torch.from_numpy(np.flatnonzero(finite)).to(self.device)
+            updates, agents, norms_t = updates[keep], agents[finite], norms_t[keep]
+        is_corrupt = np.isin(agents, fed.corrupt)
+        norms = norms_t.cpu().numpy()
+        # corrupt agents that hold no base-class sample (non-iid data) train honestly, with no
+        # trojan; 'unpoisoned' also counts those whose floor(P * n_base) is 0
+        corrupt_here = [int(a) for a in agents[is_corrupt]]
+        labels = fed.dataset.train_y
+        rec = RoundRecord(
+            round=round_, agents=len(agents), corrupt_in_round=int(is_corrupt.sum()), rejected=rejected,
+            honest_norm=float(norms[~is_corrupt].mean()) if (~is_corrupt).any() else None,
+            corrupt_norm=float(norms[is_corrupt].mean()) if is_corrupt.any() else None,
+            corrupt_without_base_in_round=sum(
+                1 for a in corrupt_here
+                if not bool((labels[torch.from_numpy(fed.agent_indices[a])] == cfg.base_class).any())),
+            corrupt_unpoisoned_in_round=sum(1 for a in corrupt_here if fed.poisoned_per_agent.get(a, 0) == 0),
+        )
+        t_agg = time.perf_counter()
+        if len(agents):
+            self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
+            weights = torch.as_tensor(fed.agent_sizes[agents], dtype=torch.float32)
+            aggregate = self.rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
+            apply_server_lr(self.global_params, aggregate, self.eta)
+            tel = self.rule.telemetry or {}
+            if "flipped_fraction" in tel:
+                rec.flipped_fraction = float(tel["flipped_fraction"])
+                rec.threshold = tel.get("threshold")
+        rec.seconds_aggregation = time.perf_counter() - t_agg
+        rec.seconds_training = trained.seconds
+        if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
+            self.model.load_state_dict(self.layout.unflatten(self.global_params))
+            metrics = evaluate(self.model, fed.val_x, fed.val_y, cfg.base_class, fed.backdoor_x, cfg.target_class)
+            rec = rec.model_copy(update={"evaluated": True, **metrics})
+        rec.seconds = time.perf_counter() - t0
+        return rec
+
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            self.engine.close()
+
+    def _run(self) -> RunResult:
+        cfg = self.cfg
+        for r in range(self.start_round, cfg.rounds + 1):
+            rec = self.run_round(r)
+            self.elapsed += rec.seconds
+            self.records.append(rec)
+            if self.out_dir is not None:
+                with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(dumps(rec.to_json_dict()) + "\n")
+                if cfg.checkpoint_every and r % cfg.checkpoint_every == 0 and r < cfg.rounds:
+                    self._checkpoint(r)
+            if self.on_round is not None:
+                self.on_round(rec)
+        return self._finish()
+
+    def _finish(self) -> RunResult:
+        evaluated = [r for r in self.records if r.evaluated]
+        final = evaluated[-1] if evaluated else None
+        summary = RunSummary(
+            name=self.cfg.name, rounds=self.cfg.rounds,
+            **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
+            seconds=self.elapsed, seconds_per_round=self.elapsed / max(1, self.cfg.rounds),
+            engine=self.engine.name, federation=self.fed.notes, **provenance(),
+        )
+        if self.out_dir is not None:
+            (self.out_dir / "summary.json").write_text(dumps(summary.model_dump(), indent=2))
+            self.model.load_state_dict(self.layout.unflatten(self.global_params))
+            checkpoint.atomic_save(self.model.state_dict(), self.out_dir / "model.pt")
+            self._checkpoint(self.cfg.rounds)
+        return RunResult(self.cfg, self.records, summary, self.out_dir, self.global_params)
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, data_dir: str | None = None,
+                   on_round: Callable[[RoundRecord], None] | None = None, dataset=None) -> RunResult:
+    """Load the data, build the federation and run ``cfg`` to the end (resuming if possible)."""
+    from robustlr.sim.federation import build_federation, load_dataset
+
+    ds = dataset if dataset is not None else load_dataset(cfg, data_dir)
+    fed = build_federation(cfg, ds)
+    return Simulation(cfg, fed, out_dir, on_round).run()

@@ -1,0 +1,182 @@
+"""Typed run records: one :class:`RoundRecord` per round, one :class:`RunSummary` per run.
+
+A run folder holds ``config.json`` (the validated config), ``metrics.jsonl`` (one round record
+per line, every round once, in order), ``summary.json`` (the run record) and ``model.pt``.
+Evaluation fields (``val_acc``, ``val_loss``, ``base_acc``, ``backdoor_acc``) are present only
+on evaluated rounds (``evaluated`` true). JSON never holds a bare ``NaN`` or ``Infinity``: a
+non-finite number is written as ``null``.
+
+``summary.json`` carries ``schema_version``; readers (:func:`read_summary`,
+:func:`read_metrics`) accept the versions they know and refuse the rest with a clear error.
+Every summary also names the machine (CPU model, the ISA flags that change kernels), the
+torch version and robustlr's version and commit, since kernels round differently between
+machines. Later capabilities add fields here, not beside these records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from robustlr.errors import RobustlrError
+
+SCHEMA_VERSION = 2
+KNOWN_SCHEMA_VERSIONS = (2,)
+EVAL_FIELDS = ("val_acc", "val_loss", "base_acc", "backdoor_acc")
+# CPU flags that select different oneDNN/BLAS kernels (and so different rounding)
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
+
+
+class RecordError(RobustlrError):
+    """A run record that this robustlr cannot read (unknown schema version, malformed)."""
+
+
+class RoundRecord(BaseModel):
+    """What happened in one round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    agents: int  # agents whose updates were aggregated
+    corrupt_in_round: int
+    rejected: list[int] = []  # agents whose update was non-finite (logged, not aggregated)
+    honest_norm: float | None = None  # mean L2 norm of the honest agents' updates
+    corrupt_norm: float | None = None
+    corrupt_without_base_in_round: int = 0  # corrupt agents with no base-class sample (train honestly)
+    corrupt_unpoisoned_in_round: int = 0  # ... or with floor(P x their base samples) = 0
+    flipped_fraction: float | None = None  # RLR: share of the coordinates whose sign was flipped
+    threshold: int | None = None  # RLR: theta used in the round
+    seconds_training: float = 0.0
+    seconds_aggregation: float = 0.0
+    seconds: float = 0.0
+    evaluated: bool = False
+    val_acc: float | None = None
+    val_loss: float | None = None
+    base_acc: float | None = None
+    backdoor_acc: float | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = self.model_dump()
+        if not self.evaluated:
+            for k in EVAL_FIELDS:
+                d.pop(k)
+        return finite_or_none(d)
+
+
+class RunSummary(BaseModel):
+    """The run record: final metrics, cost, and what produced them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    rounds: int
+    val_acc: float | None = None
+    val_loss: float | None = None
+    base_acc: float | None = None
+    backdoor_acc: float | None = None
+    seconds: float
+    seconds_per_round: float
+    engine: str
+    federation: dict[str, Any]
+    machine: dict[str, Any]
+    torch_version: str
+    robustlr_version: str
+    robustlr_commit: str | None = None
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON with non-finite floats as null (never a bare NaN token)."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kw)
+
+
+@lru_cache(maxsize=1)
+def machine_info() -> dict[str, Any]:
+    """The CPU model, the ISA flags that change kernels, cores, OS and Python."""
+    model, flags = platform.processor() or None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in (None, "", platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.machine(),
+        "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+@lru_cache(maxsize=1)
+def robustlr_commit() -> str | None:
+    """The git commit of the source tree robustlr runs from, if it is a git checkout."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = top.stdout.split()
+    # only a source checkout of robustlr itself (not a wheel installed in a venv inside some repo)
+    if top.returncode != 0 or len(lines) != 2 or (Path(lines[0]) / "src" / "robustlr").resolve() != package:
+        return None
+    return lines[1]
+
+
+def provenance() -> dict[str, Any]:
+    import torch
+
+    from robustlr import __version__
+
+    return {"machine": machine_info(), "torch_version": torch.__version__, "robustlr_version": __version__,
+            "robustlr_commit": robustlr_commit()}
+
+
+def read_summary(path: str | os.PathLike) -> RunSummary:
+    """Read a ``summary.json``; refuse schema versions this robustlr does not know."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    version = data.get("schema_version", 1)
+    if version not in KNOWN_SCHEMA_VERSIONS:
+        raise RecordError(
+            f"{path}: run record schema version {version}; this robustlr reads versions "
+            f"{', '.join(map(str, KNOWN_SCHEMA_VERSIONS))}. Rerun the experiment with this version "
+            f"(or read it with the robustlr that wrote it)"
+        )
+    return RunSummary.model_validate(data)
+
+
+def read_metrics(path: str | os.PathLike) -> list[RoundRecord]:
+    """Read a ``metrics.jsonl`` written by this schema."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(RoundRecord.model_validate_json(line))
+            except ValueError as exc:
+                raise RecordError(f"{path}:{i}: not a round record of schema version {SCHEMA_VERSION}: {exc}") from None
+    return out

@@ -1,0 +1,59 @@
+"""The server: the aggregation rule a config asks for, and the one place ``eta`` is applied.
+
+A round's server step is ``global += eta_vec * rule(updates)``: the rule is pure (FedAvg,
+median, sign vote, FoolsGold, optionally clipped and noised, optionally wrapped in the robust
+learning rate, which flips signs but does not scale), and ``eta_vec`` is the server learning
+rate ``eta`` on trainable parameters and 1 on buffers (batch-norm running statistics and
+``num_batches_tracked`` are averaged plainly, never scaled). :func:`apply_server_lr` is that
+step, written so that an integration (Flower) can call it on its own arrays.
+
+With clipping and noise, eq. 2 of the paper puts the noise inside the server's step:
+``eta * (rule(clipped) + N(0, sigma^2 M^2))``, so its scale is ``eta * sigma * M``; with sign
+aggregation that is ``eta * (sign vote + noise)``, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from robustlr.aggregation import (AggregationRule, ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, ParamLayout,
+                                  RobustLR, SignAggregation)
+from robustlr.sim.config import ExperimentConfig
+
+RULES = {"fedavg": FedAvg, "comed": CoordinateMedian, "sign": SignAggregation, "foolsgold": FoolsGold}
+
+
+def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator) -> AggregationRule:
+    """The server's rule for ``cfg``: base rule, optionally clip + noise, optionally RLR around it.
+
+    To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` and to
+    the config's ``aggregator`` field.
+    """
+    rule: AggregationRule = RULES[cfg.aggregator]()
+    if cfg.clip_norm > 0 or cfg.noise_sigma > 0:
+        rule = ClipAndNoise(rule, clip_norm=cfg.clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
+    if cfg.rlr_threshold > 0:
+        kw = {"threshold": int(cfg.rlr_threshold)} if cfg.rlr_threshold >= 1 else {"threshold_fraction": cfg.rlr_threshold}
+        rule = RobustLR(rule, layout=layout if cfg.rlr_scope == "trainable" else None, **kw)
+    return rule
+
+
+def server_lr_vector(eta: float, trainable: Tensor) -> float | Tensor:
+    """``eta`` where ``trainable`` is True, 1 elsewhere; a plain float when every coordinate is trainable."""
+    if bool(trainable.all()):
+        return float(eta)
+    return torch.where(trainable, float(eta), 1.0)
+
+
+def apply_server_lr(global_params: Tensor, aggregate: Tensor, eta: float | Tensor) -> Tensor:
+    """The server step, in place: ``global_params += eta * aggregate``; returns ``global_params``.
+
+    ``eta`` is a float or a per-coordinate tensor (see :func:`server_lr_vector`).
+    """
+    if isinstance(eta, Tensor):
+        eta = eta.to(device=aggregate.device, dtype=aggregate.dtype)
+    elif eta == 1.0:
+        return global_params.add_(aggregate)
+    # multiply, then add (not a fused add with alpha): the same rounding as the rule's own scaling
+    return global_params.add_(aggregate * eta)
