@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustlr.attacks.trojans import TROJANS, apply_trojan, dba_parts, trojan_mask
+from robustlr.attacks import TROJANS, apply_trojan, dba_parts, trojan_mask
 
 
 def pixels(mask: torch.Tensor) -> set[tuple[int, int]]:

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustlr.attacks.trojans import apply_trojan, dba_parts, trojan_mask
-from robustlr.demo import demo_configs
-from robustlr.federation import build_federation, load_dataset, normalise
-from robustlr.simulation import run_experiment
+from robustlr.attacks import apply_trojan, dba_parts, trojan_mask
+from robustlr.reports.demo import demo_configs
+from robustlr.sim.federation import build_federation, load_dataset, normalise
+from robustlr.sim.loop import run_experiment
 
 pytestmark = pytest.mark.science
 

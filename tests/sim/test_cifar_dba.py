@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from robustlr.attacks.trojans import apply_trojan, dba_parts, trojan_mask
-from robustlr.config import ConfigError, load_config, make_config
-from robustlr.federation import build_federation, normalise
+from robustlr.attacks import apply_trojan, dba_parts, trojan_mask
+from robustlr.sim.config import ConfigError, load_config, make_config
+from robustlr.sim.federation import build_federation, normalise
 
 BASE = {"dataset": "cifar10", "model": "cifar-cnn", "num_agents": 8, "corrupt_fraction": 0.5, "attack": "dba",
         "poison_fraction": 1.0, "rounds": 1, "seed": 1}

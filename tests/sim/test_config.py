@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from robustlr.config import ConfigError, ExperimentConfig, list_presets, load_config, make_config, parse_overrides
+from robustlr.sim.config import ConfigError, ExperimentConfig, load_config, make_config, parse_overrides
+from robustlr.sim.presets import list_presets
 
 
 def test_defaults_are_the_paper_iid_setting():
@@ -37,6 +38,9 @@ def test_overrides_are_typed():
     (["base_class=7"], "base_class and target_class are both 7"),
     (["target_class=12"], "has 10 classes"),
     (["noise_sigma=0.001"], "needs clip_norm > 0"),
+    (["client_lr=inf"], "client_lr"),
+    (["server_lr=nan"], "server_lr"),
+    (["dataset='cifar10'", "model='cifar-cnn-bn'", "aggregator='sign'"], "batch-norm running statistics"),
     (["aggregator=median"], "aggregator"),
     (["model=cifar-cnn"], "does not fit fashion-mnist"),
     (["partition=natural"], "needs a dataset with writers"),

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from robustlr.evaluation import evaluate
+from robustlr.sim.evaluation import evaluate
 
 
 class Fixed(nn.Module):

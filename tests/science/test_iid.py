@@ -6,9 +6,9 @@ keeps it out (<= 0.1) at a validation accuracy within 5 points of FedAvg's.
 
 import pytest
 
-from robustlr.demo import demo_configs
-from robustlr.federation import load_dataset
-from robustlr.simulation import run_experiment
+from robustlr.reports.demo import demo_configs
+from robustlr.sim.federation import load_dataset
+from robustlr.sim.loop import run_experiment
 
 pytestmark = pytest.mark.science
 

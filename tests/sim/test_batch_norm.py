@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
-from robustlr.config import make_config
-from robustlr.federation import build_federation
+from robustlr.sim.config import make_config
+from robustlr.sim.federation import build_federation
 from robustlr.models import build_model
-from robustlr.simulation import Simulation
+from robustlr.sim.loop import Simulation
 
 BASE = {"dataset": "cifar10", "model": "cifar-cnn-bn", "rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25,
         "attack": "dba", "poison_fraction": 0.5, "local_epochs": 1, "batch_size": 16, "eval_every": 1, "seed": 0,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustlr.config import load_config, make_config
-from robustlr.demo import demo_configs
-from robustlr.federation import build_federation, load_dataset
-from robustlr.simulation import Simulation
+from robustlr.sim.config import load_config, make_config
+from robustlr.reports.demo import demo_configs
+from robustlr.sim.federation import build_federation, load_dataset
+from robustlr.sim.loop import Simulation
 
 
 @pytest.mark.parametrize("kind, corrupt, theta", [("fedavg", 0.1, 0), ("rlr", 0.1, 7), ("clean", 0.0, 0)])
@@ -84,7 +84,7 @@ def test_corrupt_without_base_in_round_counts_corrupt_agents_lacking_the_base_cl
 
 
 def test_bench_scale_runs_on_a_tiny_synthetic_file(tmp_path):
-    from robustlr.bench_scale import format_scale_bench, run_scale_bench
+    from robustlr.bench.scale import format_scale_bench, run_scale_bench
 
     res = run_scale_bench(writers=20, samples=10, test_samples=3, rounds=2, participation=0.2, rlr_threshold=2,
                           threads=1, data_folder=tmp_path)

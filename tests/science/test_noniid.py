@@ -16,9 +16,9 @@ on an idle machine the test takes about its CPU time: about 4 minutes (two runs 
 
 import pytest
 
-from robustlr.demo import demo_configs
-from robustlr.federation import load_dataset
-from robustlr.simulation import run_experiment
+from robustlr.reports.demo import demo_configs
+from robustlr.sim.federation import load_dataset
+from robustlr.sim.loop import run_experiment
 
 pytestmark = pytest.mark.science
 

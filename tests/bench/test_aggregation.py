@@ -1,0 +1,34 @@
+"""`robustlr bench aggregation`: the rows it promises, the filter, and its errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from robustlr.bench.aggregation import format_table, run_benchmark
+from robustlr.cli import app
+
+RULES = ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise(FedAvg)", "RobustLR(FedAvg)"]
+
+
+def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():
+    rows = run_benchmark(n_agents_list=(3, 5), n_params=2000, repeats=1, threads=1)
+    assert [(r["n_agents"], r["rule"]) for r in rows] == [
+        (n, rule) for n in (3, 5) for rule in ["mean(0) baseline", *RULES]]
+    assert all(r["n_params"] == 2000 and r["threads"] == 1 for r in rows)
+    assert [r["ratio"] for r in rows if r["rule"] == "mean(0) baseline"] == [1.0, 1.0]
+    table = format_table(rows)
+    assert table.count("RobustLR(FedAvg)") == 2 and "x mean" in table
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown rules"):
+        run_benchmark(n_agents_list=(3,), n_params=100, repeats=1, rules=["Krum"])
+
+
+def test_command_filters_rules_and_prints_json():
+    res = CliRunner().invoke(app, ["bench", "aggregation", "--agents", "4", "--params", "1000", "--repeats", "1",
+                                   "--rule", "FedAvg", "--rule", "RobustLR(FedAvg)", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["rule"] for r in rows] == ["mean(0) baseline", "FedAvg", "RobustLR(FedAvg)"]

@@ -1,0 +1,51 @@
+"""`robustlr bench engines`: every preset's round size, and ratios consistent with the times."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from robustlr.bench.engines import round_size
+from robustlr.cli import app
+from robustlr.sim.config import load_config
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("iid-fedavg", (10, 10, 6000)),              # Fashion-MNIST 60,000 / K 10, C 1
+    ("demo-iid", (10, 10, 1200)),                # train_limit 12,000
+    ("noniid-paper-rlr", (3383, 34, 101)),       # TFF digits 341,873 / 3,383 writers, C 0.01 -> 34
+    ("demo-noniid", (293, 15, 100)),             # 293 LEAF writers, C 0.05 -> 15
+    ("cifar-dba-paper-rlr", (40, 40, 1250)),     # CIFAR-10 50,000 / K 40
+])
+def test_round_size_of_every_kind_of_preset(preset, expected):
+    assert round_size(load_config(preset)) == expected
+
+
+def _bench(*args):
+    res = CliRunner().invoke(app, ["bench", "engines", "--json", "--steps", "1", "--repeats", "1", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.index("{"):])
+
+
+def test_ratios_are_the_ratios_of_the_reported_throughputs():
+    out = _bench("--agents", "2")
+    sps = out["samples_per_s"]
+    assert {"processes", "sequential", "vectorized", "naive"} <= set(sps)
+    fastest = out["fastest_fp32_engine"]
+    assert sps[fastest] == max(sps[k] for k in ("processes", "sequential", "vectorized"))
+    assert out["speedup_vs_naive"] == pytest.approx(sps[fastest] / sps["naive"], rel=1e-12)
+    assert out["speedup_vs_sequential"] == pytest.approx(sps[fastest] / sps["sequential"], rel=1e-12)
+    assert out["floor_fraction"] == pytest.approx(sps[fastest] / out["floor_samples_per_s"], rel=1e-12)
+    assert out["samples_per_round"] == 6000 * 2 * 10
+    for k, v in sps.items():
+        assert out["seconds_per_round"][k] == pytest.approx(out["samples_per_round"] / v, rel=1e-12)
+    # the paper's CNN on 28x28: 2 conv + 2 linear layers, ~71.6 MFLOP per training sample
+    assert out["training_mflop_per_sample"] == pytest.approx(71.6, rel=0.01)
+
+
+def test_bench_runs_on_cifar_and_noniid_presets():
+    cifar = _bench("--preset", "cifar-dba-paper-rlr", "--agents", "2")
+    assert (cifar["input_shape"], cifar["agents_per_round"]) == ([3, 32, 32], 40)
+    assert "naive" in cifar["samples_per_s"]
+    noniid = _bench("--preset", "noniid-paper-rlr")
+    assert (noniid["agents"], noniid["samples_per_agent"]) == (34, 101)  # C*K agents, not K = 3,383
