@@ -42,9 +42,8 @@ def test_median_odd():
 def test_median_even_is_mean_of_middle_two():
     U = torch.tensor([[1.0, 5.0, 2.0], [4.0, -1.0, 2.0], [0.0, 3.0, 2.0], [10.0, 3.0, -8.0]])
     # sorted columns: [0,1,4,10] -> 2.5; [-1,3,3,5] -> 3 (tie in the middle); [-8,2,2,2] -> 2
+    # (torch.median would give the lower middle value, 1.0, in the first column)
     assert torch.equal(CoordinateMedian()(U), torch.tensor([2.5, 3.0, 2.0]))
-    # torch.median would return the lower middle value
-    assert torch.median(U, 0).values[0] == 1.0
 
 
 def test_median_two_agents_and_one_agent():
@@ -67,11 +66,22 @@ def test_median_matches_numpy_on_random_even_and_odd():
 
 def test_sign_aggregation_with_ties(paper_U):
     # votes: 3, 1, 1 -> all positive
-    assert torch.equal(SignAggregation(server_lr=1.0)(paper_U), torch.ones(3))
+    assert torch.equal(SignAggregation()(paper_U), torch.ones(3))
     U = torch.tensor([[1.0, -1.0, 0.0, 2.0], [-1.0, -1.0, 0.0, 0.0]])
-    # votes: 0 (tie), -2, 0 (all zero), 1 (zero does not vote)
+    # votes: 0 (tie), -2, 0 (all zero), 1 (zero does not vote); the rule is pure (no eta)
     out = SignAggregation()(U)
-    assert torch.equal(out, torch.tensor([0.0, -1e-3, 0.0, 1e-3]))
+    assert torch.equal(out, torch.tensor([0.0, -1.0, 0.0, 1.0]))
+
+
+def test_server_lr_arguments_still_work_with_a_deprecation_warning(paper_U):
+    from robustlr.aggregation import FedAvg, RobustLR
+
+    with pytest.warns(DeprecationWarning, match=r"SignAggregation\(server_lr=...\) is deprecated"):
+        sign = SignAggregation(server_lr=0.5)
+    assert torch.equal(sign(paper_U), torch.full((3,), 0.5))
+    with pytest.warns(DeprecationWarning, match=r"RobustLR\(server_lr=...\) is deprecated"):
+        rlr = RobustLR(FedAvg(), threshold=2, server_lr=2.0)
+    assert torch.allclose(rlr(paper_U), 2.0 * RobustLR(FedAvg(), threshold=2)(paper_U))
 
 
 def test_sign_vote_counts_zero_as_no_vote():

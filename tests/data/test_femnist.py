@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from robustlr.attacks import apply_trojan, trojan_mask
+
 from robustlr.data import femnist as fe
 from robustlr.data.femnist import load_leaf_femnist, load_tff_emnist, make_synthetic_tff_emnist, write_tff_emnist_h5
 
@@ -348,10 +350,12 @@ def _assert_ink_opposes_background(ds):
     # nearly all one close to the ink (a few real scans are faint)
     darkest = x.reshape(len(x), -1).min(axis=1)
     assert (darkest < 128).all() and (darkest < 64).mean() > 0.99
-    # a trojan drawn in ink changes the image visibly
-    poisoned = x[:1].copy()
-    poisoned[0, 0, 6:11, 8] = ds.ink
-    assert np.abs(poisoned.astype(int) - x[:1]).sum() > 0
+    # robustlr's plus, drawn in the dataset's ink, lands on background and contrasts with it
+    mask = trojan_mask("plus", 28, 28, dataset="femnist")
+    poisoned = apply_trojan(ds.train_x[:8], mask, ds.ink).numpy()
+    assert (poisoned[:, :, mask.numpy()] == ds.ink).all()
+    before = x[:8][:, :, mask.numpy()].astype(int)
+    assert np.abs(before - ds.ink).mean() > 128  # mostly white paper under the plus before
 
 
 def test_ink_is_opposite_to_background_tff(tmp_path):

@@ -16,10 +16,9 @@ not show it either, e.g. 10 agents of which 4 corrupt (F 0.4), 4,000 images, 30 
 48 % validation accuracy. The paper's budget is about 10 million sample-epochs per run, ~80x
 more than a lite run (128,000).
 
-So the ordering test is kept as an expected failure that is not run (it would cost about 5
-minutes to fail); it states the claim to check once a budget that shows it is affordable
-(e.g. the paper presets on a GPU). The test that runs checks, on the real data, that the lite
-federation is Table 2's attack: ~10 s.
+So there is no ordering test here: an expected failure that is never run cannot fail, and
+was removed. The CIFAR-10 issue (a warm-started lite budget) brings the ordering test. The
+test here checks, on the real data, that the lite federation is Table 2's attack: ~10 s.
 """
 
 import numpy as np
@@ -29,7 +28,6 @@ import torch
 from robustlr.attacks import apply_trojan, dba_parts, trojan_mask
 from robustlr.reports.demo import demo_configs
 from robustlr.sim.federation import build_federation, load_dataset, normalise
-from robustlr.sim.loop import run_experiment
 
 pytestmark = pytest.mark.science
 
@@ -55,18 +53,3 @@ def test_lite_federation_is_table_2s_distributed_backdoor(data_dir):
     assert len(dogs) == 1000
     assert torch.equal(fed.backdoor_x, normalise(apply_trojan(dogs, trojan_mask("plus", 32, 32, "cifar10"), 0),
                                                  ds.mean, ds.std))
-
-
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "not shown at the lite budget: measured FedAvg under DBA 12.4 % backdoor vs FedAvg + RLR 19.0 % "
-    "(no attack 7.8 %) at ~21 % validation accuracy; see the module docstring"))
-def test_fedavg_learns_the_distributed_backdoor_that_rlr_keeps_out(data_dir):
-    cfgs = demo_configs("cifar")
-    ds = load_dataset(cfgs["fedavg_attack"], data_dir)
-    clean = run_experiment(cfgs["fedavg_clean"], dataset=ds).summary
-    fedavg = run_experiment(cfgs["fedavg_attack"], dataset=ds).summary
-    rlr = run_experiment(cfgs["rlr_attack"], dataset=ds).summary
-    print(f"\n{ds.source}\nno attack: {clean}\nFedAvg under DBA: {fedavg}\nFedAvg + RLR under DBA: {rlr}")
-    assert fedavg["backdoor_acc"] >= clean["backdoor_acc"] + 0.3
-    assert fedavg["backdoor_acc"] >= rlr["backdoor_acc"] + 0.3
-    assert rlr["val_acc"] >= fedavg["val_acc"] - 0.05

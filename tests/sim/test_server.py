@@ -1,0 +1,68 @@
+"""The server step: pure rules, eta applied once (trainable parameters only), and the noise
+scale of eq. 2 (eta * sigma * M) for every rule, sign aggregation included."""
+
+import pytest
+import torch
+
+from robustlr.aggregation import ClipAndNoise, ParamLayout, RobustLR, SignAggregation
+from robustlr.models import build_model
+from robustlr.sim import seeding
+from robustlr.sim.config import load_config, make_config
+from robustlr.sim.server import apply_server_lr, build_rule, server_lr_vector
+
+
+def _layout(model="mnist-cnn"):
+    return ParamLayout.from_module(build_model(model))
+
+
+def test_rules_are_pure_and_eta_comes_from_the_config():
+    cfg = load_config("iid-sign")
+    rule = build_rule(cfg, _layout(), torch.Generator())
+    assert isinstance(rule, SignAggregation) and rule.server_lr == 1.0
+    assert cfg.resolved_server_lr == 1e-3
+    rlr = build_rule(load_config("iid-rlr"), _layout(), torch.Generator())
+    assert isinstance(rlr, RobustLR) and rlr.server_lr == 1.0
+
+
+def test_sign_aggregation_noise_is_eta_sigma_m():
+    """iid-sign with M 4, sigma 1e-3: per coordinate the step's noise has std eta*sigma*M = 4e-6
+    (robustlr 0.1 added sigma*M = 4e-3 after eta)."""
+    cfg = load_config("iid-sign", ["clip_norm=4", "noise_sigma=0.001"])
+    layout = _layout()
+    gen = torch.Generator()
+    rule = build_rule(cfg, layout, gen)
+    assert isinstance(rule, ClipAndNoise) and isinstance(rule.rule, SignAggregation)
+    # two agents that disagree everywhere: the vote ties (0), so the step is noise only
+    u = torch.randn(layout.numel) * 1e-3
+    updates = torch.stack([u, -u])
+    gen.manual_seed(seeding.seed_of(0, seeding.NOISE, 1))
+    params = torch.zeros(layout.numel)
+    apply_server_lr(params, rule(updates), server_lr_vector(cfg.resolved_server_lr, layout.trainable_mask()))
+    std = float(params.std())
+    print(f"step noise std {std:.3e} (expected 4e-6)")
+    assert std == pytest.approx(4e-6, rel=0.01)
+
+
+def test_eta_scales_trainable_parameters_and_leaves_buffers():
+    layout = _layout("cifar-cnn-bn")
+    trainable = layout.trainable_mask()
+    assert not bool(trainable.all())
+    eta = server_lr_vector(0.5, trainable)
+    params = torch.zeros(layout.numel)
+    apply_server_lr(params, torch.ones(layout.numel), eta)
+    assert torch.equal(params[trainable], torch.full((int(trainable.sum()),), 0.5))
+    assert torch.equal(params[~trainable], torch.ones(int((~trainable).sum())))
+    assert server_lr_vector(0.5, _layout().trainable_mask()) == 0.5  # no buffers: a plain float
+
+
+def test_apply_server_lr_is_in_place_and_exact_for_eta_one():
+    g = torch.tensor([1.0, 2.0])
+    out = apply_server_lr(g, torch.tensor([0.25, -0.5]), 1.0)
+    assert out is g and torch.equal(g, torch.tensor([1.25, 1.5]))
+    apply_server_lr(g, torch.tensor([1.0, 1.0]), 1e-3)
+    assert torch.equal(g, torch.tensor([1.25, 1.5]) + torch.tensor([1.0, 1.0]) * 1e-3)
+
+
+def test_sign_with_batch_norm_model_is_refused():
+    with pytest.raises(ValueError, match="batch-norm running statistics"):
+        make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign"})
