@@ -29,7 +29,7 @@ demo: fashion-mnist
 	$(VENV)/bin/robustlr demo
 
 test: $(VENV)/.installed
-	$(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q
+	$(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/robustlr bench

@@ -47,5 +47,6 @@ def test_bench_runs_on_cifar_and_noniid_presets():
     cifar = _bench("--preset", "cifar-dba-paper-rlr", "--agents", "2")
     assert (cifar["input_shape"], cifar["agents_per_round"]) == ([3, 32, 32], 40)
     assert "naive" in cifar["samples_per_s"]
-    noniid = _bench("--preset", "noniid-paper-rlr")
-    assert (noniid["agents"], noniid["samples_per_agent"]) == (34, 101)  # C*K agents, not K = 3,383
+    noniid = _bench("--preset", "noniid-paper-rlr", "--agents", "2")
+    # extrapolated to the round's C*K = 34 agents, not K = 3,383
+    assert (noniid["agents_per_round"], noniid["samples_per_agent"], noniid["samples_per_round"]) == (34, 101, 34 * 101 * 10)

@@ -4,7 +4,6 @@ one line and exit 2; any other exception is a bug and keeps its traceback."""
 import dataclasses
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from robustlr.cli import app

@@ -19,6 +19,6 @@ def test_rlr_stops_the_backdoor_that_fedavg_learns(data_dir):
     fedavg = run_experiment(cfgs["fedavg_attack"], dataset=ds).summary
     rlr = run_experiment(cfgs["rlr_attack"], dataset=ds).summary
     print(f"\nFedAvg under attack: {fedavg}\nFedAvg + RLR under attack: {rlr}")
-    assert fedavg["backdoor_acc"] >= 0.8
-    assert rlr["backdoor_acc"] <= 0.1
-    assert rlr["val_acc"] >= fedavg["val_acc"] - 0.05
+    assert fedavg.backdoor_acc >= 0.8
+    assert rlr.backdoor_acc <= 0.1
+    assert rlr.val_acc >= fedavg.val_acc - 0.05

@@ -29,7 +29,7 @@ def test_rlr_stops_the_backdoor_that_fedavg_learns_on_femnist(data_dir):
     fedavg = run_experiment(cfgs["fedavg_attack"], dataset=ds).summary
     rlr = run_experiment(cfgs["rlr_attack"], dataset=ds).summary
     print(f"\nFedAvg under attack: {fedavg}\nFedAvg + RLR under attack: {rlr}")
-    assert fedavg["backdoor_acc"] >= 0.6
-    assert rlr["backdoor_acc"] <= 0.3
-    assert fedavg["backdoor_acc"] - rlr["backdoor_acc"] >= 0.4
-    assert rlr["val_acc"] >= fedavg["val_acc"] - 0.06
+    assert fedavg.backdoor_acc >= 0.6
+    assert rlr.backdoor_acc <= 0.3
+    assert fedavg.backdoor_acc - rlr.backdoor_acc >= 0.4
+    assert rlr.val_acc >= fedavg.val_acc - 0.06

@@ -2,9 +2,7 @@
 per-round count of corrupt agents without base-class samples, and the scale benchmark on a
 tiny synthetic file. Science (does RLR stop the backdoor) is in test_science_noniid.py."""
 
-import numpy as np
 import pytest
-import torch
 
 from robustlr.sim.config import load_config, make_config
 from robustlr.reports.demo import demo_configs
@@ -59,7 +57,7 @@ def test_paper_preset_runs_a_round_on_a_tiny_tff_layout_file(tmp_path):
     fed = build_federation(cfg, ds)
     assert fed.num_agents == 12 and len(fed.corrupt) == 1
     rec = Simulation(cfg, fed).run_round(1)
-    assert rec["agents"] == 6 and 0 <= rec["backdoor_acc"] <= 1 and rec["threshold"] == 2
+    assert rec.agents == 6 and 0 <= rec.backdoor_acc <= 1 and rec.threshold == 2
 
 
 def test_corrupt_without_base_in_round_counts_corrupt_agents_lacking_the_base_class(tiny):
@@ -74,13 +72,13 @@ def test_corrupt_without_base_in_round_counts_corrupt_agents_lacking_the_base_cl
     assert 0 < len(without) < len(fed.corrupt)
     assert all(fed.poisoned_per_agent[a] == 0 for a in without)
     rec = Simulation(cfg, fed).run_round(1)
-    assert rec["corrupt_in_round"] == 9
-    assert rec["corrupt_without_base_in_round"] == len(without)
-    assert rec["corrupt_unpoisoned_in_round"] == sum(1 for a in fed.corrupt if fed.poisoned_per_agent[int(a)] == 0)
+    assert rec.corrupt_in_round == 9
+    assert rec.corrupt_without_base_in_round == len(without)
+    assert rec.corrupt_unpoisoned_in_round == sum(1 for a in fed.corrupt if fed.poisoned_per_agent[int(a)] == 0)
     # agents sampled per round: only those in the round are counted
     cfg2 = cfg.model_copy(update={"participation": 0.3})
     rec2 = Simulation(cfg2, fed).run_round(1)
-    assert rec2["corrupt_without_base_in_round"] <= rec2["corrupt_in_round"] <= 3 and rec2["agents"] == 3
+    assert rec2.corrupt_without_base_in_round <= rec2.corrupt_in_round <= 3 and rec2.agents == 3
 
 
 def test_bench_scale_runs_on_a_tiny_synthetic_file(tmp_path):
@@ -110,7 +108,7 @@ def test_bench_scale_cli(tmp_path):
 
     from robustlr.cli import app
 
-    res = CliRunner().invoke(app, ["bench-scale", "--writers", "12", "--samples", "6", "--test-samples", "2",
+    res = CliRunner().invoke(app, ["bench", "scale", "--writers", "12", "--samples", "6", "--test-samples", "2",
                                    "--rounds", "1", "--participation", "0.25", "--theta", "2", "--threads", "1",
                                    "--keep-data", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output

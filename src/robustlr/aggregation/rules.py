@@ -81,7 +81,7 @@ class CoordinateMedian(AggregationRule):
     Telemetry: none.
 
     Cost: a partial sort per coordinate; tens of times a plain mean on CPU (see
-    ``python -m robustlr.aggregation.bench``).
+    ``robustlr bench aggregation``).
 
     Example:
         >>> import torch

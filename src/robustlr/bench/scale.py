@@ -206,7 +206,7 @@ def format_scale_bench(res: dict) -> str:
     """A plain-text report of :func:`run_scale_bench`'s result."""
     s = res["setting"]
     lines = [
-        f"bench-scale: {s['writers']} writers, {s['train_samples']} train / {s['test_samples']} test samples "
+        f"bench scale: {s['writers']} writers, {s['train_samples']} train / {s['test_samples']} test samples "
         f"({s['data_source']})",
         f"  round: {s['agents_per_round']} agents x {s['mean_samples_per_round'] / max(1, s['agents_per_round']):.0f} "
         f"samples, E {s['local_epochs']}, B {s['batch_size']}, RLR theta {s['rlr_threshold']:g}, "

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robustlr.errors import DataError
+
 
 @dataclass
 class ImageDataset:
@@ -52,11 +54,11 @@ class ImageDataset:
             x = getattr(self, f"{split}_x")
             y = getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.ndim != 4:
-                raise ValueError(f"{self.name}: {split}_x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+                raise DataError(f"{self.name}: {split}_x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: {split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+                raise DataError(f"{self.name}: {split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"{self.name}: mean/std need one value per channel ({self.channels})")
+            raise DataError(f"{self.name}: mean/std need one value per channel ({self.channels})")
 
     @property
     def channels(self) -> int:

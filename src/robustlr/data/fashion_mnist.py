@@ -22,6 +22,7 @@ import torch
 
 from robustlr.data.base import ImageDataset
 from robustlr.data.store import DataFile, locate
+from robustlr.errors import DataError
 
 NAME = "fashion-mnist"
 CLASSES = (
@@ -83,7 +84,7 @@ DATASET_FILES: dict[str, DataFile] = {
 """The four files, by role. The loader reads this dict at call time."""
 
 
-class IDXFormatError(ValueError):
+class IDXFormatError(DataError):
     """A file is not a well-formed IDX file of the expected kind."""
 
 

@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 
 from robustlr.data.base import ImageDataset
+from robustlr.errors import DataError
 
 Seed = int | np.random.Generator
 
@@ -28,13 +29,13 @@ def _rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int or a numpy.random.Generator, got {seed!r}")
+        raise DataError(f"seed must be an int or a numpy.random.Generator, got {seed!r}")
     return np.random.default_rng(int(seed))
 
 
 def _count(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -43,9 +44,9 @@ def _labels(labels) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     y = np.asarray(labels)
     if y.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+        raise DataError(f"labels must be one-dimensional, got shape {y.shape}")
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        raise DataError(f"labels must be integers, got dtype {y.dtype}")
     return y.astype(np.int64, copy=False)
 
 
@@ -60,7 +61,7 @@ def natural(dataset: ImageDataset) -> list[np.ndarray]:
         ValueError: if the dataset has no natural partition (``train_writers`` is None).
     """
     if dataset.train_writers is None:
-        raise ValueError(
+        raise DataError(
             f"dataset {dataset.name!r} has no natural partition (train_writers is None); "
             "use iid, dirichlet or shards"
         )
@@ -85,14 +86,14 @@ def iid(n_samples: int, n_clients: int, seed: Seed, labels=None) -> list[np.ndar
     n_samples = _count("n_samples", n_samples, 0)
     n_clients = _count("n_clients", n_clients)
     if n_clients > n_samples:
-        raise ValueError(f"n_clients ({n_clients}) must not exceed n_samples ({n_samples})")
+        raise DataError(f"n_clients ({n_clients}) must not exceed n_samples ({n_samples})")
     rng = _rng(seed)
     if labels is None:
         order = rng.permutation(n_samples)
     else:
         y = _labels(labels)
         if y.shape[0] != n_samples:
-            raise ValueError(f"labels has {y.shape[0]} entries, n_samples is {n_samples}")
+            raise DataError(f"labels has {y.shape[0]} entries, n_samples is {n_samples}")
         shuffled = rng.permutation(n_samples)
         order = shuffled[np.argsort(y[shuffled], kind="stable")]  # by class, random within
     # deal the order round-robin: client c gets positions c, c + n_clients, ...
@@ -134,11 +135,11 @@ def dirichlet(
     min_size = _count("min_size", min_size, 0)
     max_tries = _count("max_tries", max_tries)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        raise DataError(f"alpha must be a finite number > 0, got {alpha!r}")
     if n_clients > n_samples:
-        raise ValueError(f"n_clients ({n_clients}) must not exceed n_samples ({n_samples})")
+        raise DataError(f"n_clients ({n_clients}) must not exceed n_samples ({n_samples})")
     if n_clients * min_size > n_samples:
-        raise ValueError(
+        raise DataError(
             f"n_clients * min_size = {n_clients} * {min_size} exceeds n_samples ({n_samples}); lower min_size"
         )
     rng = _rng(seed)
@@ -156,7 +157,7 @@ def dirichlet(
         if sizes.min() >= min_size:
             order = np.argsort(owner, kind="stable")  # indices ascending within each client
             return [part.astype(np.int64) for part in np.split(order, np.cumsum(sizes)[:-1])]
-    raise ValueError(
+    raise DataError(
         f"no Dirichlet(alpha={alpha}) draw in {max_tries} tries gave every one of {n_clients} clients "
         f"at least min_size={min_size} samples; raise alpha, lower min_size or use fewer clients"
     )
@@ -181,7 +182,7 @@ def shards(labels, n_clients: int, classes_per_client: int, seed: Seed) -> list[
     k = _count("classes_per_client", classes_per_client)
     n_shards = n_clients * k
     if n_shards > n_samples:
-        raise ValueError(
+        raise DataError(
             f"n_clients * classes_per_client = {n_clients} * {k} = {n_shards} shards exceed n_samples ({n_samples})"
         )
     rng = _rng(seed)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 from robustlr.data.base import ImageDataset
+
 # The constants keep their old names here, but each lives and is read in its own module: a test
 # that patches one must patch it there (e.g. ``robustlr.data.cifar.python_release.PYTHON_ARCHIVE``).
 from robustlr.data.cifar.common import (  # noqa: F401
@@ -67,6 +68,7 @@ from robustlr.data.store import DataNotFoundError
 
 # Private, but tests/data/test_cifar.py reaches them through the package.
 from robustlr.data.cifar.image_folder import _content_digest, _files_from_folder  # noqa: F401  isort: skip
+from robustlr.errors import DataError
 
 __all__ = [
     "CLASSES",
@@ -108,7 +110,7 @@ def load_cifar10(
             but cannot be read as CIFAR-10 (the message names it and the problem).
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+        raise DataError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
     tried: list[str] = []
     if layout in ("auto", "python"):
         found = _find_python_release(data_dir, tried)

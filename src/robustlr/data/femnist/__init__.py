@@ -36,7 +36,11 @@ from robustlr.data.femnist.common import (
 )
 from robustlr.data.femnist.leaf import load_leaf_femnist
 from robustlr.data.femnist.synthetic import make_synthetic_tff_emnist
-from robustlr.data.femnist.tff import SYNTHETIC_ATTR, load_tff_emnist, write_tff_emnist_h5
+from robustlr.data.femnist.tff import (
+    SYNTHETIC_ATTR,
+    load_tff_emnist,
+    write_tff_emnist_h5,
+)
 
 # Private, but tests/data/test_femnist.py reaches the shard parsers through the package.
 from robustlr.data.femnist.leaf import (  # noqa: F401  isort: skip

@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import os
 import string
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from robustlr.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robustlr.data.base import ImageDataset
 
 #: Identity normalisation, as in the paper's code (see the module docstring).
 FEMNIST_MEAN: tuple[float, ...] = (0.0,)
@@ -46,7 +52,7 @@ def _classes(digits_only: bool) -> tuple[str, ...]:
 
 def _check_min_train_samples(min_train_samples: int) -> None:
     if isinstance(min_train_samples, bool) or not isinstance(min_train_samples, (int, np.integer)) or min_train_samples < 1:
-        raise ValueError(f"min_train_samples must be an integer >= 1, got {min_train_samples!r}")
+        raise DataError(f"min_train_samples must be an integer >= 1, got {min_train_samples!r}")
 
 
 def _label_filter(digits_only: bool):
@@ -69,3 +75,32 @@ def _pixel_stats(x: np.ndarray) -> tuple[float, float]:
     mean = float((hist * values).sum() / n)
     var = float((hist * (values - mean) ** 2).sum() / n)
     return mean, var**0.5
+
+
+def femnist_dataset(train: tuple[np.ndarray, np.ndarray, list], test: tuple[np.ndarray, np.ndarray, list],
+                    writer_ids: list[str], digits_only: bool, source: str, extra: dict) -> "ImageDataset":
+    """The :class:`ImageDataset` of FEMNIST pixels ``(x, y, per-writer index blocks)`` of each split.
+
+    ``source`` is prefixed to the class selection; ``extra`` gets the test writers' blocks and
+    the training pixels' mean and std (the normalisation itself is the fixed FEMNIST one)."""
+    import torch
+
+    from robustlr.data.base import ImageDataset
+
+    (train_x, train_y, train_blocks), (test_x, test_y, test_blocks) = train, test
+    mean, std = _pixel_stats(train_x)
+    return ImageDataset(
+        name="femnist",
+        train_x=torch.from_numpy(train_x),
+        train_y=torch.from_numpy(train_y),
+        test_x=torch.from_numpy(test_x),
+        test_y=torch.from_numpy(test_y),
+        classes=_classes(digits_only),
+        mean=FEMNIST_MEAN,
+        std=FEMNIST_STD,
+        ink=FEMNIST_INK,
+        train_writers=train_blocks,
+        writer_ids=writer_ids,
+        source=source + ("digits 0-9 only" if digits_only else "all 62 classes"),
+        extra={**extra, "test_writers": test_blocks, "pixel_mean": mean, "pixel_std": std},
+    )

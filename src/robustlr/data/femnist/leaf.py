@@ -19,23 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustlr.data.base import ImageDataset
 from robustlr.data.femnist.common import (
     ALL_CLASSES,
-    FEMNIST_INK,
-    FEMNIST_MEAN,
-    FEMNIST_STD,
     IMAGE_SIDE,
     PIXELS,
     PathLike,
     _check_min_train_samples,
-    _classes,
     _label_filter,
-    _pixel_stats,
+    femnist_dataset,
 )
-
+from robustlr.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
 # finding the shards
@@ -76,7 +71,7 @@ def _classify(path: Path, root: Path) -> tuple[str, Path]:
     found = [s for s in _SPLITS if s in tokens]
     if len(found) == 1:
         return found[0], path.parent
-    raise ValueError(
+    raise DataError(
         f"cannot tell whether {path} holds train or test data: put it in a folder named "
         f"'train' or 'test', or give it a name with a '_train' or '_test' token"
     )
@@ -86,14 +81,14 @@ def _find_shards(paths: PathLike | Sequence[PathLike]) -> list[_Shard]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if len(paths) == 0:
-        raise ValueError("paths is empty: give at least one folder or shard file")
+        raise DataError("paths is empty: give at least one folder or shard file")
     shards: list[_Shard] = []
     seen: set[Path] = set()
     for given in paths:
         p = Path(given)
         if p.is_file():
             if not p.name.endswith(_SHARD_SUFFIXES):
-                raise ValueError(f"{p} is not a LEAF shard (expected a .json or .json.gz file)")
+                raise DataError(f"{p} is not a LEAF shard (expected a .json or .json.gz file)")
             files, root = [p], p.parent
         elif p.is_dir():
             split_dirs = [p / s for s in _SPLITS if (p / s).is_dir()]
@@ -101,7 +96,7 @@ def _find_shards(paths: PathLike | Sequence[PathLike]) -> list[_Shard]:
             files = sorted((f for d in search for f in d.rglob("*") if _is_shard(f)), key=_natural_key)
             root = p
             if not files:
-                raise ValueError(f"no LEAF shards (*.json, *.json.gz) under {p}")
+                raise DataError(f"no LEAF shards (*.json, *.json.gz) under {p}")
         else:
             raise FileNotFoundError(f"LEAF FEMNIST path does not exist: {p}")
         for f in files:
@@ -130,24 +125,24 @@ class _FastPathUnsupported(Exception):
 
 def _check_writer(where: str, writer: str, x: np.ndarray, y: np.ndarray, declared) -> None:
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{where}: writer {writer!r} has {x.shape[0]} images but {y.shape[0]} labels")
+        raise DataError(f"{where}: writer {writer!r} has {x.shape[0]} images but {y.shape[0]} labels")
     if declared is not None and int(declared) != y.shape[0]:
-        raise ValueError(f"{where}: writer {writer!r}: num_samples says {declared}, data has {y.shape[0]}")
+        raise DataError(f"{where}: writer {writer!r}: num_samples says {declared}, data has {y.shape[0]}")
     if y.size and (y.min() < 0 or y.max() >= len(ALL_CLASSES)):
-        raise ValueError(f"{where}: writer {writer!r} has labels outside 0..61 ({y.min()}..{y.max()})")
+        raise DataError(f"{where}: writer {writer!r} has labels outside 0..61 ({y.min()}..{y.max()})")
 
 
 def _declared_counts(doc, where: str) -> dict:
     if not isinstance(doc, dict):
-        raise ValueError(f"{where}: not a LEAF shard (the JSON is not an object)")
+        raise DataError(f"{where}: not a LEAF shard (the JSON is not an object)")
     users = doc.get("users")
     if not isinstance(users, list) or not isinstance(doc.get("user_data"), dict):
-        raise ValueError(f"{where}: not a LEAF shard (needs 'users' and 'user_data')")
+        raise DataError(f"{where}: not a LEAF shard (needs 'users' and 'user_data')")
     counts = doc.get("num_samples")
     if counts is None:
         return {}
     if len(counts) != len(users):
-        raise ValueError(f"{where}: {len(users)} users but {len(counts)} num_samples entries")
+        raise DataError(f"{where}: {len(users)} users but {len(counts)} num_samples entries")
     return dict(zip(users, counts))
 
 
@@ -161,15 +156,15 @@ def _parse_shard_json(raw: bytes, where: str) -> dict[str, tuple[np.ndarray, np.
             continue
         data = doc["user_data"].get(writer)
         if data is None:
-            raise ValueError(f"{where}: writer {writer!r} is listed in 'users' but has no 'user_data'")
+            raise DataError(f"{where}: writer {writer!r} is listed in 'users' but has no 'user_data'")
         y = np.asarray(data["y"], dtype=np.int64).reshape(-1)
         x = np.asarray(data["x"], dtype=np.float64)
         if x.size == 0:
             x = x.reshape(0, PIXELS)
         if x.ndim != 2 or x.shape[1] != PIXELS:
-            raise ValueError(f"{where}: writer {writer!r}: x must be rows of {PIXELS} values, got shape {x.shape}")
+            raise DataError(f"{where}: writer {writer!r}: x must be rows of {PIXELS} values, got shape {x.shape}")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
-            raise ValueError(f"{where}: writer {writer!r}: pixel values must lie in [0, 1]")
+            raise DataError(f"{where}: writer {writer!r}: pixel values must lie in [0, 1]")
         _check_writer(where, writer, x, y, declared.get(writer))
         out[writer] = (np.rint(x * 255.0).astype(np.uint8), y)
     return out
@@ -284,7 +279,7 @@ def _parse_shard_fast(raw: bytes, where: str) -> dict[str, tuple[np.ndarray, np.
             continue
         data = doc["user_data"].get(writer)
         if data is None:
-            raise ValueError(f"{where}: writer {writer!r} is listed in 'users' but has no 'user_data'")
+            raise DataError(f"{where}: writer {writer!r} is listed in 'users' but has no 'user_data'")
         seg = data.get("x")
         if not isinstance(seg, int) or isinstance(seg, bool) or not 0 <= seg < len(segments):
             raise _FastPathUnsupported
@@ -389,27 +384,12 @@ def load_leaf_femnist(
     test_x, test_y, test_blocks = _assemble(
         [test_parts.get((w, train_part[w][0]), empty) for w in clients], keep
     )
-    mean, std = _pixel_stats(train_x)
     folders = sorted({str(s.origin) for s in shards})
-    return ImageDataset(
-        name="femnist",
-        train_x=torch.from_numpy(train_x),
-        train_y=torch.from_numpy(train_y),
-        test_x=torch.from_numpy(test_x),
-        test_y=torch.from_numpy(test_y),
-        classes=_classes(digits_only),
-        mean=FEMNIST_MEAN,
-        std=FEMNIST_STD,
-        ink=FEMNIST_INK,
-        train_writers=train_blocks,
-        writer_ids=clients,
-        source=(
-            f"FEMNIST, LEAF json shards from {len(folders)} run(s) ({', '.join(Path(f).name for f in folders)}); "
-            + ("digits 0-9 only" if digits_only else "all 62 classes")
-        ),
-        extra={
+    return femnist_dataset(
+        (train_x, train_y, train_blocks), (test_x, test_y, test_blocks), clients, digits_only,
+        f"FEMNIST, LEAF json shards from {len(folders)} run(s) ({', '.join(Path(f).name for f in folders)}); ",
+        {
             "format": "leaf-json",
-            "test_writers": test_blocks,
             "writer_origins": [str(train_part[w][0]) for w in clients],
             "shards": len(shards),
             "writers_seen": len(occurrences),
@@ -417,7 +397,5 @@ def load_leaf_femnist(
             "ignored_duplicate_parts": sum(occurrences.values()) - sum(kept.values()),
             "writers_without_train": len(occurrences) - len(train_part),
             "writers_below_min_train": len(train_part) - len(clients),
-            "pixel_mean": mean,
-            "pixel_std": std,
         },
     )

@@ -13,6 +13,7 @@ import numpy as np
 
 from robustlr.data.femnist.common import ALL_CLASSES, IMAGE_SIDE, PathLike
 from robustlr.data.femnist.tff import SYNTHETIC_ATTR, write_tff_emnist_h5
+from robustlr.errors import DataError
 
 
 def _stroke_templates(num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,11 +62,11 @@ def make_synthetic_tff_emnist(
         style_seed: seeds the glyphs and the writers' offsets.
     """
     if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
+        raise DataError(f"n_clients must be >= 1, got {n_clients}")
     if samples_per_client < 1:
-        raise ValueError(f"samples_per_client must be >= 1, got {samples_per_client}")
+        raise DataError(f"samples_per_client must be >= 1, got {samples_per_client}")
     if not 1 <= num_classes <= len(ALL_CLASSES):
-        raise ValueError(f"num_classes must lie in 1..62, got {num_classes}")
+        raise DataError(f"num_classes must lie in 1..62, got {num_classes}")
     templates = _stroke_templates(num_classes, np.random.default_rng([style_seed, 0x5EED]))
 
     def clients():

@@ -16,22 +16,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustlr.data.base import ImageDataset
 from robustlr.data.femnist.common import (
     ALL_CLASSES,
-    FEMNIST_INK,
-    FEMNIST_MEAN,
-    FEMNIST_STD,
     IMAGE_SIDE,
     PathLike,
     _check_min_train_samples,
-    _classes,
     _label_filter,
-    _pixel_stats,
+    femnist_dataset,
 )
-
+from robustlr.errors import DataError
 
 #: Root attribute that marks a file written by
 #: :func:`~robustlr.data.femnist.synthetic.make_synthetic_tff_emnist`.
@@ -46,7 +41,7 @@ SYNTHETIC_ATTR = "robustlr_synthetic"
 def _examples(h5file, path):
     group = h5file.get("examples")
     if group is None or not hasattr(group, "keys"):
-        raise ValueError(f"{path}: not a TFF EMNIST h5 file (no 'examples' group)")
+        raise DataError(f"{path}: not a TFF EMNIST h5 file (no 'examples' group)")
     return group
 
 
@@ -59,15 +54,15 @@ def _scan_clients(group, path, ids: Iterable[str]) -> dict[str, tuple[np.ndarray
             continue
         label_ds, pixels_ds = client.get("label"), client.get("pixels")
         if label_ds is None or pixels_ds is None:
-            raise ValueError(f"{path}: client {cid!r} needs 'pixels' and 'label' datasets")
+            raise DataError(f"{path}: client {cid!r} needs 'pixels' and 'label' datasets")
         labels = np.asarray(label_ds[()]).reshape(-1).astype(np.int64)
         if pixels_ds.shape != (labels.shape[0], IMAGE_SIDE, IMAGE_SIDE):
-            raise ValueError(
+            raise DataError(
                 f"{path}: client {cid!r}: pixels must have shape ({labels.shape[0]}, 28, 28) to match "
                 f"its {labels.shape[0]} labels, got {pixels_ds.shape}"
             )
         if labels.size and (labels.min() < 0 or labels.max() >= len(ALL_CLASSES)):
-            raise ValueError(f"{path}: client {cid!r} has labels outside 0..61 ({labels.min()}..{labels.max()})")
+            raise DataError(f"{path}: client {cid!r} has labels outside 0..61 ({labels.min()}..{labels.max()})")
         out[cid] = (labels, pixels_ds)
     return out
 
@@ -77,7 +72,7 @@ def _to_uint8(pixels: np.ndarray, where: str) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     if pixels.size and (pixels.min() < 0.0 or pixels.max() > 1.0):
-        raise ValueError(f"{where}: float pixels must lie in [0, 1], got {pixels.min()}..{pixels.max()}")
+        raise DataError(f"{where}: float pixels must lie in [0, 1], got {pixels.min()}..{pixels.max()}")
     scaled = np.multiply(pixels, 255.0, dtype=np.float32)
     return np.rint(scaled, out=scaled).astype(np.uint8)
 
@@ -157,34 +152,17 @@ def load_tff_emnist(
         test_only = sum(1 for cid in test_group.keys() if cid not in known)
         without_test = sum(1 for cid in clients if cid not in test_scan)
         synthetic = bool(ftrain.attrs.get(SYNTHETIC_ATTR, False) or ftest.attrs.get(SYNTHETIC_ATTR, False))
-    mean, std = _pixel_stats(train_x)
-    return ImageDataset(
-        name="femnist",
-        train_x=torch.from_numpy(train_x),
-        train_y=torch.from_numpy(train_y),
-        test_x=torch.from_numpy(test_x),
-        test_y=torch.from_numpy(test_y),
-        classes=_classes(digits_only),
-        mean=FEMNIST_MEAN,
-        std=FEMNIST_STD,
-        ink=FEMNIST_INK,
-        train_writers=train_blocks,
-        writer_ids=clients,
-        source=(
-            ("SYNTHETIC data in " if synthetic else "FEMNIST, ")
-            + f"TensorFlow Federated h5 ({Path(train_h5).name}, {Path(test_h5).name}); "
-            + ("digits 0-9 only" if digits_only else "all 62 classes")
-        ),
-        extra={
+    return femnist_dataset(
+        (train_x, train_y, train_blocks), (test_x, test_y, test_blocks), clients, digits_only,
+        ("SYNTHETIC data in " if synthetic else "FEMNIST, ")
+        + f"TensorFlow Federated h5 ({Path(train_h5).name}, {Path(test_h5).name}); ",
+        {
             "format": "tff-h5",
             "synthetic": synthetic,
-            "test_writers": test_blocks,
             "writers_seen": len(train_ids) + test_only,
             "test_only_writers": test_only,
             "writers_without_test": without_test,
             "writers_below_min_train": len(train_ids) - len(clients),
-            "pixel_mean": mean,
-            "pixel_std": std,
         },
     )
 
@@ -223,21 +201,21 @@ def write_tff_emnist_h5(
         for cid, (pixels, labels) in items:
             cid = str(cid)
             if cid in group:
-                raise ValueError(f"client id {cid!r} given twice")
+                raise DataError(f"client id {cid!r} given twice")
             px = np.asarray(pixels)
             lab = np.asarray(labels).reshape(-1)
             if px.ndim != 3 or px.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or px.shape[0] != lab.shape[0]:
-                raise ValueError(
+                raise DataError(
                     f"client {cid!r}: pixels must be (n, 28, 28) with n = len(labels) = {lab.shape[0]}, got {px.shape}"
                 )
             if not np.issubdtype(lab.dtype, np.integer) or (lab.size and (lab.min() < 0 or lab.max() >= len(ALL_CLASSES))):
-                raise ValueError(f"client {cid!r}: labels must be integers in 0..61")
+                raise DataError(f"client {cid!r}: labels must be integers in 0..61")
             if px.dtype == np.uint8:
                 px = px.astype(np.float32) / np.float32(255.0)
             else:
                 px = px.astype(np.float32)
                 if px.size and (px.min() < 0.0 or px.max() > 1.0):
-                    raise ValueError(f"client {cid!r}: float pixels must lie in [0, 1]")
+                    raise DataError(f"client {cid!r}: float pixels must lie in [0, 1]")
             sub = group.create_group(cid)
             sub.create_dataset("pixels", data=px)
             sub.create_dataset("label", data=lab.astype(np.int32))
