@@ -2,6 +2,8 @@
 per-round count of corrupt agents without base-class samples, and the scale benchmark on a
 tiny synthetic file. Science (does RLR stop the backdoor) is in test_science_noniid.py."""
 
+import json
+
 import pytest
 
 from robustlr.sim.config import load_config, make_config
@@ -112,4 +114,6 @@ def test_bench_scale_cli(tmp_path):
                                    "--rounds", "1", "--participation", "0.25", "--theta", "2", "--threads", "1",
                                    "--keep-data", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
-    assert '"overhead_share"' in res.output and '"peak_rss_mb"' in res.output
+    out = json.loads(res.output)
+    assert (out["setting"]["writers"], out["setting"]["agents_per_round"], out["setting"]["rlr_threshold"]) == (12, 3, 2)
+    assert [r["round"] for r in out["rounds"]] == [1] and 0 < out["overhead_share"] < 1

@@ -1,0 +1,1 @@
+"""Experiment suites and the results store (land here next: the suites issue)."""

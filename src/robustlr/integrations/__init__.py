@@ -1,0 +1,1 @@
+"""Integrations with other federated-learning frameworks (Flower lands in ``flower/``)."""
