@@ -30,3 +30,12 @@ class ResumeError(RobustlrError):
 
 class EngineError(RobustlrError, ValueError):
     """A training engine that cannot run this configuration (device, model, precision)."""
+
+
+class TrainingError(RobustlrError):
+    """A run that stopped because its training went wrong (a non-finite model, no valid update);
+    its last good checkpoint is kept."""
+
+
+class OutputError(RobustlrError, OSError):
+    """An output folder or file that cannot be written."""

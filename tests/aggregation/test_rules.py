@@ -192,7 +192,19 @@ def test_fedavg_finds_non_finite_rows_of_weight_zero():
         FedAvg()(U, weights=[0, 1, 0, 1])
 
 
-def test_fedavg_of_finite_rows_that_overflow_is_returned():
+def test_fedavg_of_finite_rows_whose_sum_overflows_is_the_representable_mean():
+    # 3e38 + 3e38 overflows float32, the mean 3e38 does not (robustlr 0.1 returned inf)
     U = torch.tensor([[3e38, 1.0], [3e38, 1.0]])
-    out = FedAvg()(U)
-    assert out[1] == 1.0 and torch.isinf(out[0])
+    for w in (None, [1, 1], [2, 1]):
+        out = FedAvg()(U, weights=w)
+        assert out.dtype == torch.float32 and out[1] == 1.0 and out[0] == torch.tensor(3e38), (w, out)
+
+
+def test_clipping_scales_a_row_whose_norm_overflows_instead_of_zeroing_it():
+    from robustlr.aggregation import clip_updates
+
+    V = torch.tensor([[3e38, 3e38], [0.3, 0.4]])
+    clipped, n = clip_updates(V, 1.0)
+    assert n == 1
+    torch.testing.assert_close(clipped[0], torch.tensor([0.7071068, 0.7071068]))
+    assert torch.equal(clipped[1], V[1])

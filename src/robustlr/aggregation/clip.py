@@ -29,11 +29,17 @@ def clip_scale(updates: Tensor, clip_norm: float, norms: Tensor | None = None) -
         return None, 0
     if norms is None:
         norms = torch.linalg.vector_norm(updates, dim=1)
+    overflow = ~torch.isfinite(norms)
+    if bool(overflow.any()):
+        # a finite row whose squared norm overflows float32: its norm in float64 (the rows are
+        # finite here, non-finite ones having been rejected), so it is scaled, not zeroed
+        norms = norms.double()
+        norms[overflow] = torch.linalg.vector_norm(updates[overflow].double(), dim=1)
     over = norms > clip_norm
     n_clipped = int(over.sum())
     if n_clipped == 0:
         return None, 0
-    return torch.where(over, clip_norm / norms, torch.ones_like(norms)), n_clipped
+    return torch.where(over, clip_norm / norms, torch.ones_like(norms)).to(updates.dtype), n_clipped
 
 
 def clip_updates(updates: Tensor, clip_norm: float) -> tuple[Tensor, int]:

@@ -36,6 +36,10 @@ class FedAvg(AggregationRule):
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
     ) -> Tensor:
         self.telemetry = {}
+        return self._mean(updates, weights)
+
+    @staticmethod
+    def _mean(updates: Tensor, weights: Tensor | None) -> Tensor:
         # Measured on CPU: a reduction over dim 0 is fastest without weights (as fast as
         # updates.mean(0)), a matrix-vector product with them; dividing by the total
         # afterwards keeps small integer examples exact.
@@ -53,6 +57,9 @@ class FedAvg(AggregationRule):
         # the exact check then clears); torch.isfinite(out).all() measured 50x slower
         if not math.isfinite(float(out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32))):
             check_finite_rows(updates)  # names the rows (or passes if only a sum overflowed)
+            if not bool(torch.isfinite(out).all()):
+                # finite rows whose sum overflowed although the mean is representable: redo it in float64
+                out = self._mean(updates.to(torch.float64), None if weights is None else weights.double()).to(out.dtype)
         elif weights is not None:
             zero = (weights == 0).nonzero().flatten()
             if zero.numel():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 
 from robustlr.errors import RobustlrError
+from robustlr.sim.lifecycle import Terminated
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -37,8 +39,12 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Terminated as exc:
+            fail(str(exc), code=128 + signal.SIGTERM)
         except RobustlrError as exc:
             fail(str(exc))
+        except EOFError as exc:  # typer would print only "Aborted."; an unexpected one is a bug
+            raise RuntimeError(f"unexpected end of file: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -57,7 +63,13 @@ def progress_callback(progress, task, prefix: str = ""):
 
 
 def make_progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[status]}"), console=console, transient=False)

@@ -7,7 +7,15 @@ from typing import List, Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, SetOpt, console, fail, make_progress, progress_callback, user_errors
+from robustlr.cli._common import (
+    DataDirOpt,
+    SetOpt,
+    console,
+    fail,
+    make_progress,
+    progress_callback,
+    user_errors,
+)
 
 
 @user_errors

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustlr.errors import DataNotFoundError
+
+log = logging.getLogger("robustlr")
 
 ENV_DATA_DIR = "ROBUSTLR_DATA_DIR"
 ENV_CACHE_DIR = "ROBUSTLR_CACHE_DIR"
@@ -92,11 +95,17 @@ def _problem(path: Path, spec: DataFile) -> str | None:
 @dataclass
 class _Search:
     tried: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # copies that exist but failed their check
 
     def check(self, label: str, path: Path, spec: DataFile) -> bool:
         problem = _problem(path, spec)
         if problem is not None:
             self.tried.append(f"{label}: {path} ({problem})")
+            if path.exists():
+                self.skipped.append(f"{path} ({problem})")
+        elif self.skipped:
+            # say which copy is used and why the earlier ones were not
+            log.warning("using %s; skipped %s", path, "; ".join(self.skipped))
         return problem is None
 
 

@@ -28,10 +28,41 @@ VERSION = 2
 NAME = "checkpoint.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    try:  # the rename itself reaches the disk with the folder's entry
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - folders cannot be opened on some OSes
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, rename: a kill at any instant leaves the old file or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    _fsync_replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, fsync, rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    _fsync_replace(tmp, path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and fsync; a kill mid-append leaves a partial last line, which a resume
+    rewrites from the checkpoint (see :meth:`robustlr.sim.loop.Simulation`)."""
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def save_checkpoint(path: Path, *, round_: int, global_params: torch.Tensor, rule_state: dict,
@@ -43,7 +74,7 @@ def save_checkpoint(path: Path, *, round_: int, global_params: torch.Tensor, rul
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, OSError, ValueError) as exc:
         raise ResumeError(
             f"{path} is a checkpoint of an older robustlr (format 1, robustlr 0.1, which pickled rule objects) or is "
             f"damaged; this robustlr reads checkpoint format {VERSION} only and will not unpickle it. Rerun: delete "

@@ -42,7 +42,9 @@ class ExperimentConfig(BaseModel):
     # inf and nan are refused in every float field
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    name: str = Field("experiment", description="a label for reports")
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$", max_length=120,
+                      description="a label for reports and the default output folder runs/<name>: letters, digits "
+                      "and . _ + = - (no path separators)")
     # -- data
     dataset: Dataset = Field("fashion-mnist", description="which dataset to load")
     data_sources: list[str] = Field(
@@ -101,10 +103,14 @@ class ExperimentConfig(BaseModel):
     clip_norm: float = Field(0.0, ge=0, description="M: L2 bound of updates (agents project, server clips); 0 = off")
     noise_sigma: float = Field(0.0, ge=0, description="sigma: server noise std is sigma * M")
     # -- run
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="the run's seed, 0 .. 2**32 - 1 (every random stream is "
+                      "derived from it; larger integers would repeat streams)")
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0 = only at the end)")
-    device: str = Field("cpu", description="cpu, cuda, cuda:0, ...")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="cpu, cuda, cuda:0, ...")
+    max_rounds_without_updates: int = Field(
+        3, ge=1, description="stop the run (non-zero exit, last good checkpoint kept) after this many consecutive "
+        "rounds in which every agent's update was rejected as non-finite")
     train_mode: TrainMode = Field(
         "auto", description="local training engine: sequential (one agent after another, in-process), processes "
         "(agents side by side in worker processes, one thread each; the CPU default), vectorized (torch.func vmap; "
@@ -113,6 +119,17 @@ class ExperimentConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="CPU cores to use: training worker processes (one thread per agent) and "
         "evaluation threads; None = all available. The numbers do not depend on it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads true as 1: refuse a bool anywhere but in a bool field
+        if isinstance(data, dict):
+            bad = [k for k, v in data.items() if isinstance(v, bool) and k in cls.model_fields
+                   and cls.model_fields[k].annotation is not bool]
+            if bad:
+                raise ValueError("; ".join(f"{k}={data[k]!r}: a bool where a number or text is expected" for k in bad))
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
@@ -136,6 +153,11 @@ class ExperimentConfig(BaseModel):
         for key in ("base_class", "target_class"):
             if getattr(self, key) >= n_classes:
                 problems.append(f"{key}={getattr(self, key)} but {self.dataset} has {n_classes} classes (0..{n_classes - 1})")
+        if self.num_agents is not None and self.corrupt_fraction > 0 and self.num_corrupt(self.num_agents) == 0:
+            problems.append(
+                f"corrupt_fraction={self.corrupt_fraction} of num_agents={self.num_agents} is floor(F*K) = 0 corrupt "
+                f"agents: the run would have no attack. Set corrupt_fraction = 0 for a clean run, or raise num_agents "
+                f"or corrupt_fraction")
         if self.num_agents is not None:
             per_round = self.agents_per_round(self.num_agents)
             if self.rlr_threshold >= 1 and self.rlr_threshold > per_round:

@@ -3,6 +3,7 @@ evaluate, record, checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -14,13 +15,21 @@ import numpy as np
 import torch
 
 from robustlr.aggregation import ParamLayout
-from robustlr.errors import ResumeError
+from robustlr.errors import (
+    ConfigError,
+    DataNotFoundError,
+    EngineError,
+    OutputError,
+    ResumeError,
+    TrainingError,
+)
 from robustlr.models import build_model
 from robustlr.sim import checkpoint, seeding
 from robustlr.sim.config import ExperimentConfig, make_config
 from robustlr.sim.engines import build_engine, engine_context, select_mode
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation
+from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.records import RoundRecord, RunSummary, dumps, provenance
 from robustlr.sim.server import apply_server_lr, build_rule, server_lr_vector
 
@@ -35,6 +44,65 @@ def sample_agents(cfg: ExperimentConfig, num_agents: int, round_: int) -> np.nda
         return np.arange(num_agents)
     rng = seeding.numpy_rng(cfg.seed, seeding.SAMPLE, round_)
     return np.sort(rng.choice(num_agents, size=m, replace=False))
+
+
+#: config keys that cannot change a run's numbers: a resume may change them
+NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
+
+
+def blocking_differences(old: ExperimentConfig, new: ExperimentConfig) -> dict:
+    """The keys in which ``new`` differs from the run ``old`` so that resuming would change its numbers.
+
+    ``rounds`` may grow (extending a run); the keys of :data:`NEUTRAL_KEYS` may change."""
+    out = {}
+    for k in type(new).model_fields:
+        a, b = getattr(old, k), getattr(new, k)
+        if a == b or k in NEUTRAL_KEYS or (k == "rounds" and b >= a):
+            continue
+        out[k] = (a, b)
+    return out
+
+
+def read_run_config(path: Path) -> ExperimentConfig:
+    try:
+        return make_config(json.loads(path.read_text()), str(path))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, ConfigError):
+            raise ResumeError(f"{path} is not a config this robustlr can resume: {exc}") from None
+        raise ResumeError(f"{path} is damaged ({exc}); delete the run folder or choose another --out") from None
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create ``out`` and check that it is a writable folder (before any work starts)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the run's results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".robustlr-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write the run folder {out}: {exc.strerror or exc}; choose another --out") from None
+
+
+def check_out_dir(out: Path, cfg: ExperimentConfig) -> None:
+    """A writable folder that holds nothing, or a run that ``cfg`` may resume."""
+    prepare_out_dir(out)
+    if (out / "config.json").exists():
+        diff = blocking_differences(read_run_config(out / "config.json"), cfg)
+        if diff:
+            raise ResumeError(
+                f"{out} holds a run of a different config (differs in {diff}); choose another --out folder, or "
+                f"delete it to start over. Keys that cannot change the numbers may differ: "
+                f"{', '.join(NEUTRAL_KEYS)}, and rounds (to extend a run)")
+    elif (out / checkpoint.NAME).exists():
+        raise ResumeError(f"{out} holds a checkpoint but no config.json; delete the folder or choose another --out")
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device={device!r} but this machine has no CUDA device (torch {torch.__version__}); "
+                          f"use device = 'cpu'")
 
 
 @dataclass
@@ -67,6 +135,7 @@ class Simulation:
         self.fed = fed
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_round = on_round
+        check_device(cfg.device)
         self.device = torch.device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -78,7 +147,7 @@ class Simulation:
         self.layout = ParamLayout.from_module(self.model)
         self.global_params = self.layout.flatten(self.model).to(self.device)
         self.noise_gen = torch.Generator(device="cpu")
-        self.rule = build_rule(cfg, self.layout, self.noise_gen)
+        self.rule = build_rule(cfg, self.layout, self.noise_gen, cfg.agents_per_round(fed.num_agents))
         self.eta = server_lr_vector(cfg.resolved_server_lr, self.layout.trainable_mask())
         if isinstance(self.eta, torch.Tensor):
             self.eta = self.eta.to(self.device)
@@ -93,23 +162,15 @@ class Simulation:
     # -- persistence
     def _prepare_out_dir(self) -> None:
         assert self.out_dir is not None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.out_dir / "config.json"
+        check_out_dir(self.out_dir, self.cfg)
         ckpt = self.out_dir / checkpoint.NAME
-        if cfg_path.exists():
-            old = make_config(json.loads(cfg_path.read_text()), str(cfg_path))
-            if old != self.cfg:
-                diff = {k: (getattr(old, k), getattr(self.cfg, k)) for k in type(self.cfg).model_fields
-                        if getattr(old, k) != getattr(self.cfg, k)}
-                raise ResumeError(
-                    f"{self.out_dir} holds a run of a different config (differs in {diff}); "
-                    f"choose another --out folder, or delete it to start over"
-                )
-            if ckpt.exists():
-                self._resume(ckpt)
-        cfg_path.write_text(self.cfg.to_json())
+        if ckpt.exists():
+            self._resume(ckpt)
+        cfg_path = self.out_dir / "config.json"
+        with self._writing(cfg_path):
+            checkpoint.atomic_write_text(cfg_path, self.cfg.to_json())
         # metrics.jsonl holds exactly the rounds done so far (none for a fresh start, the
-        # checkpoint's on resume): a restart never leaves a round in it twice
+        # checkpoint's on resume): a restart never leaves a round in it twice, nor a partial line
         self._rewrite_metrics()
 
     def _resume(self, ckpt: Path) -> None:
@@ -123,11 +184,27 @@ class Simulation:
 
     def _rewrite_metrics(self) -> None:
         assert self.out_dir is not None
-        with open(self.out_dir / "metrics.jsonl", "w") as fh:
-            for rec in self.records:
-                fh.write(dumps(rec.to_json_dict()) + "\n")
+        with self._writing(self.out_dir / "metrics.jsonl"):
+            checkpoint.atomic_write_text(self.out_dir / "metrics.jsonl",
+                                         "".join(dumps(rec.to_json_dict()) + "\n" for rec in self.records))
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """Turn a failed write (disk full, read-only folder) into a clear error; the files written
+        atomically keep their last good version."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {path}: {exc.strerror or exc}. {self._kept()} Free space or fix the folder's "
+                f"permissions, then run the same command again to resume") from exc
 
     def _checkpoint(self, round_: int) -> None:
+        assert self.out_dir is not None
+        with self._writing(self.out_dir / checkpoint.NAME):
+            self._save_checkpoint(round_)
+
+    def _save_checkpoint(self, round_: int) -> None:
         assert self.out_dir is not None
         checkpoint.save_checkpoint(self.out_dir / checkpoint.NAME, round_=round_, global_params=self.global_params,
                                    rule_state=self.rule.state_dict(), records=[r.model_dump() for r in self.records],
@@ -167,11 +244,24 @@ class Simulation:
             corrupt_unpoisoned_in_round=sum(1 for a in corrupt_here if fed.poisoned_per_agent.get(a, 0) == 0),
         )
         t_agg = time.perf_counter()
-        if len(agents):
+        if len(agents) == 0:
+            empty = 1 + next((i for i, r in enumerate(reversed(self.records)) if r.agents), len(self.records))
+            if empty >= cfg.max_rounds_without_updates:
+                raise TrainingError(
+                    f"round {round_}: every agent's update was non-finite in {empty} consecutive rounds "
+                    f"(max_rounds_without_updates = {cfg.max_rounds_without_updates}); local training diverges "
+                    f"(client_lr = {cfg.client_lr}?). {self._kept()}")
+        else:
             self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
             weights = torch.as_tensor(fed.agent_sizes[agents], dtype=torch.float32)
             aggregate = self.rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
+            if not bool(torch.isfinite(aggregate).all()):
+                raise TrainingError(f"round {round_}: the aggregated update is not finite. {self._kept()}")
             apply_server_lr(self.global_params, aggregate, self.eta)
+            if not bool(torch.isfinite(self.global_params).all()):
+                raise TrainingError(
+                    f"round {round_}: the global model became non-finite after the server step "
+                    f"(server_lr = {cfg.resolved_server_lr}); {self._kept()}")
             tel = self.rule.telemetry or {}
             if "flipped_fraction" in tel:
                 rec.flipped_fraction = float(tel["flipped_fraction"])
@@ -185,9 +275,19 @@ class Simulation:
         rec.seconds = time.perf_counter() - t0
         return rec
 
+    def _kept(self) -> str:
+        if self.out_dir is None:
+            return "The run is stopped."
+        ckpt = self.out_dir / checkpoint.NAME
+        return (f"The run is stopped; its last good checkpoint is kept in {ckpt}." if ckpt.exists()
+                else f"The run is stopped; {self.out_dir} holds no checkpoint yet.")
+
     def run(self) -> RunResult:
+        """Run to the end. SIGTERM stops the run cleanly (:class:`robustlr.sim.lifecycle.Terminated`),
+        its workers killed; the same call on the same folder resumes from the last checkpoint."""
         try:
-            return self._run()
+            with sigterm_raises():
+                return self._run()
         finally:
             self.engine.close()
 
@@ -198,8 +298,8 @@ class Simulation:
             self.elapsed += rec.seconds
             self.records.append(rec)
             if self.out_dir is not None:
-                with open(self.out_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(dumps(rec.to_json_dict()) + "\n")
+                with self._writing(self.out_dir / "metrics.jsonl"):
+                    checkpoint.append_line(self.out_dir / "metrics.jsonl", dumps(rec.to_json_dict()))
                 if cfg.checkpoint_every and r % cfg.checkpoint_every == 0 and r < cfg.rounds:
                     self._checkpoint(r)
             if self.on_round is not None:
@@ -216,10 +316,13 @@ class Simulation:
             engine=self.engine.name, federation=self.fed.notes, **provenance(),
         )
         if self.out_dir is not None:
-            (self.out_dir / "summary.json").write_text(dumps(summary.model_dump(), indent=2))
-            self.model.load_state_dict(self.layout.unflatten(self.global_params))
-            checkpoint.atomic_save(self.model.state_dict(), self.out_dir / "model.pt")
+            # the checkpoint first: once it holds the last round, a rerun only rewrites the rest
             self._checkpoint(self.cfg.rounds)
+            self.model.load_state_dict(self.layout.unflatten(self.global_params))
+            with self._writing(self.out_dir / "model.pt"):
+                checkpoint.atomic_save(self.model.state_dict(), self.out_dir / "model.pt")
+            with self._writing(self.out_dir / "summary.json"):
+                checkpoint.atomic_write_text(self.out_dir / "summary.json", dumps(summary.model_dump(), indent=2))
         return RunResult(self.cfg, self.records, summary, self.out_dir, self.global_params)
 
 
@@ -228,6 +331,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
     """Load the data, build the federation and run ``cfg`` to the end (resuming if possible)."""
     from robustlr.sim.federation import build_federation, load_dataset
 
+    # everything that can be checked without the data is checked before loading it
+    check_device(cfg.device)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataNotFoundError(f"--data-dir {data_dir} is not a folder; give the folder that holds the datasets")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), cfg)
     ds = dataset if dataset is not None else load_dataset(cfg, data_dir)
     fed = build_federation(cfg, ds)
     return Simulation(cfg, fed, out_dir, on_round).run()

@@ -24,8 +24,18 @@ from robustlr.sim.config import ExperimentConfig
 RULES = {"fedavg": FedAvg, "comed": CoordinateMedian, "sign": SignAggregation, "foolsgold": FoolsGold}
 
 
-def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator) -> AggregationRule:
+def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
+               agents_per_round: int | None = None) -> AggregationRule:
     """The server's rule for ``cfg``: base rule, optionally clip + noise, optionally RLR around it.
+
+    The RLR threshold when updates are rejected: an integer ``rlr_threshold`` counts agents of
+    a full round of ``agents_per_round``; when some updates are rejected (non-finite) theta
+    scales with the voters left, ``ceil(theta * valid / sampled)``, so it keeps its meaning as
+    the share of the round's voters that must agree. (A fixed theta with fewer voters would flip
+    more coordinates than the defense intends, up to every one when theta exceeds the voters
+    left; clamping it to the voters left would make a unanimous vote of a few enough; skipping
+    the round would lose the honest agents' work.) A fractional ``rlr_threshold`` is already a
+    share of the valid voters. Any server-side screening must follow the same rule.
 
     To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` and to
     the config's ``aggregator`` field.
@@ -34,7 +44,13 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
     if cfg.clip_norm > 0 or cfg.noise_sigma > 0:
         rule = ClipAndNoise(rule, clip_norm=cfg.clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
     if cfg.rlr_threshold > 0:
-        kw = {"threshold": int(cfg.rlr_threshold)} if cfg.rlr_threshold >= 1 else {"threshold_fraction": cfg.rlr_threshold}
+        if cfg.rlr_threshold >= 1 and agents_per_round is None:
+            kw = {"threshold": int(cfg.rlr_threshold)}
+        elif cfg.rlr_threshold >= 1:
+            # theta of a full round, as a share of its agents (see above); exact for a full round
+            kw = {"threshold_fraction": min(1.0, int(cfg.rlr_threshold) / agents_per_round)}
+        else:
+            kw = {"threshold_fraction": cfg.rlr_threshold}
         rule = RobustLR(rule, layout=layout if cfg.rlr_scope == "trainable" else None, **kw)
     return rule
 

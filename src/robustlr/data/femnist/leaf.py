@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,12 @@ def _find_shards(paths: PathLike | Sequence[PathLike]) -> list[_Shard]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
-        return fh.read()
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
+            return fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a truncated .gz an EOFError
+        raise DataError(f"LEAF shard {path} cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
+                        f"truncated: replace it, or remove it from the folder") from None
 
 
 class _FastPathUnsupported(Exception):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +38,7 @@ from robustlr.errors import EngineError
 from robustlr.models import build_model
 from robustlr.sim.engines.base import EngineContext, RoundUpdates
 from robustlr.sim.engines.sequential import SequentialEngine
+from robustlr.sim.lifecycle import die_with_parent
 
 log = logging.getLogger("robustlr")
 
@@ -57,7 +59,12 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _init_worker(ctx: EngineContext, global_flat: torch.Tensor, out: torch.Tensor) -> None:
+def _init_worker(ctx: EngineContext, global_flat: torch.Tensor, out: torch.Tensor, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    # the run's SIGTERM handler is inherited through fork: a worker just ends on SIGTERM; Ctrl-C
+    # reaches the whole process group, and the parent, not each worker, handles it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _W["engine"] = SequentialEngine(ctx)
     _W["global"] = global_flat
@@ -102,7 +109,7 @@ class ProcessesEngine:
             mp_ctx = tmp.get_context(_start_method())
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=mp_ctx, initializer=_init_worker,
-                initargs=(self._worker_ctx, self.global_flat, self.out),
+                initargs=(self._worker_ctx, self.global_flat, self.out, os.getpid()),
             )
             atexit.register(self.close)
         return self._pool
@@ -127,11 +134,24 @@ class ProcessesEngine:
             for f in futures:
                 f.result()
         except BrokenProcessPool as exc:
-            self.close()
+            self.kill()
             raise RuntimeError(
                 "a training worker process died (out of memory?); rerun with threads = 1 to train in-process"
             ) from exc
+        except BaseException:
+            # interrupted mid-round (SIGTERM, Ctrl-C, an error): the workers' tasks are moot
+            self.kill()
+            raise
         return RoundUpdates(self.out[:n], ids, time.perf_counter() - t0)
+
+    def kill(self) -> None:
+        """Stop the workers now, without waiting for their tasks."""
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.kill()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,110 @@
+"""Bad input, tried as a demanding user would: each gets one clear line naming the problem and
+the fix (exit code 2, no traceback), before any work starts. The README's "bad input"
+paragraph points here; the count of this table is in the project's notes.
+
+Each row: a name, a setup (what files to create in a temporary folder; ``{tmp}`` and
+``{data}`` in the arguments are replaced), the command's arguments, and a fragment the
+message must contain.
+"""
+
+import gzip
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from robustlr.cli import app
+
+SET = "--set"
+CONFIG = ["config", "iid-rlr"]
+
+
+def _files(tmp, data):
+    """Files some rows need."""
+    (tmp / "latin1.toml").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    (tmp / "broken.toml").write_text("rounds = = 3\n")
+    (tmp / "ext-unknown.toml").write_text('extends = "no-such-preset"\n')
+    (tmp / "ext-number.toml").write_text("extends = 3\n")
+    (tmp / "a-file").write_text("not a folder")
+    # a run folder with a truncated config.json, and one with a damaged checkpoint
+    (tmp / "truncated").mkdir()
+    (tmp / "truncated" / "config.json").write_text('{"name": "demo-iid", "rou')
+    # LEAF shards: one that is not gzip at all, one truncated
+    (tmp / "leaf-bad" / "train").mkdir(parents=True)
+    (tmp / "leaf-bad" / "train" / "all_data_0.json.gz").write_bytes(b"this is not gzip")
+    (tmp / "leaf-trunc" / "train").mkdir(parents=True)
+    full = gzip.compress(json.dumps({"users": ["w"], "num_samples": [1],
+                                     "user_data": {"w": {"x": [[0.0] * 784], "y": [1]}}}).encode())
+    (tmp / "leaf-trunc" / "train" / "all_data_0.json.gz").write_bytes(full[: len(full) // 2])
+    (tmp / "not-h5").write_text("not hdf5")
+
+
+ROWS = [
+    # config values
+    ("rounds 0", CONFIG + [SET, "rounds=0"], "rounds"),
+    ("typo in a key", CONFIG + [SET, "roudns=3"], "did you mean 'rounds'"),
+    ("theta above the round", CONFIG + [SET, "rlr_threshold=11"], "exceeds the 10 agents in a round"),
+    ("fractional theta above 1", CONFIG + [SET, "rlr_threshold=2.5"], "integer count"),
+    ("base = target", CONFIG + [SET, "base_class=7"], "base_class and target_class are both 7"),
+    ("class out of range", CONFIG + [SET, "target_class=12"], "has 10 classes"),
+    ("noise without clipping", CONFIG + [SET, "noise_sigma=0.001"], "needs clip_norm > 0"),
+    ("unknown aggregator", CONFIG + [SET, "aggregator=median"], "aggregator"),
+    ("bool for rounds", CONFIG + [SET, "rounds=true"], "rounds=True: a bool"),
+    ("bool for theta", CONFIG + [SET, "rlr_threshold=true"], "rlr_threshold=True: a bool"),
+    ("bool for participation", CONFIG + [SET, "participation=true"], "participation=True: a bool"),
+    ("infinite server_lr", CONFIG + [SET, "server_lr=inf"], "server_lr"),
+    ("infinite client_lr", CONFIG + [SET, "client_lr=inf"], "client_lr"),
+    ("nan client_lr", CONFIG + [SET, "client_lr=nan"], "client_lr"),
+    ("device gpu", CONFIG + [SET, "device=gpu"], "device"),
+    ("an attack with 0 corrupt agents", CONFIG + [SET, "num_agents=4"], "0 corrupt agents"),
+    ("a name that escapes runs/", CONFIG + [SET, "name='../../x'"], "name"),
+    ("seed beyond 2**32", CONFIG + [SET, "seed=4294967296"], "seed"),
+    ("negative seed", CONFIG + [SET, "seed=-1"], "seed"),
+    ("unknown dataset", CONFIG + [SET, "dataset=mnist"], "dataset"),
+    ("model of another shape", CONFIG + [SET, "model=cifar-cnn"], "does not fit fashion-mnist"),
+    ("natural partition without writers", CONFIG + [SET, "partition=natural"], "needs a dataset with writers"),
+    ("trojan value out of range", CONFIG + [SET, "trojan_value=300"], "not a pixel value"),
+    ("sign vote on batch norm", ["config", "cifar-dba-paper-rlr", SET, "model=cifar-cnn-bn", SET, "aggregator=sign"],
+     "batch-norm running statistics"),
+    ("participation 0", CONFIG + [SET, "participation=0"], "participation"),
+    ("everyone corrupt", CONFIG + [SET, "corrupt_fraction=1.0"], "corrupt_fraction"),
+    ("override without =", CONFIG + [SET, "rounds"], "is not key=value"),
+    # config files
+    ("missing config file", ["run", "{tmp}/nothing.toml"], "not found"),
+    ("config not UTF-8", ["config", "{tmp}/latin1.toml"], "not UTF-8"),
+    ("config not TOML", ["config", "{tmp}/broken.toml"], "not valid TOML"),
+    ("extends an unknown preset", ["config", "{tmp}/ext-unknown.toml"], "unknown preset 'no-such-preset'"),
+    ("extends a number", ["config", "{tmp}/ext-number.toml"], "extends must be a preset name"),
+    # run arguments and folders (all refused before the data is loaded)
+    ("--out is a file", ["run", "demo-iid", "--out", "{tmp}/a-file"], "is a file, not a folder"),
+    ("--out cannot be created", ["run", "demo-iid", "--out", "/proc/1/robustlr-out"], "cannot write the run folder"),
+    ("--data-dir missing", ["run", "demo-iid", "--out", "{tmp}/o1", "--data-dir", "{tmp}/no-such-dir"],
+     "is not a folder"),
+    ("cuda on a CPU machine", ["run", "demo-iid", SET, "device=cuda", "--out", "{tmp}/o2"], "no CUDA device"),
+    ("truncated config.json", ["run", "demo-iid", "--out", "{tmp}/truncated"], "is damaged"),
+    ("unknown demo setting", ["demo", "--setting", "moon"], "unknown setting"),
+    ("unknown dataset to check", ["data", "cifar"], "unknown dataset"),
+    # data files
+    ("LEAF shard not gzip", ["run", "demo-noniid", SET, "data_sources=['{tmp}/leaf-bad']", "--out", "{tmp}/o3"],
+     "cannot be read (BadGzipFile"),
+    ("LEAF shard truncated", ["run", "demo-noniid", SET, "data_sources=['{tmp}/leaf-trunc']", "--out", "{tmp}/o4"],
+     "cannot be read (EOFError"),
+    ("TFF file not HDF5", ["run", "noniid-paper-rlr", SET, "data_sources=['{tmp}/not-h5', '{tmp}/not-h5']",
+                           "--out", "{tmp}/o5"], "is not an HDF5 file"),
+    ("TFF files missing", ["run", "noniid-paper-rlr", "--out", "{tmp}/o6", "--data-dir", "{tmp}"], "How to get the files"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_gets_one_clear_line(tmp_path, args, fragment):
+    _files(tmp_path, None)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit), repr(res.exception)  # not a traceback
+    assert "Traceback" not in res.output
+    assert fragment in " ".join(res.output.split()), res.output
+
+
+def test_the_table_has_at_least_30_rows():
+    assert len(ROWS) >= 30

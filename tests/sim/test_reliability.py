@@ -1,0 +1,107 @@
+"""A runner that never reports garbage: non-finite models stop the run, rejected agents do not
+break RLR, resumes accept the keys that cannot change the numbers, seeds do not wrap."""
+
+import json
+
+import pytest
+import torch
+
+from robustlr.errors import ResumeError, TrainingError
+from robustlr.sim.config import make_config
+from robustlr.sim.federation import build_federation
+from robustlr.sim.loop import NEUTRAL_KEYS, Simulation, run_experiment
+
+BASE = {"rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25, "local_epochs": 1, "batch_size": 16,
+        "rlr_threshold": 2, "seed": 3, "checkpoint_every": 1, "train_mode": "sequential", "threads": 1}
+
+
+def cfg_of(**kw):
+    return make_config({**BASE, **kw})
+
+
+def test_a_model_that_becomes_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
+    # a finite config value can still overflow: eta 1e39 times any non-zero update is inf in float32
+    cfg = cfg_of(server_lr=1e39, rlr_threshold=0)
+    with pytest.raises(TrainingError, match="round 1: the global model became non-finite"):
+        run_experiment(cfg, tmp_path, dataset=tiny())
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "model.pt").exists()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # no garbage round recorded
+
+
+def test_rounds_without_any_valid_update_stop_the_run(tmp_path, tiny, monkeypatch):
+    cfg = cfg_of(rounds=5, max_rounds_without_updates=2, rlr_threshold=0)
+    sim = Simulation(cfg, build_federation(cfg, tiny()), tmp_path)
+    real = sim.engine.train_agent
+    monkeypatch.setattr(sim.engine, "train_agent", lambda *a, **k: real(*a, **k).fill_(float("nan")))
+    with pytest.raises(TrainingError, match="non-finite in 2 consecutive rounds"):
+        sim.run()
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["agents"], r["rejected"]) for r in recs] == [(1, 0, [0, 1, 2, 3])]
+
+
+def test_rlr_threshold_scales_with_the_agents_left_after_rejection(tiny, monkeypatch):
+    """theta 4 of 4 sampled agents, one agent rejected: theta becomes ceil(4 * 3 / 4) = 3, the run goes on
+    (robustlr 0.1 stopped with 'threshold=4 is outside the range 0..3', and every resume failed the same way)."""
+    cfg = cfg_of(rounds=2, rlr_threshold=4)
+    sim = Simulation(cfg, build_federation(cfg, tiny()))
+    real = sim.engine.train_agent
+
+    def one_nan(g, idx, r, agent, sign=1.0):
+        u = real(g, idx, r, agent, sign)
+        if agent == 1:
+            u[0] = float("nan")
+        return u
+
+    monkeypatch.setattr(sim.engine, "train_agent", one_nan)
+    recs = sim.run().records
+    assert [(r.agents, r.rejected, r.threshold) for r in recs] == [(3, [1], 3), (3, [1], 3)]
+    full = Simulation(cfg, build_federation(cfg, tiny())).run().records
+    assert [r.threshold for r in full] == [4, 4]  # a full round keeps theta exactly
+
+
+@pytest.mark.parametrize("key, value", [("threads", 2), ("checkpoint_every", 2), ("name", "renamed"),
+                                        ("max_rounds_without_updates", 5)])
+def test_resume_ignores_keys_that_cannot_change_the_numbers(tmp_path, tiny, key, value):
+    assert key in NEUTRAL_KEYS
+    ds = tiny()
+    full = run_experiment(cfg_of(rounds=3), tmp_path / "full", dataset=ds)
+    cfg = cfg_of(rounds=3)
+    sim = Simulation(cfg, build_federation(cfg, ds), tmp_path / "run")
+    sim.records.append(sim.run_round(1))
+    sim._checkpoint(1)
+    resumed = Simulation(cfg_of(rounds=3, **{key: value}), build_federation(cfg, ds), tmp_path / "run")
+    assert resumed.start_round == 2
+    assert torch.equal(resumed.run().global_params, full.global_params)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())[key] == value
+
+
+def test_a_finished_run_can_be_extended_but_not_shortened(tmp_path, tiny):
+    ds = tiny()
+    run_experiment(cfg_of(rounds=2), tmp_path / "a", dataset=ds)
+    longer = run_experiment(cfg_of(rounds=4), tmp_path / "a", dataset=ds)
+    straight = run_experiment(cfg_of(rounds=4), tmp_path / "b", dataset=ds)
+    assert torch.equal(longer.global_params, straight.global_params)
+    assert [r.round for r in longer.records] == [1, 2, 3, 4]
+    with pytest.raises(ResumeError, match=r"differs in \{'rounds': \(4, 3\)\}"):  # shortening is refused
+        run_experiment(cfg_of(rounds=3), tmp_path / "a", dataset=ds)
+    with pytest.raises(ResumeError, match=r"differs in \{'seed'"):
+        run_experiment(cfg_of(rounds=4, seed=4), tmp_path / "a", dataset=ds)
+
+
+def test_seeds_are_refused_outside_the_range_the_streams_use():
+    make_config({"seed": 2**32 - 1})
+    for bad in (2**32, -1):
+        with pytest.raises(ValueError, match="seed"):
+            make_config({"seed": bad})
+
+
+def test_accuracies_do_not_depend_on_threads_and_val_loss_only_in_the_last_digits(tiny):
+    """Evaluation runs on ``threads`` threads: the logits differ in the last bits (1e-6), so
+    predictions and accuracies are identical and val_loss agrees to about 1e-6 relative."""
+    ds = tiny()
+    one = run_experiment(cfg_of(rounds=2, threads=1), dataset=ds)
+    two = run_experiment(cfg_of(rounds=2, threads=2), dataset=ds)
+    assert torch.equal(one.global_params, two.global_params)
+    for a, b in zip(one.evaluated, two.evaluated):
+        assert (a.val_acc, a.base_acc, a.backdoor_acc) == (b.val_acc, b.base_acc, b.backdoor_acc)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
