@@ -14,7 +14,7 @@ def shared_data_dir() -> Path | None:
     return Path(env) if env and Path(env).is_dir() else None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = shared_data_dir()
     if d is None:
