@@ -37,6 +37,12 @@ def _files(tmp, data):
                                      "user_data": {"w": {"x": [[0.0] * 784], "y": [1]}}}).encode())
     (tmp / "leaf-trunc" / "train" / "all_data_0.json.gz").write_bytes(full[: len(full) // 2])
     (tmp / "not-h5").write_text("not hdf5")
+    # a run folder of the same config whose checkpoint is damaged
+    from robustlr.sim.config import load_config
+
+    (tmp / "damaged").mkdir()
+    (tmp / "damaged" / "config.json").write_text(load_config("demo-iid", ["train_limit=300"]).to_json())
+    (tmp / "damaged" / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip")
 
 
 ROWS = [
@@ -82,6 +88,8 @@ ROWS = [
      "is not a folder"),
     ("cuda on a CPU machine", ["run", "demo-iid", SET, "device=cuda", "--out", "{tmp}/o2"], "no CUDA device"),
     ("truncated config.json", ["run", "demo-iid", "--out", "{tmp}/truncated"], "is damaged"),
+    ("damaged checkpoint.pt", ["run", "demo-iid", SET, "train_limit=300", "--out", "{tmp}/damaged",
+                               "--data-dir", "{data}"], "is a checkpoint of an older robustlr (format 1"),
     ("unknown demo setting", ["demo", "--setting", "moon"], "unknown setting"),
     ("unknown dataset to check", ["data", "cifar"], "unknown dataset"),
     # data files
@@ -96,9 +104,9 @@ ROWS = [
 
 
 @pytest.mark.parametrize("args, fragment", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
-def test_bad_input_gets_one_clear_line(tmp_path, args, fragment):
-    _files(tmp_path, None)
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+def test_bad_input_gets_one_clear_line(tmp_path, data_dir, args, fragment):
+    _files(tmp_path, data_dir)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{data}", str(data_dir)) for a in args]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit), repr(res.exception)  # not a traceback

@@ -97,8 +97,25 @@ def test_search_order_data_dir_before_env_before_cache(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_DATA_DIR)
     assert locate(spec) == dirs["cache"] / "ds" / "f.bin"
     # a corrupt copy earlier in the order is skipped, not fatal
-    (dirs["arg"] / "ds" / "f.bin").write_bytes(b"hellO")
-    assert locate(spec, data_dir=dirs["arg"]) == dirs["cache"] / "ds" / "f.bin"
+
+
+def test_a_corrupt_copy_skipped_for_another_is_named_with_the_reason(tmp_path, monkeypatch, caplog):
+    payload = b"hello"
+    spec = DataFile("f.bin", hashlib.sha256(payload).hexdigest(), "ds", checksum_of_decompressed=False)
+    for d, content in (("arg", b"hellO"), ("cache", payload)):
+        (tmp_path / d / "ds").mkdir(parents=True)
+        (tmp_path / d / "ds" / "f.bin").write_bytes(content)
+    monkeypatch.delenv(ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="robustlr"):
+        assert locate(spec, data_dir=tmp_path / "arg") == tmp_path / "cache" / "ds" / "f.bin"
+    msg = " ".join(caplog.messages)
+    assert f"using {tmp_path / 'cache' / 'ds' / 'f.bin'}" in msg
+    assert f"skipped {tmp_path / 'arg' / 'ds' / 'f.bin'} (corrupt: sha256" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustlr"):  # a clean first hit says nothing
+        locate(spec, data_dir=tmp_path / "cache")
+    assert caplog.messages == []
 
 
 def test_damaged_deflate_stream_is_reported_not_raised(env):
