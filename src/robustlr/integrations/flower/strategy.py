@@ -1,0 +1,187 @@
+"""robustlr's defenses as Flower strategies (Flower's Message API, ``flwr.serverapp.strategy``).
+
+- :class:`RobustLRStrategy` wraps any Flower strategy (FedAvg, FedMedian, FedTrimmedAvg, Krum,
+  ...): the inner strategy aggregates the replies as usual; the wrapper turns the replies into
+  updates (reply weights minus the global weights it sent), takes the per-coordinate sign vote
+  of :class:`robustlr.aggregation.RobustLR`, flips the inner aggregate's update where fewer
+  than theta agents agree, and applies the server step of the simulator
+  (:func:`robustlr.sim.server.apply_server_lr`), so eta stays in one place.
+- :class:`RuleStrategy` aggregates with any robustlr rule; :func:`sign_aggregation_strategy`
+  and :func:`foolsgold_strategy` are the two Flower lacks.
+
+Clients reply with weights, not updates: each strategy keeps the global arrays it sent in
+``configure_train`` (as Flower's FedOpt and DP wrappers do). Malformed replies (an error,
+missing arrays or weight, other shapes, NaN) are dropped and counted in the round's metrics,
+never averaged in.
+
+With Flower's differential-privacy wrappers: the paper applies eta_theta to the aggregate
+*plus* noise, so wrap the DP strategy: ``RobustLRStrategy(DifferentialPrivacyServerSideFixedClipping(FedAvg(), ...))``
+votes on the (unclipped) replies and flips the clipped, noised aggregate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation
+from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
+from robustlr.sim.server import apply_server_lr, server_lr_vector
+
+__all__ = ["RobustLRStrategy", "RuleStrategy", "foolsgold_strategy", "sign_aggregation_strategy"]
+
+
+def _metrics_with(metrics: MetricRecord | None, extra: dict) -> MetricRecord:
+    out = MetricRecord(dict(metrics) if metrics is not None else {})
+    for k, v in extra.items():
+        out[k] = v
+    return out
+
+
+class _KeepsGlobal:
+    """Remembers the global arrays sent for training, and screens the replies against them."""
+
+    arrayrecord_key = "arrays"
+    weighted_by_key = "num-examples"
+
+    def _remember(self, arrays: ArrayRecord) -> None:
+        self._layout = ArrayLayout.of(arrays)
+        self._global = self._layout.flatten(arrays)
+
+    def _screen(self, replies: Iterable[Message]) -> tuple[list[Message], dict]:
+        if not hasattr(self, "_global"):
+            raise RuntimeError("aggregate_train called before configure_train: the strategy has no global arrays")
+        kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key)
+        counts = {"dropped-replies": int(sum(dropped.values()))}
+        counts.update({f"dropped-replies/{reason}": int(n) for reason, n in dropped.items()})
+        return kept, counts
+
+
+class RobustLRStrategy(_KeepsGlobal, Strategy):
+    """The robust learning rate around any Flower strategy.
+
+    Args:
+        inner: the strategy whose aggregate is flipped (it also samples the nodes and
+            aggregates the evaluation).
+        threshold: theta, a count of agents; or ``threshold_fraction``, a share of the
+            round's valid replies (resolved as ``ceil(f * n)``). Give one.
+        server_lr: eta, applied to the flippable arrays (1 on the others).
+        flip_keys: the arrays the vote may flip and eta scales (default: all). An
+            ``ArrayRecord`` does not mark batch-norm buffers: pass
+            :func:`robustlr.integrations.flower.trainable_keys(model)`; the others are averaged
+            as the inner strategy does, never flipped or scaled.
+        arrayrecord_key, weighted_by_key: as in Flower's FedAvg.
+
+    The round's ``MetricRecord`` gains ``rlr-flipped-fraction``, ``rlr-threshold``,
+    ``rlr-flipped-fraction/<array>`` per array, and ``dropped-replies`` (with a count per reason).
+    """
+
+    def __init__(self, inner: Strategy, threshold: int | None = None, *, threshold_fraction: float | None = None,
+                 server_lr: float = 1.0, flip_keys: Sequence[str] | None = None, arrayrecord_key: str = "arrays",
+                 weighted_by_key: str = "num-examples") -> None:
+        if not isinstance(inner, Strategy):
+            raise ValueError(f"inner must be a Flower Strategy such as FedAvg(), got {type(inner).__name__}")
+        self.inner = inner
+        self.threshold, self.threshold_fraction = threshold, threshold_fraction
+        RobustLR(lambda u, weights=None, agent_ids=None: u[0], threshold=threshold,
+                 threshold_fraction=threshold_fraction)  # validates theta now, not at the first round
+        self.server_lr = float(server_lr)
+        self.flip_keys = None if flip_keys is None else list(flip_keys)
+        self.arrayrecord_key = arrayrecord_key
+        self.weighted_by_key = weighted_by_key
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._remember(arrays)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept, counts = self._screen(replies)
+        if not kept:
+            return None, MetricRecord(counts)
+        # the updates first: some inner strategies (FedMedian) consume the replies' arrays
+        updates, _, _ = updates_of(kept, self._layout, self._global, self.arrayrecord_key, self.weighted_by_key)
+        inner_arrays, inner_metrics = self.inner.aggregate_train(server_round, kept)
+        if inner_arrays is None:
+            return None, _metrics_with(inner_metrics, counts)
+        inner_update = self._layout.flatten(inner_arrays) - self._global
+        mask = self._layout.mask(self.flip_keys)
+        rlr = RobustLR(lambda u, weights=None, agent_ids=None: inner_update, threshold=self.threshold,
+                       threshold_fraction=self.threshold_fraction, mask=None if bool(mask.all()) else mask)
+        step = rlr(updates)
+        new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr, mask))
+        tel = rlr.telemetry
+        extra = {"rlr-flipped-fraction": float(tel["flipped_fraction"]), "rlr-threshold": int(tel["threshold"]),
+                 **counts}
+        extra.update(self._per_array_flips(updates, tel["threshold"], mask))
+        return self._layout.unflatten(new), _metrics_with(inner_metrics, extra)
+
+    def _per_array_flips(self, updates: torch.Tensor, theta: int, mask: torch.Tensor) -> dict:
+        vote = torch.sign(updates).sum(0).abs()
+        flipped = (vote < theta) & mask
+        out, offset = {}, 0
+        for key, shape in zip(self._layout.keys, self._layout.shapes):
+            n = int(torch.tensor(shape).prod()) if shape else 1
+            if bool(mask[offset: offset + n].any()):
+                out[f"rlr-flipped-fraction/{key}"] = float(flipped[offset: offset + n].float().mean())
+            offset += n
+        return out
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class RuleStrategy(_KeepsGlobal, FedAvg):
+    """A Flower strategy that aggregates with a robustlr rule: ``global + eta * rule(updates)``.
+
+    Sampling, configuration and evaluation are Flower's FedAvg's (its keyword arguments are
+    accepted); ``agent_ids`` given to the rule are the replying nodes' ids (FoolsGold keeps its
+    history by them). Dropped replies are counted in ``dropped-replies``.
+    """
+
+    def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
+                 **fedavg_kwargs) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.rule = rule
+        self.server_lr = float(server_lr)
+        self.flip_keys = None if flip_keys is None else list(flip_keys)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._remember(arrays)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept, counts = self._screen(replies)
+        if not kept:
+            return None, MetricRecord(counts)
+        updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,
+                                             self.weighted_by_key)
+        step = self.rule(updates, weights=weights, agent_ids=nodes)
+        new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
+                                                                          self._layout.mask(self.flip_keys)))
+        metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
+        return self._layout.unflatten(new), _metrics_with(metrics, counts)
+
+
+def sign_aggregation_strategy(server_lr: float = 1e-3, **fedavg_kwargs) -> RuleStrategy:
+    """signSGD with majority vote (the paper's eq. 4) as a Flower strategy; eta 1e-3 as in the paper."""
+    return RuleStrategy(SignAggregation(), server_lr, **fedavg_kwargs)
+
+
+def foolsgold_strategy(**fedavg_kwargs) -> RuleStrategy:
+    """FoolsGold (Fung et al. 2018) as a Flower strategy: histories kept per node id."""
+    return RuleStrategy(FoolsGold(), 1.0, **fedavg_kwargs)

@@ -1,0 +1,139 @@
+"""The Flower strategies on hand-made replies: exact aggregates, agreement with Flower's own
+rules, and malformed replies dropped (Flower's Message API, no Ray, no network)."""
+
+import numpy as np
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="the Flower extra: pip install 'robustlr[flower]'")
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp.strategy import FedAvg, FedMedian  # noqa: E402
+
+from robustlr.aggregation import CoordinateMedian  # noqa: E402
+from robustlr.integrations.flower import (RobustLRStrategy, RuleStrategy, sign_aggregation_strategy,  # noqa: E402
+                                          trainable_keys)
+
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    """Messages need the identity a ServerApp process has (run, task, node)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+
+
+U = np.array([[1.0, -2.0, 3.0], [1.0, 2.0, -3.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+
+
+class _Grid:
+    """Just enough of a Grid for configure_train: the node ids."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def _global(arrays):
+    return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()})
+
+
+def _reply(node, arrays, n=1, arrays_key="arrays"):
+    instruction = Message(RecordDict({"arrays": ArrayRecord()}), dst_node_id=node, message_type=MessageType.TRAIN)
+    content = RecordDict({arrays_key: ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": n})})
+    return Message(content, reply_to=instruction)
+
+
+def _configure(strategy, g, nodes=(1, 2, 3)):
+    list(strategy.configure_train(1, g, ConfigRecord(), _Grid(nodes)))
+
+
+def test_rlr_around_fedavg_gives_the_paper_example():
+    g = _global({"w": np.zeros(3)})
+    s = RobustLRStrategy(FedAvg(min_available_nodes=3, min_train_nodes=3), threshold=2)
+    _configure(s, g)
+    arrays, metrics = s.aggregate_train(1, [_reply(i + 1, {"w": U[i]}) for i in range(3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, -2 / 3, -1.0], rtol=1e-6)
+    assert metrics["rlr-flipped-fraction"] == pytest.approx(2 / 3) and metrics["rlr-threshold"] == 2
+    assert metrics["rlr-flipped-fraction/w"] == pytest.approx(2 / 3) and metrics["dropped-replies"] == 0
+
+
+def test_rlr_with_eta_and_a_global_model_that_is_not_zero():
+    g = _global({"w": np.full(3, 10.0)})
+    s = RobustLRStrategy(FedAvg(min_available_nodes=3, min_train_nodes=3), threshold=2, server_lr=0.5)
+    _configure(s, g)
+    arrays, _ = s.aggregate_train(1, [_reply(i + 1, {"w": 10.0 + U[i]}) for i in range(3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), 10.0 + 0.5 * np.array([1.0, -2 / 3, -1.0]), rtol=1e-6)
+
+
+def test_buffers_are_averaged_plainly_neither_flipped_nor_scaled():
+    g = _global({"w": np.zeros(3), "running_var": np.ones(3)})
+    s = RobustLRStrategy(FedAvg(min_available_nodes=3, min_train_nodes=3), threshold=3, server_lr=0.5,
+                         flip_keys=["w"])
+    _configure(s, g)
+    var = np.array([[1.2, 0.9, 1.0], [1.5, 1.1, 1.0], [0.9, 1.0, 1.3]], dtype=np.float32)
+    arrays, metrics = s.aggregate_train(1, [_reply(i + 1, {"w": U[i], "running_var": var[i]}) for i in range(3)])
+    np.testing.assert_allclose(arrays["running_var"].numpy(), var.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(arrays["w"].numpy(), 0.5 * np.array([1.0, -2 / 3, -1.0]), rtol=1e-6)
+    assert "rlr-flipped-fraction/running_var" not in metrics
+
+
+def test_rlr_around_fedmedian_flips_flowers_median():
+    g = _global({"w": np.zeros(3)})
+    s = RobustLRStrategy(FedMedian(min_available_nodes=3, min_train_nodes=3), threshold=2)
+    _configure(s, g)
+    arrays, _ = s.aggregate_train(1, [_reply(i + 1, {"w": U[i]}) for i in range(3)])
+    # median per coordinate: 1, 2, 3; votes 3, 1, 1 -> kept, flipped, flipped
+    np.testing.assert_array_equal(arrays["w"].numpy(), [1.0, -2.0, -3.0])
+
+
+def test_our_comed_agrees_with_flowers_fedmedian():
+    rng = np.random.default_rng(0)
+    g = {"a": rng.normal(size=(4, 3)), "b": rng.normal(size=5)}
+    for n in (4, 5):  # even and odd counts
+        rows = [{k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()} for _ in range(n)]
+        ours = RuleStrategy(CoordinateMedian(), min_available_nodes=n, min_train_nodes=n)
+        theirs = FedMedian(min_available_nodes=n, min_train_nodes=n)
+        _configure(ours, _global(g), range(1, n + 1))
+        a, _ = ours.aggregate_train(1, [_reply(i + 1, r) for i, r in enumerate(rows)])
+        b, _ = theirs.aggregate_train(1, [_reply(i + 1, r) for i, r in enumerate(rows)])
+        for k in g:
+            np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"w": np.array([np.nan, 0, 0], dtype=np.float32)}, "non-finite"),
+    ({"w": np.zeros(4, dtype=np.float32)}, "wrong shape"),
+    ({"v": np.zeros(3, dtype=np.float32)}, "other arrays"),
+])
+def test_malformed_replies_are_dropped_and_counted(bad, reason):
+    g = _global({"w": np.zeros(3)})
+    s = RobustLRStrategy(FedAvg(min_available_nodes=3, min_train_nodes=3), threshold=2)
+    _configure(s, g)
+    replies = [_reply(i + 1, {"w": U[i]}) for i in range(3)] + [_reply(9, bad)]
+    arrays, metrics = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, -2 / 3, -1.0], rtol=1e-6)  # as without it
+    assert metrics["dropped-replies"] == 1 and metrics[f"dropped-replies/{reason}"] == 1
+
+
+def test_sign_aggregation_strategy_steps_by_eta():
+    g = _global({"w": np.zeros(4)})
+    s = sign_aggregation_strategy(min_available_nodes=3, min_train_nodes=3)
+    _configure(s, g)
+    rows = np.array([[1.0, -2.0, 3.0, 0.0], [1.0, 2.0, -3.0, 0.0], [1.0, 2.0, 3.0, -1.0]], dtype=np.float32)
+    arrays, _ = s.aggregate_train(1, [_reply(i + 1, {"w": rows[i]}) for i in range(3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1e-3, 1e-3, 1e-3, -1e-3], rtol=1e-6)
+
+
+def test_trainable_keys_leave_out_batch_norm_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    assert trainable_keys(model) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+def test_a_bad_threshold_is_refused_at_construction():
+    with pytest.raises(ValueError, match="exactly one of threshold"):
+        RobustLRStrategy(FedAvg())
