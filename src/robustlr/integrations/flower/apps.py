@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -30,7 +31,7 @@ from robustlr.aggregation import ParamLayout
 from robustlr.integrations.flower.strategy import RuleStrategy
 from robustlr.models import build_model
 from robustlr.sim import seeding
-from robustlr.sim.config import ExperimentConfig, load_config, make_config
+from robustlr.sim.config import ExperimentConfig, load_config, make_config, parse_overrides
 from robustlr.sim.engines.select import engine_context
 from robustlr.sim.engines.sequential import SequentialEngine
 from robustlr.sim.evaluation import evaluate
@@ -40,14 +41,21 @@ from robustlr.sim.server import build_rule
 
 CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
+SET_KEY = "robustlr-set"
+OUT_KEY = "robustlr-out"
 
 
 def config_from_run_config(run_config) -> ExperimentConfig:
+    """The experiment of a Flower run: ``robustlr-config`` (JSON, or a preset name or TOML file)
+    with the ``key=value`` overrides of ``robustlr-set`` (separated by ``;``)."""
     raw = run_config.get(CONFIG_KEY)
     if raw is None:
         raise ValueError(f"the Flower run config has no {CONFIG_KEY!r}: give a robustlr config as JSON or a preset name")
     raw = str(raw)
-    return make_config(json.loads(raw)) if raw.lstrip().startswith("{") else load_config(raw)
+    overrides = [o.strip() for o in str(run_config.get(SET_KEY, "")).split(";") if o.strip()]
+    if raw.lstrip().startswith("{"):
+        return make_config({**json.loads(raw), **parse_overrides(overrides)})
+    return load_config(raw, overrides)
 
 
 @lru_cache(maxsize=2)
@@ -157,9 +165,28 @@ def make_server_app() -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config_from_run_config(context.run_config)
-        run_on_grid(grid, cfg, context.run_config.get(DATA_DIR_KEY) or None)
+        result = run_on_grid(grid, cfg, context.run_config.get(DATA_DIR_KEY) or None)
+        out = str(context.run_config.get(OUT_KEY, "") or "")
+        if out:
+            write_result(Path(out), cfg, result)
 
     return app
+
+
+def write_result(out: Path, cfg: ExperimentConfig, result) -> None:
+    """``config.json`` and ``flower-metrics.json`` (per round: the train metrics, with the flipped
+    fraction and dropped replies, and the server-side evaluation) into ``out``, atomically."""
+    from robustlr.sim.checkpoint import atomic_write_text
+    from robustlr.sim.records import dumps
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", cfg.to_json())
+    rounds = {}
+    for r, m in result.train_metrics_clientapp.items():
+        rounds.setdefault(int(r), {})["train"] = dict(m)
+    for r, m in result.evaluate_metrics_serverapp.items():
+        rounds.setdefault(int(r), {})["evaluation"] = dict(m)
+    atomic_write_text(out / "flower-metrics.json", dumps({"rounds": rounds}, indent=2))
 
 
 def flat_of(arrays: ArrayRecord, cfg: ExperimentConfig, num_classes: int = 10) -> torch.Tensor:

@@ -35,8 +35,13 @@ from robustlr.sim.server import apply_server_lr, server_lr_vector
 __all__ = ["RobustLRStrategy", "RuleStrategy", "foolsgold_strategy", "sign_aggregation_strategy"]
 
 
+#: reply metrics that identify a reply rather than measure it: never averaged over replies
+_IDENTITY_METRICS = ("agent-id",)
+
+
 def _metrics_with(metrics: MetricRecord | None, extra: dict) -> MetricRecord:
-    out = MetricRecord(dict(metrics) if metrics is not None else {})
+    out = MetricRecord({k: v for k, v in (dict(metrics) if metrics is not None else {}).items()
+                        if k not in _IDENTITY_METRICS})
     for k, v in extra.items():
         out[k] = v
     return out
@@ -174,6 +179,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
+        tel = getattr(self.rule, "telemetry", {}) or {}
+        if "flipped_fraction" in tel:
+            counts.update({"rlr-flipped-fraction": float(tel["flipped_fraction"]), "rlr-threshold": int(tel["threshold"])})
+        counts["replies"] = len(kept)
         return self._layout.unflatten(new), _metrics_with(metrics, counts)
 
 
