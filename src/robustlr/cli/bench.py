@@ -95,3 +95,22 @@ def scale(
         print(json.dumps(res, indent=2))
     else:
         console.print(format_scale_bench(res), highlight=False)
+
+
+@app.command()
+@user_errors
+def flower(
+    preset: str = typer.Option("demo-noniid", "--preset", help="the setting (default: the lite non-iid preset)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override a key (default: num_agents=100, "
+                                             "participation=0.1, rounds=3)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder holding the datasets"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The same config on the built-in simulator and on Flower's simulation runtime: s/round, peak memory of the tree."""
+    from robustlr.bench.flower import format_flower_bench, run_flower_bench
+
+    res = run_flower_bench(preset, set_, str(data_dir) if data_dir else None, progress=_say(as_json))
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_flower_bench(res), highlight=False)

@@ -25,14 +25,21 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/<name>); "
                                        "an existing folder of the same config resumes from its checkpoint"),
     data_dir: Optional[Path] = DataDirOpt,
+    engine: str = typer.Option("builtin", "--engine", help="builtin (robustlr's simulator: checkpoints, resume) or "
+                               "flower (Flower's simulation runtime on Ray, one virtual node per agent; no resume)"),
 ) -> None:
     """Run one experiment: writes config.json, metrics.jsonl, summary.json and model.pt to the output folder."""
     from robustlr.reports.tables import summary_table
     from robustlr.sim.config import load_config
     from robustlr.sim.loop import run_experiment
 
+    if engine not in ("builtin", "flower"):
+        fail(f"unknown --engine {engine!r}; choose builtin or flower")
     cfg = load_config(config, set_)
     out = out or Path("runs") / cfg.name
+    if engine == "flower":
+        _run_on_flower(cfg, out, data_dir)
+        return
     console.print(f"[bold]{cfg.name}[/]: {cfg.dataset}, {cfg.aggregator}"
                   f"{' + RLR θ=' + str(cfg.rlr_threshold) if cfg.rlr_threshold else ''}, R={cfg.rounds} -> {out}")
     with make_progress() as progress:
@@ -40,6 +47,25 @@ def run(
         res = run_experiment(cfg, out, data_dir=str(data_dir) if data_dir else None,
                              on_round=progress_callback(progress, task))
     console.print(summary_table(res.summary, title=f"{cfg.name}: final metrics"))
+    console.print(f"results in {out}/")
+
+
+def _run_on_flower(cfg, out: Path, data_dir) -> None:
+    from robustlr.errors import EngineError
+    from robustlr.reports.tables import summary_table
+    from robustlr.sim.loop import check_device, check_out_dir
+    from robustlr.sim.records import read_summary
+
+    try:
+        from robustlr.integrations.flower.simulation import run_on_flower
+    except ImportError as exc:
+        raise EngineError(f"--engine flower needs the Flower extra ({exc}): pip install 'robustlr[flower]'") from None
+    check_device(cfg.device)
+    check_out_dir(out, cfg)
+    console.print(f"[bold]{cfg.name}[/] on Flower's simulation runtime: {cfg.num_agents} virtual nodes, "
+                  f"R={cfg.rounds} -> {out}")
+    run_on_flower(cfg, out, str(data_dir) if data_dir else None)
+    console.print(summary_table(read_summary(out / "summary.json"), title=f"{cfg.name}: final metrics (Flower)"))
     console.print(f"results in {out}/")
 
 

@@ -18,6 +18,7 @@ difference and why it is not zero).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +38,7 @@ from robustlr.sim.engines.sequential import SequentialEngine
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation, build_federation, load_dataset
 from robustlr.sim.loop import sample_agents
+from robustlr.sim.records import RoundRecord
 from robustlr.sim.server import build_rule
 
 CONFIG_KEY = "robustlr-config"
@@ -77,10 +79,13 @@ def initial_state(cfg: ExperimentConfig, num_classes: int) -> dict[str, torch.Te
     return build_model(cfg.model, num_classes=num_classes).state_dict()
 
 
-def train_message(msg: Message, context: Context) -> Message:
-    """The ClientApp's train: the agent named in the message trains from the global arrays."""
-    cfg = config_from_run_config(context.run_config)
-    data_dir = context.run_config.get(DATA_DIR_KEY) or None
+def train_message(msg: Message, context: Context, defaults: dict | None = None) -> Message:
+    """The ClientApp's train: the agent named in the message trains from the global arrays.
+
+    ``defaults`` fill run-config keys the run does not set (the simulation runtime passes none)."""
+    run_config = {**(defaults or {}), **dict(context.run_config)}
+    cfg = config_from_run_config(run_config)
+    data_dir = run_config.get(DATA_DIR_KEY) or None
     cfg_json = cfg.to_json()
     fed = _federation(cfg_json, data_dir)
     engine = _engine(cfg_json, data_dir)
@@ -100,9 +105,12 @@ def train_message(msg: Message, context: Context) -> Message:
 class RobustlrStrategy(RuleStrategy):
     """The config's rule, robustlr's seeded agent sampling, and the node-to-agent mapping."""
 
-    def __init__(self, cfg: ExperimentConfig, num_agents: int, layout: ParamLayout) -> None:
+    def __init__(self, cfg: ExperimentConfig, num_agents: int, layout: ParamLayout,
+                 corrupt: Iterable[int] = ()) -> None:
         self.cfg = cfg
         self.num_agents = num_agents
+        self.corrupt = set(int(a) for a in corrupt)
+        self.records: dict[int, RoundRecord] = {}  # the simulator's round records, built on the server
         self.noise_gen = torch.Generator()
         trainable = [e.name for e in layout.entries if e.is_trainable]
         super().__init__(build_rule(cfg, layout, self.noise_gen, cfg.agents_per_round(num_agents)),
@@ -117,17 +125,27 @@ class RobustlrStrategy(RuleStrategy):
             raise RuntimeError(f"{len(nodes)} nodes are connected but the config has {self.num_agents} agents; "
                                f"start one node per agent")
         messages = []
-        for agent in sample_agents(self.cfg, self.num_agents, server_round):
+        self._sent = [int(a) for a in sample_agents(self.cfg, self.num_agents, server_round)]
+        for agent in self._sent:
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "agent-id": int(agent)})
             messages.append(Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nodes[agent],
                                     message_type=MessageType.TRAIN))
         return messages
 
     def aggregate_train(self, server_round, replies):
+        t0 = time.perf_counter()
         # the noise of a round is drawn from its own seeded stream, as in the simulator
         self.noise_gen.manual_seed(seeding.seed_of(self.cfg.seed, seeding.NOISE, server_round))
         replies = sorted(replies, key=lambda m: int(m.content["metrics"]["agent-id"]) if not m.has_error() else -1)
-        return super().aggregate_train(server_round, replies)
+        sent = set(self._sent)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        kept = [int(m.content["metrics"]["agent-id"]) for m in self._kept]
+        tel = self.rule.telemetry or {}
+        self.records[server_round] = RoundRecord(
+            round=server_round, agents=len(kept), corrupt_in_round=sum(1 for a in kept if a in self.corrupt),
+            rejected=sorted(sent - set(kept)), flipped_fraction=tel.get("flipped_fraction"),
+            threshold=tel.get("threshold"), seconds_aggregation=time.perf_counter() - t0)
+        return arrays, metrics
 
 
 def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, timeout: float = 3600):
@@ -140,33 +158,47 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
     model = build_model(cfg.model, num_classes=fed.dataset.num_classes)
     model.load_state_dict(state)
     layout = ParamLayout.from_module(model)
-    strategy = RobustlrStrategy(cfg, fed.num_agents, layout)
+    strategy = RobustlrStrategy(cfg, fed.num_agents, layout, fed.corrupt)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 or (server_round % cfg.eval_every and server_round != cfg.rounds):
             return None
         model.load_state_dict(arrays.to_torch_state_dict())
         m = evaluate(model, fed.val_x, fed.val_y, cfg.base_class, fed.backdoor_x, cfg.target_class)
+        if server_round in strategy.records:
+            strategy.records[server_round] = strategy.records[server_round].model_copy(update={"evaluated": True, **m})
         return MetricRecord({k: float(v) for k, v in m.items()})
 
-    return strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=cfg.rounds, timeout=timeout,
-                          evaluate_fn=evaluate_fn)
+    t0 = time.perf_counter()
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=cfg.rounds, timeout=timeout,
+                            evaluate_fn=evaluate_fn)
+    result.robustlr_records = [strategy.records[r] for r in sorted(strategy.records)]
+    result.robustlr_seconds = time.perf_counter() - t0
+    result.robustlr_federation = fed.notes
+    return result
 
 
-def make_client_app() -> ClientApp:
+def make_client_app(defaults: dict | None = None) -> ClientApp:
+    """The ClientApp; ``defaults`` are run-config values used where the run sets none."""
     app = ClientApp()
-    app.train()(train_message)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return train_message(msg, context, defaults)
+
     return app
 
 
-def make_server_app() -> ServerApp:
+def make_server_app(defaults: dict | None = None) -> ServerApp:
+    """The ServerApp; ``defaults`` are run-config values used where the run sets none."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config_from_run_config(context.run_config)
-        result = run_on_grid(grid, cfg, context.run_config.get(DATA_DIR_KEY) or None)
-        out = str(context.run_config.get(OUT_KEY, "") or "")
+        run_config = {**(defaults or {}), **dict(context.run_config)}
+        cfg = config_from_run_config(run_config)
+        result = run_on_grid(grid, cfg, run_config.get(DATA_DIR_KEY) or None)
+        out = str(run_config.get(OUT_KEY, "") or "")
         if out:
             write_result(Path(out), cfg, result)
 
@@ -174,19 +206,25 @@ def make_server_app() -> ServerApp:
 
 
 def write_result(out: Path, cfg: ExperimentConfig, result) -> None:
-    """``config.json`` and ``flower-metrics.json`` (per round: the train metrics, with the flipped
-    fraction and dropped replies, and the server-side evaluation) into ``out``, atomically."""
-    from robustlr.sim.checkpoint import atomic_write_text
-    from robustlr.sim.records import dumps
+    """The run folder of the built-in simulator, from a Flower run: ``config.json``,
+    ``metrics.jsonl`` (a round record per round, built on the server), ``summary.json``
+    (engine ``flower``) and ``model.pt``; each written atomically."""
+    from robustlr.sim.checkpoint import atomic_save, atomic_write_text
+    from robustlr.sim.records import RunSummary, dumps, provenance
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.to_json())
-    rounds = {}
-    for r, m in result.train_metrics_clientapp.items():
-        rounds.setdefault(int(r), {})["train"] = dict(m)
-    for r, m in result.evaluate_metrics_serverapp.items():
-        rounds.setdefault(int(r), {})["evaluation"] = dict(m)
-    atomic_write_text(out / "flower-metrics.json", dumps({"rounds": rounds}, indent=2))
+    records = list(getattr(result, "robustlr_records", []))
+    atomic_write_text(out / "metrics.jsonl", "".join(dumps(r.to_json_dict()) + "\n" for r in records))
+    final = next((r for r in reversed(records) if r.evaluated), None)
+    seconds = float(getattr(result, "robustlr_seconds", 0.0))
+    summary = RunSummary(
+        name=cfg.name, rounds=cfg.rounds,
+        **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
+        seconds=seconds, seconds_per_round=seconds / max(1, cfg.rounds), engine="flower",
+        federation=dict(getattr(result, "robustlr_federation", {})), **provenance())
+    atomic_save(result.arrays.to_torch_state_dict(), out / "model.pt")
+    atomic_write_text(out / "summary.json", dumps(summary.model_dump(), indent=2))
 
 
 def flat_of(arrays: ArrayRecord, cfg: ExperimentConfig, num_classes: int = 10) -> torch.Tensor:

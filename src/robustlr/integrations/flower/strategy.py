@@ -61,6 +61,7 @@ class _KeepsGlobal:
         if not hasattr(self, "_global"):
             raise RuntimeError("aggregate_train called before configure_train: the strategy has no global arrays")
         kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key)
+        self._kept = kept
         counts = {"dropped-replies": int(sum(dropped.values()))}
         counts.update({f"dropped-replies/{reason}": int(n) for reason, n in dropped.items()})
         return kept, counts
