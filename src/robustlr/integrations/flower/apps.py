@@ -45,6 +45,7 @@ CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
 SET_KEY = "robustlr-set"
 OUT_KEY = "robustlr-out"
+TIMEOUT_KEY = "robustlr-round-timeout"  # seconds a round waits for replies; then it aggregates what it has
 
 
 def config_from_run_config(run_config) -> ExperimentConfig:
@@ -197,7 +198,8 @@ def make_server_app(defaults: dict | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         run_config = {**(defaults or {}), **dict(context.run_config)}
         cfg = config_from_run_config(run_config)
-        result = run_on_grid(grid, cfg, run_config.get(DATA_DIR_KEY) or None)
+        result = run_on_grid(grid, cfg, run_config.get(DATA_DIR_KEY) or None,
+                             timeout=float(run_config.get(TIMEOUT_KEY, 3600) or 3600))
         out = str(run_config.get(OUT_KEY, "") or "")
         if out:
             write_result(Path(out), cfg, result)
