@@ -18,7 +18,10 @@ TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 
 
 def _run(cmd, cwd, **kw):
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+    # a clean environment: nothing may point back at the source tree (Ray, once started by
+    # another test, leaves PYTHONPATH set in this process)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, **kw)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout
 

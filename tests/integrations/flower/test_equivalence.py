@@ -49,3 +49,28 @@ def test_flower_gives_the_simulators_model(data_dir, overrides):
     last = ours.evaluated[-1]
     assert final["val_acc"] == pytest.approx(last.val_acc, abs=2e-3)
     assert final["backdoor_acc"] == pytest.approx(last.backdoor_acc, abs=2e-2)
+
+
+def test_a_node_that_does_not_reply_is_recorded_and_the_round_goes_on(data_dir):
+    """A straggler (here a node whose ClientApp fails) sends no reply: the round aggregates the
+    replies it has, and the round record names the missing agent as rejected."""
+    from robustlr.integrations.flower import apps
+
+    cfg = load_config("demo-iid", ["rounds=2", "train_limit=300", "precision=fp32", "threads=1",
+                                   "checkpoint_every=0"])
+    from flwr.clientapp import ClientApp
+
+    client = ClientApp()
+
+    @client.train()
+    def flaky(msg, context):
+        if int(msg.content["config"]["agent-id"]) == 3:
+            raise TimeoutError("this node is too slow")
+        return apps.train_message(msg, context)
+
+    grid = InProcessGrid(client, num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
+                                                           "robustlr-data-dir": str(data_dir)})
+    result = run_on_grid(grid, cfg, str(data_dir))
+    assert grid.failed == 2  # agent 3 in each of the 2 rounds
+    assert [(r.round, r.agents, r.rejected) for r in result.robustlr_records] == [(1, 9, [3]), (2, 9, [3])]
+    assert result.train_metrics_clientapp[2]["replies"] == 9
