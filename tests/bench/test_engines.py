@@ -13,8 +13,8 @@ from robustlr.sim.config import load_config
 @pytest.mark.parametrize("preset, expected", [
     ("iid-fedavg", (10, 10, 6000)),              # Fashion-MNIST 60,000 / K 10, C 1
     ("demo-iid", (10, 10, 1200)),                # train_limit 12,000
-    ("noniid-paper-rlr", (3383, 34, 101)),       # TFF digits 341,873 / 3,383 writers, C 0.01 -> 34
-    ("demo-noniid", (293, 15, 100)),             # 293 LEAF writers, C 0.05 -> 15
+    ("noniid-paper-rlr", (3383, 33, 101)),       # TFF digits 341,873 / 3,383 writers, floor(0.01 * 3,383) = 33
+    ("demo-noniid", (293, 14, 100)),             # 293 LEAF writers, floor(0.05 * 293) = 14
     ("cifar-dba-paper-rlr", (40, 40, 1250)),     # CIFAR-10 50,000 / K 40
 ])
 def test_round_size_of_every_kind_of_preset(preset, expected):
@@ -48,5 +48,5 @@ def test_bench_runs_on_cifar_and_noniid_presets():
     assert (cifar["input_shape"], cifar["agents_per_round"]) == ([3, 32, 32], 40)
     assert "naive" in cifar["samples_per_s"]
     noniid = _bench("--preset", "noniid-paper-rlr", "--agents", "2")
-    # extrapolated to the round's C*K = 34 agents, not K = 3,383
-    assert (noniid["agents_per_round"], noniid["samples_per_agent"], noniid["samples_per_round"]) == (34, 101, 34 * 101 * 10)
+    # extrapolated to the round's floor(C*K) = 33 agents, not K = 3,383
+    assert (noniid["agents_per_round"], noniid["samples_per_agent"], noniid["samples_per_round"]) == (33, 101, 33 * 101 * 10)

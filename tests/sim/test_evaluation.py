@@ -29,3 +29,9 @@ def test_metrics_on_a_hand_made_model():
     assert m["backdoor_acc"] == 3 / 4
     logits = nn.functional.one_hot(pred, 10).float() * 10
     assert abs(m["val_loss"] - float(nn.functional.cross_entropy(logits, val_y))) < 1e-6
+    # backdoor loss: cross-entropy of the backdoored images against the target class, by hand:
+    # logits 10 on the predicted class, 0 elsewhere; -log softmax = log(e^10 + 9) - (10 if hit else 0)
+    import math
+
+    per = [math.log(math.exp(10) + 9) - (10 if p == 7 else 0) for p in (7, 7, 5, 7)]
+    assert abs(m["backdoor_loss"] - sum(per) / 4) < 1e-5

@@ -83,9 +83,9 @@ class CoordinateMedian(AggregationRule):
     .. math:: g(\Delta)_i = \operatorname{median}_k \Delta^k_i
 
     For an even number of agents the median is the **mean of the two middle values**, as in
-    ``numpy.median`` (note that ``torch.median`` would return the lower of the two). Weights
-    are accepted for a uniform interface but ignored: the median is unweighted.
-    Telemetry: none.
+    ``numpy.median``, or with ``even="lower"`` the lower of the two, as ``torch.median`` (and
+    the authors' code) gives. Weights are accepted for a uniform interface but ignored: the
+    median is unweighted. Telemetry: none.
 
     Cost: a partial sort per coordinate; tens of times a plain mean on CPU (see
     ``robustlr bench aggregation``).
@@ -96,9 +96,17 @@ class CoordinateMedian(AggregationRule):
         tensor([2., 0.])
         >>> CoordinateMedian()(torch.tensor([[1.0, 5.0], [4.0, -1.0]]))   # even: mean of the middle two
         tensor([2.5000, 2.0000])
+        >>> CoordinateMedian(even="lower")(torch.tensor([[1.0, 5.0], [4.0, -1.0]]))
+        tensor([ 1., -1.])
     """
 
     column_separable = True
+
+    def __init__(self, even: str = "mean") -> None:
+        super().__init__()
+        if even not in ("mean", "lower"):
+            raise ValueError(f"even must be 'mean' (numpy's median) or 'lower' (torch.median's), got {even!r}")
+        self.even = even
 
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
@@ -112,8 +120,8 @@ class CoordinateMedian(AggregationRule):
             block = updates[:, start : start + step]
             smallest = torch.topk(block, k, dim=0, largest=False, sorted=True).values
             target = out[start : start + step]
-            if n_agents % 2:
-                target.copy_(smallest[-1])
+            if n_agents % 2 or self.even == "lower":
+                target.copy_(smallest[-1] if n_agents % 2 else smallest[-2])
             else:
                 # halve before adding so that two huge values cannot overflow
                 torch.add(smallest[-2] * 0.5, smallest[-1], alpha=0.5, out=target)

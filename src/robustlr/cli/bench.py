@@ -71,7 +71,7 @@ def scale(
     rounds: int = typer.Option(3, "--rounds", help="timed rounds"),
     epochs: int = typer.Option(1, "--epochs", help="local epochs E (the paper's 10; 1 keeps it short, "
                                "the report also extrapolates the overhead to E 10)"),
-    participation: float = typer.Option(0.01, "--participation", help="C (0.01 of 3,383 = 34 agents per round)"),
+    participation: float = typer.Option(0.01, "--participation", help="C (floor(0.01 x 3,383) = 33 agents per round)"),
     theta: float = typer.Option(7, "--theta", help="RLR threshold (0 = plain FedAvg)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)"),
     keep_data: Optional[Path] = typer.Option(None, "--keep-data", help="keep the synthetic files in this folder "

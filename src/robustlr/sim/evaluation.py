@@ -34,14 +34,17 @@ def evaluate(model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor, base_cl
     - ``val_acc`` / ``val_loss``: on the dataset's own test split;
     - ``base_acc``: accuracy on the clean test images of the base class;
     - ``backdoor_acc``: share of the base-class test images *with the trojan* classified as
-      the target class.
+      the target class; ``backdoor_loss``: their cross-entropy against the target class
+      (Figure 4 plots it).
     """
     logits = predict(model, val_x)
     base_rows = val_y == base_class
     bd_logits = predict(model, backdoor_x)
+    bd_target = torch.full((bd_logits.shape[0],), target_class, dtype=torch.int64)
     return {
         "val_acc": accuracy(logits, val_y),
         "val_loss": float(F.cross_entropy(logits, val_y)),
         "base_acc": accuracy(logits[base_rows], val_y[base_rows]),
-        "backdoor_acc": accuracy(bd_logits, torch.full((bd_logits.shape[0],), target_class, dtype=torch.int64)),
+        "backdoor_acc": accuracy(bd_logits, bd_target),
+        "backdoor_loss": float(F.cross_entropy(bd_logits, bd_target)) if bd_logits.shape[0] else float("nan"),
     }

@@ -242,6 +242,7 @@ class Simulation:
                 1 for a in corrupt_here
                 if not bool((labels[torch.from_numpy(fed.agent_indices[a])] == cfg.base_class).any())),
             corrupt_unpoisoned_in_round=sum(1 for a in corrupt_here if fed.poisoned_per_agent.get(a, 0) == 0),
+            rlr_on=self._rlr_on(round_),
         )
         t_agg = time.perf_counter()
         if len(agents) == 0:
@@ -254,7 +255,8 @@ class Simulation:
         else:
             self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
             weights = torch.as_tensor(fed.agent_sizes[agents], dtype=torch.float32)
-            aggregate = self.rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
+            rule = self.rule if rec.rlr_on is not False else self.rule.rule  # the schedule: RLR off -> its inner rule
+            aggregate = rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
             if not bool(torch.isfinite(aggregate).all()):
                 raise TrainingError(f"round {round_}: the aggregated update is not finite. {self._kept()}")
             apply_server_lr(self.global_params, aggregate, self.eta)
@@ -262,7 +264,7 @@ class Simulation:
                 raise TrainingError(
                     f"round {round_}: the global model became non-finite after the server step "
                     f"(server_lr = {cfg.resolved_server_lr}); {self._kept()}")
-            tel = self.rule.telemetry or {}
+            tel = rule.telemetry or {}
             if "flipped_fraction" in tel:
                 rec.flipped_fraction = float(tel["flipped_fraction"])
                 rec.threshold = tel.get("threshold")
@@ -274,6 +276,17 @@ class Simulation:
             rec = rec.model_copy(update={"evaluated": True, **metrics})
         rec.seconds = time.perf_counter() - t0
         return rec
+
+    def _rlr_on(self, round_: int) -> bool | None:
+        """The RLR schedule: None without RLR; else on from ``rlr_from_round``, or from the round
+        after the first evaluated one whose validation accuracy reached ``rlr_from_val_acc``."""
+        cfg = self.cfg
+        if cfg.rlr_threshold == 0:
+            return None
+        if cfg.rlr_from_val_acc is not None:
+            return any(r.evaluated and r.val_acc is not None and r.val_acc >= cfg.rlr_from_val_acc
+                       for r in self.records if r.round < round_)
+        return round_ >= cfg.rlr_from_round
 
     def _kept(self) -> str:
         if self.out_dir is None:
@@ -312,6 +325,7 @@ class Simulation:
         summary = RunSummary(
             name=self.cfg.name, rounds=self.cfg.rounds,
             **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
+            rlr_switch_round=next((r.round for r in self.records if r.rlr_on), None),
             seconds=self.elapsed, seconds_per_round=self.elapsed / max(1, self.cfg.rounds),
             engine=self.engine.name, federation=self.fed.notes, **provenance(),
         )

@@ -30,7 +30,7 @@ from robustlr.errors import RobustlrError
 
 SCHEMA_VERSION = 2
 KNOWN_SCHEMA_VERSIONS = (2,)
-EVAL_FIELDS = ("val_acc", "val_loss", "base_acc", "backdoor_acc")
+EVAL_FIELDS = ("val_acc", "val_loss", "base_acc", "backdoor_acc", "backdoor_loss")
 # CPU flags that select different oneDNN/BLAS kernels (and so different rounding)
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
 
@@ -54,6 +54,7 @@ class RoundRecord(BaseModel):
     corrupt_unpoisoned_in_round: int = 0  # ... or with floor(P x their base samples) = 0
     flipped_fraction: float | None = None  # RLR: share of the coordinates whose sign was flipped
     threshold: int | None = None  # RLR: theta used in the round
+    rlr_on: bool | None = None  # RLR switched on in this round (None: the run has no RLR)
     seconds_training: float = 0.0
     seconds_aggregation: float = 0.0
     seconds: float = 0.0
@@ -62,6 +63,7 @@ class RoundRecord(BaseModel):
     val_loss: float | None = None
     base_acc: float | None = None
     backdoor_acc: float | None = None
+    backdoor_loss: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         d = self.model_dump()
@@ -83,6 +85,7 @@ class RunSummary(BaseModel):
     val_loss: float | None = None
     base_acc: float | None = None
     backdoor_acc: float | None = None
+    rlr_switch_round: int | None = None  # the first round RLR was on (None: never, or no RLR)
     seconds: float
     seconds_per_round: float
     engine: str

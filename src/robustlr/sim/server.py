@@ -40,9 +40,10 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
     To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` and to
     the config's ``aggregator`` field.
     """
-    rule: AggregationRule = RULES[cfg.aggregator]()
-    if cfg.clip_norm > 0 or cfg.noise_sigma > 0:
-        rule = ClipAndNoise(rule, clip_norm=cfg.clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
+    rule: AggregationRule = CoordinateMedian(even=cfg.comed_even) if cfg.aggregator == "comed" else \
+        RULES[cfg.aggregator]()
+    if cfg.server_clip_norm > 0 or cfg.noise_sigma > 0:
+        rule = ClipAndNoise(rule, clip_norm=cfg.server_clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
     if cfg.rlr_threshold > 0:
         if cfg.rlr_threshold >= 1 and agents_per_round is None:
             kw = {"threshold": int(cfg.rlr_threshold)}

@@ -49,7 +49,7 @@ def available_cores() -> int:
 def local_settings(cfg: ExperimentConfig) -> LocalSettings:
     return LocalSettings(
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.client_lr, momentum=cfg.client_momentum,
-        grad_clip=cfg.grad_clip, clip_norm=cfg.clip_norm, seed=cfg.seed, precision=cfg.precision,
+        grad_clip=cfg.grad_clip, clip_norm=cfg.agent_clip_norm, seed=cfg.seed, precision=cfg.precision,
     )
 
 
@@ -77,4 +77,6 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         model_name=cfg.model, num_classes=fed.dataset.num_classes, settings=local_settings(cfg),
         train_x=fed.train_x, train_y=fed.train_y, agent_indices=fed.agent_indices, device=device,
         max_agents=per_round, workers=max(1, min(cfg.threads or available_cores(), per_round)),
+        # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
+        loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
     )
