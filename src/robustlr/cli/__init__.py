@@ -1,7 +1,7 @@
 """The ``robustlr`` command: one module per command group.
 
-``run`` (run, demo), ``config`` (config, presets), ``data``, ``bench`` (engines, aggregation,
-scale). A new command goes in the module of its group, registered below.
+``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (sweep, runs),
+``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 
 import typer
 
-from robustlr.cli import bench, config, data, run
+from robustlr.cli import bench, config, data, experiments, run
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +23,8 @@ app.command("demo")(run.demo)
 app.command("config")(config.show_config)
 app.command("presets")(config.presets)
 app.command("data")(data.data)
+app.command("sweep")(experiments.sweep)
+app.command("runs")(experiments.runs)
 app.add_typer(bench.app, name="bench")
 
 

@@ -1,0 +1,85 @@
+"""``robustlr sweep`` and ``robustlr runs``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from robustlr.cli._common import DataDirOpt, console, fail, user_errors
+
+ResultsOpt = typer.Option(Path("results"), "--results", "-r", help="the results folder (run folders and results.sqlite)")
+
+
+def _status_table(state, suite_name: str):
+    from rich.table import Table
+
+    from robustlr.experiments.sweep import rounds_done
+
+    t = Table(title=f"sweep {suite_name}: {state.done} done ({state.skipped} before), {len(state.running)} running, "
+                    f"{state.left} left, {len(state.failed)} failed")
+    t.add_column("run")
+    t.add_column("round", justify="right")
+    t.add_column("ETA", justify="right")
+    for name, (folder, rounds, start) in state.running.items():
+        k = rounds_done(folder)
+        eta = "-" if k == 0 else f"{(time.time() - start) / k * (rounds - k):.0f} s"
+        t.add_row(name, f"{k}/{rounds}", eta)
+    return t
+
+
+@user_errors
+def sweep(
+    suite: str = typer.Argument(..., help="a suite name (see `robustlr sweep --list`) or a suite TOML file"),
+    budget: str = typer.Option("lite", "--budget", help="lite (minutes on 2 cores) or paper (the paper's R, E, B)"),
+    results: Path = ResultsOpt,
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once, one thread each (default: the cores)"),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Run a suite's grid: finished runs are skipped, interrupted ones resume; results go to RESULTS/results.sqlite."""
+    from rich.live import Live
+
+    from robustlr.experiments.suite import load_suite
+    from robustlr.experiments.sweep import sweep as run_sweep
+
+    s = load_suite(suite)
+    console.print(f"[bold]{s.name}[/] ({budget}): {s.description}")
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
+                          on_update=lambda st: live.update(_status_table(st, s.name)))
+        live.update(_status_table(state, s.name))
+    if state.failed:
+        fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
+    console.print(f"{state.done} runs done; the store: {results / 'results.sqlite'} (`robustlr runs -r {results}`)")
+
+
+@user_errors
+def runs(
+    results: Path = ResultsOpt,
+    where: Optional[str] = typer.Option(None, "--where", help="an SQL condition, e.g. \"aggregator='comed' and rlr_threshold>0\""),
+    rebuild: bool = typer.Option(False, "--rebuild", help="rebuild the store from the run folders first"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+) -> None:
+    """List the runs of a results folder (from its results store), optionally filtered."""
+    from rich.table import Table
+
+    from robustlr.experiments import store
+
+    if rebuild:
+        console.print(f"rebuilt the store from {store.rebuild(results)} run folders")
+    if not (results / store.DB_NAME).exists():
+        fail(f"{results} holds no results store; run `robustlr sweep` or pass --rebuild")
+    rows = store.query(results, where)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    t = Table(title=f"{len(rows)} runs in {results}")
+    for col in ("suite", "name", "seed", "status", "val_acc", "base_acc", "backdoor_acc"):
+        t.add_column(col, justify="right" if col.endswith("acc") or col == "seed" else "left")
+    for r in rows:
+        t.add_row(*(f"{100 * r[c]:.1f}" if c.endswith("acc") and r[c] is not None else str(r[c])
+                    for c in ("suite", "name", "seed", "status", "val_acc", "base_acc", "backdoor_acc")))
+    console.print(t)

@@ -1,0 +1,39 @@
+"""One run of a sweep, in its own process: ``python -m robustlr.experiments.child CONFIG.json OUT [DATA_DIR]``.
+
+It dies with the sweep (:func:`robustlr.sim.lifecycle.die_with_parent`), and its own engine
+workers die with it: killing the sweep leaves no process behind at any depth. Exit codes:
+0 done, 2 a robustlr error (its message on stderr), 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    from robustlr.errors import RobustlrError
+    from robustlr.sim.config import make_config
+    from robustlr.sim.lifecycle import Terminated, die_with_parent
+    from robustlr.sim.loop import run_experiment
+
+    parent = int(os.environ.get("ROBUSTLR_PARENT_PID", os.getppid()))
+    die_with_parent(parent)
+    cfg_path, out = Path(argv[0]), Path(argv[1])
+    data_dir = argv[2] if len(argv) > 2 and argv[2] else None
+    cfg = make_config(json.loads(cfg_path.read_text()), str(cfg_path))
+    try:
+        run_experiment(cfg, out, data_dir=data_dir)
+    except Terminated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 143
+    except RobustlrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a process
+    sys.exit(main(sys.argv[1:]))

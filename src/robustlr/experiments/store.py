@@ -1,0 +1,113 @@
+"""The results store: one SQLite database per results folder, one row per run.
+
+``results.sqlite`` in the results folder holds a table ``runs``; its schema (plain SQL, for
+users' own queries)::
+
+    runs(config_hash TEXT PRIMARY KEY,  -- hash of the config's non-default, number-changing keys
+         suite TEXT, name TEXT, seed INTEGER, status TEXT,   -- 'done' | 'failed' | 'running'
+         config TEXT,                   -- the full config, JSON
+         val_acc REAL, val_loss REAL, base_acc REAL, backdoor_acc REAL, rlr_switch_round INTEGER,
+         seconds REAL, rounds INTEGER, engine TEXT, path TEXT, robustlr_version TEXT,
+         machine TEXT, updated TEXT)
+
+and every config key as a column of its own (``aggregator``, ``rlr_threshold``, ...), so a
+filter reads like ``aggregator = 'comed' and rlr_threshold > 0``. One writer (the sweep's
+parent process) writes a row after the run's files are atomically in place; the store can be
+rebuilt from the run folders at any time (:func:`rebuild`).
+
+The config hash ignores keys left at their defaults (a key added in a later version does not
+rerun every finished run) and keys that cannot change the numbers
+(:data:`robustlr.sim.loop.NEUTRAL_KEYS`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from robustlr.sim.config import ExperimentConfig
+from robustlr.sim.loop import NEUTRAL_KEYS
+from robustlr.sim.records import RecordError, read_summary
+
+DB_NAME = "results.sqlite"
+_FIXED = ["config_hash", "suite", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
+          "backdoor_acc", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
+          "updated"]
+_CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """16 hex digits naming the run: its number-changing keys that differ from the defaults."""
+    dumped = cfg.model_dump(mode="json")
+    keys = {k: dumped[k] for k, field in ExperimentConfig.model_fields.items()
+            if k not in NEUTRAL_KEYS and (field.is_required()
+                                          or getattr(cfg, k) != field.get_default(call_default_factory=True))}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _connect(results: Path) -> sqlite3.Connection:
+    results.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(results / DB_NAME, timeout=30)
+    cols = ", ".join([f"{c} {'TEXT PRIMARY KEY' if c == 'config_hash' else ''}" for c in _FIXED]
+                     + [f'"{c}"' for c in _CONFIG_COLUMNS])
+    con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+    return con
+
+
+def _value(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def record_run(results: Path, folder: Path, cfg: ExperimentConfig, status: str, suite: str = "") -> None:
+    """Write (or replace) the row of the run in ``folder``."""
+    row: dict[str, Any] = {"config_hash": config_hash(cfg), "suite": suite, "name": cfg.name, "seed": cfg.seed,
+                           "status": status, "config": cfg.to_json(), "rounds": cfg.rounds, "path": str(folder),
+                           "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if status == "done":
+        s = read_summary(folder / "summary.json")
+        row.update(val_acc=s.val_acc, val_loss=s.val_loss, base_acc=s.base_acc, backdoor_acc=s.backdoor_acc,
+                   rlr_switch_round=s.rlr_switch_round, seconds=s.seconds, engine=s.engine,
+                   robustlr_version=s.robustlr_version, machine=json.dumps(s.machine))
+    for k in _CONFIG_COLUMNS:
+        row[k] = _value(getattr(cfg, k))
+    with _connect(results) as con:
+        names = ", ".join(f'"{k}"' for k in row)
+        con.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def query(results: Path, where: str | None = None) -> list[dict[str, Any]]:
+    """The rows of the store, optionally filtered by an SQL ``where`` clause."""
+    with _connect(results) as con:
+        con.row_factory = sqlite3.Row
+        sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY suite, name, seed"
+        try:
+            return [dict(r) for r in con.execute(sql)]
+        except sqlite3.Error as exc:
+            from robustlr.errors import ConfigError
+
+            raise ConfigError(f"--where {where!r} is not a valid SQL condition on the runs table: {exc}") from None
+
+
+def rebuild(results: Path) -> int:
+    """Rebuild the store from the run folders below ``results``; returns the number of runs."""
+    from robustlr.sim.loop import read_run_config
+
+    db = results / DB_NAME
+    if db.exists():
+        db.unlink()
+    n = 0
+    for cfg_path in sorted(results.rglob("config.json")):
+        folder = cfg_path.parent
+        cfg = read_run_config(cfg_path)
+        try:
+            status = "done" if (folder / "summary.json").exists() and read_summary(folder / "summary.json") else "failed"
+        except RecordError:
+            status = "failed"
+        suite = folder.parent.name if folder.parent != results else ""
+        record_run(results, folder, cfg, status, suite)
+        n += 1
+    return n

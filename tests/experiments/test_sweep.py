@@ -1,0 +1,143 @@
+"""Suites, the sweep runner and the results store, on a tiny suite (4 runs of 3 rounds on a
+300-image Fashion-MNIST subset). Budget: about 60-110 s on 2 cores (three sweeps of 4 runs;
+each run's process start and data load dominate)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustlr.cli import app
+from robustlr.errors import ConfigError
+from robustlr.experiments import store
+from robustlr.experiments.suite import list_suites, load_suite
+from robustlr.experiments.sweep import sweep
+
+SUITE = """# a tiny suite for tests
+name = "tiny"
+preset = "demo-iid"
+
+[budget.lite]
+rounds = 3
+train_limit = 300
+precision = "fp32"
+checkpoint_every = 1
+eval_every = 1
+
+[[row]]
+label = "fedavg"
+rlr_threshold = 0
+
+[[row]]
+label = "rlr"
+
+[grid]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(SUITE)
+    return p
+
+
+def test_a_suite_expands_rows_times_grid(suite_file):
+    runs = load_suite(suite_file).runs("lite")
+    assert [r.config.name for r in runs] == ["tiny-fedavg-seed=0", "tiny-fedavg-seed=1", "tiny-rlr-seed=0",
+                                             "tiny-rlr-seed=1"]
+    assert [(r.config.rlr_threshold, r.config.seed, r.config.rounds) for r in runs] == [
+        (0, 0, 3), (0, 1, 3), (4, 0, 3), (4, 1, 3)]
+    assert "table1-iid" in list_suites()
+    assert len(load_suite("table1-iid").runs("paper")) == 3
+    with pytest.raises(ConfigError, match="has no budget 'huge'"):
+        load_suite(suite_file).runs("huge")
+
+
+def test_config_hash_ignores_defaults_and_keys_that_cannot_change_the_numbers(suite_file):
+    cfg = load_suite(suite_file).runs("lite")[0].config
+    assert store.config_hash(cfg) == store.config_hash(cfg.model_copy(update={"threads": 2, "name": "other"}))
+    assert store.config_hash(cfg) != store.config_hash(cfg.model_copy(update={"seed": 5}))
+    from robustlr.sim.config import make_config
+
+    assert store.config_hash(make_config({})) == store.config_hash(make_config({"rounds": 200}))  # 200 is the default
+
+
+def _children(pid):
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _models(results):
+    return {p.parent.name: torch.load(p, weights_only=True) for p in sorted((results / "tiny").glob("*/model.pt"))}
+
+
+def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, suite_file, data_dir):
+    ref = tmp_path / "ref"
+    state = sweep(load_suite(suite_file), ref, "lite", jobs=2, data_dir=str(data_dir))
+    assert (state.done, state.failed) == (4, [])
+    out = tmp_path / "killed"
+    code = "import sys; from robustlr.cli import main; sys.argv = ['robustlr'] + sys.argv[1:]; main()"
+    args = [sys.executable, "-c", code, "sweep", str(suite_file), "-r", str(out), "-j", "2",
+            "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while time.time() - t0 < 120:  # until the first runs are mid-way
+        if sum(1 for f in (out / "tiny").glob("*/metrics.jsonl") if len(f.read_text().splitlines()) >= 1) >= 2:
+            break
+        time.sleep(0.1)
+    kids = _children(proc.pid)
+    assert kids, "the sweep should be running its runs"
+    proc.kill()
+    proc.wait()
+    t0 = time.time()
+    while time.time() - t0 < 10 and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    left = [k for k in kids if _alive(k)]
+    for k in left:
+        os.kill(k, signal.SIGKILL)
+    assert left == [], "runs outlived their sweep"
+    again = CliRunner().invoke(app, ["sweep", str(suite_file), "-r", str(out), "-j", "2", "--data-dir", str(data_dir)])
+    assert again.exit_code == 0, again.output
+    a, b = _models(ref), _models(out)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    rows = {r["name"]: r for r in store.query(out)}
+    refs = {r["name"]: r for r in store.query(ref)}
+    assert {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in rows.items()} == \
+        {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in refs.items()}
+    # a third sweep has nothing left to do
+    third = sweep(load_suite(suite_file), out, "lite", jobs=2, data_dir=str(data_dir))
+    assert (third.skipped, third.done) == (4, 4)
+    # the store: filters, and a rebuild from the run folders gives the same rows
+    assert {r["name"] for r in store.query(out, "rlr_threshold > 0")} == {"tiny-rlr-seed=0", "tiny-rlr-seed=1"}
+    assert len(store.query(out, "seed = 1 and status = 'done'")) == 2
+    before = {r["config_hash"]: r["val_acc"] for r in store.query(out)}
+    (out / store.DB_NAME).unlink()
+    res = CliRunner().invoke(app, ["runs", "-r", str(out), "--rebuild", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output[res.output.index("["):])
+    assert {r["config_hash"]: r["val_acc"] for r in rows} == before
+    bad = CliRunner().invoke(app, ["runs", "-r", str(out), "--where", "no_such_column = 1"])
+    assert bad.exit_code == 2 and "not a valid SQL condition" in bad.output
