@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from robustlr.errors import ConfigError
 from robustlr.experiments import store
 from robustlr.experiments.suite import list_suites, load_suite
 from robustlr.experiments.sweep import sweep
+from robustlr.sim.lifecycle import child_pids, is_alive
 
 SUITE = """# a tiny suite for tests
 name = "tiny"
@@ -71,23 +71,6 @@ def test_config_hash_ignores_defaults_and_keys_that_cannot_change_the_numbers(su
     assert store.config_hash(make_config({})) == store.config_hash(make_config({"rounds": 200}))  # 200 is the default
 
 
-def _children(pid):
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _models(results):
     return {p.parent.name: torch.load(p, weights_only=True) for p in sorted((results / "tiny").glob("*/model.pt"))}
 
@@ -106,14 +89,14 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
         if sum(1 for f in (out / "tiny").glob("*/metrics.jsonl") if len(f.read_text().splitlines()) >= 1) >= 2:
             break
         time.sleep(0.1)
-    kids = _children(proc.pid)
+    kids = child_pids(proc.pid)
     assert kids, "the sweep should be running its runs"
     proc.kill()
     proc.wait()
     t0 = time.time()
-    while time.time() - t0 < 10 and any(_alive(k) for k in kids):
+    while time.time() - t0 < 10 and any(is_alive(k) for k in kids):
         time.sleep(0.1)
-    left = [k for k in kids if _alive(k)]
+    left = [k for k in kids if is_alive(k)]
     for k in left:
         os.kill(k, signal.SIGKILL)
     assert left == [], "runs outlived their sweep"

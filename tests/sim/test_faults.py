@@ -21,6 +21,7 @@ from robustlr.errors import OutputError
 from robustlr.sim import checkpoint
 from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation
+from robustlr.sim.lifecycle import child_pids, is_alive
 from robustlr.sim.loop import Simulation, run_experiment
 
 RUN = ["run", "demo-iid", "--set", "rounds=8", "--set", "train_limit=600", "--set", "threads=2",
@@ -33,24 +34,6 @@ def _cli(args, data_dir, **kw):
     env = {**os.environ, "ROBUSTLR_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait_for_round(folder: Path, n: int, proc, timeout=120.0) -> None:
@@ -67,9 +50,9 @@ def _wait_for_round(folder: Path, n: int, proc, timeout=120.0) -> None:
 
 def _wait_gone(pids, timeout=10.0) -> list[int]:
     t0 = time.time()
-    while time.time() - t0 < timeout and any(_alive(p) for p in pids):
+    while time.time() - t0 < timeout and any(is_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if is_alive(p)]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +83,7 @@ def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, da
     out = tmp_path / "run"
     proc = _cli([*RUN, "--out", str(out)], data_dir)
     _wait_for_round(out, 3, proc)  # workers exist from round 1 on; now mid-way through a round
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     assert len(workers) >= 2, "the processes engine should have started its workers"
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)

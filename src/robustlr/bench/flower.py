@@ -15,32 +15,20 @@ import threading
 import time
 from pathlib import Path
 
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
+from robustlr.sim.lifecycle import descendant_pids
 
 
 def tree_rss_mb(root: int | None = None) -> float:
     """The summed resident memory (MiB) of ``root`` (default: this process) and its descendants."""
-    total, todo, seen = 0, [root or os.getpid()], set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    root = root or os.getpid()
+    total = 0
+    for pid in [root, *descendant_pids(root)]:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except OSError:
             continue
-        todo += _children(pid)
     return total / 1024
 
 

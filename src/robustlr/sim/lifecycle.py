@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from robustlr.errors import RobustlrError
 
@@ -33,6 +34,35 @@ WATCHDOG_SECONDS = 0.5
 
 class Terminated(RobustlrError):
     """The run received SIGTERM and stopped; it resumes from its last checkpoint."""
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """``pid``'s children, their children, and so on."""
+    out, todo = [], child_pids(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += child_pids(p)
+    return out
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, is not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _watch(parent_pid: int) -> None:
