@@ -31,7 +31,7 @@ from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.records import RoundRecord, RunSummary, dumps, provenance
-from robustlr.sim.server import apply_server_lr, build_rule, server_lr_vector
+from robustlr.sim.server import apply_server_lr, build_rule, rlr_on, server_lr_vector
 
 log = logging.getLogger("robustlr")
 
@@ -242,7 +242,7 @@ class Simulation:
                 1 for a in corrupt_here
                 if not bool((labels[torch.from_numpy(fed.agent_indices[a])] == cfg.base_class).any())),
             corrupt_unpoisoned_in_round=sum(1 for a in corrupt_here if fed.poisoned_per_agent.get(a, 0) == 0),
-            rlr_on=self._rlr_on(round_),
+            rlr_on=rlr_on(cfg, round_, self.records),
         )
         t_agg = time.perf_counter()
         if len(agents) == 0:
@@ -276,17 +276,6 @@ class Simulation:
             rec = rec.model_copy(update={"evaluated": True, **metrics})
         rec.seconds = time.perf_counter() - t0
         return rec
-
-    def _rlr_on(self, round_: int) -> bool | None:
-        """The RLR schedule: None without RLR; else on from ``rlr_from_round``, or from the round
-        after the first evaluated one whose validation accuracy reached ``rlr_from_val_acc``."""
-        cfg = self.cfg
-        if cfg.rlr_threshold == 0:
-            return None
-        if cfg.rlr_from_val_acc is not None:
-            return any(r.evaluated and r.val_acc is not None and r.val_acc >= cfg.rlr_from_val_acc
-                       for r in self.records if r.round < round_)
-        return round_ >= cfg.rlr_from_round
 
     def _kept(self) -> str:
         if self.out_dir is None:

@@ -74,3 +74,15 @@ def apply_server_lr(global_params: Tensor, aggregate: Tensor, eta: float | Tenso
         return global_params.add_(aggregate)
     # multiply, then add (not a fused add with alpha): the same rounding as the rule's own scaling
     return global_params.add_(aggregate * eta)
+
+
+def rlr_on(cfg: ExperimentConfig, round_: int, records) -> bool | None:
+    """The RLR schedule for ``round_``: None without RLR; else on from ``rlr_from_round``, or
+    from the round after the first evaluated one (in ``records``, the rounds so far) whose
+    validation accuracy reached ``rlr_from_val_acc``. Off, the server uses the wrapped rule."""
+    if cfg.rlr_threshold == 0:
+        return None
+    if cfg.rlr_from_val_acc is not None:
+        return any(r.evaluated and r.val_acc is not None and r.val_acc >= cfg.rlr_from_val_acc
+                   for r in records if r.round < round_)
+    return round_ >= cfg.rlr_from_round

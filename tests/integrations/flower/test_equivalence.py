@@ -4,7 +4,8 @@ Grid) against the built-in simulator, on a tiny config with fixed seeds.
 A Flower client replies with its local *weights* (global + update, in float32) and the server
 takes the update back as weights - global, which may differ from the update in its last bit
 (Sterbenz: exact when the two are within a factor 2, not in general). Measured on this machine
-(Intel Xeon, 2 cores) for the three configs below: the two global models after 3 rounds are
+(Intel Xeon, 2 cores) for the three configs below (the third with the RLR schedule): the two
+global models after 3 rounds are
 bitwise equal (max difference 0.0). The bound is 1e-5, for the last-bit differences that other
 data could show; the accuracies must agree too. Budget: about 100 s (six 3-round runs).
 """
@@ -31,8 +32,8 @@ def _task_identity(monkeypatch):
 @pytest.mark.parametrize("overrides", [
     [],                                                     # FedAvg + RLR theta 4 of 10
     ["aggregator='sign'", "rlr_threshold=0", "clip_norm=4", "noise_sigma=0.001"],
-    ["participation=0.5", "rlr_threshold=2"],               # 5 of 10 agents sampled per round
-], ids=["fedavg-rlr", "sign-clip-noise", "participation"])
+    ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2"],  # 5 of 10 agents per round, RLR from round 2
+], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule"])
 def test_flower_gives_the_simulators_model(data_dir, overrides):
     cfg = load_config("demo-iid", ["rounds=3", "train_limit=600", "eval_every=1", "precision=fp32",
                                    "train_mode=sequential", "threads=1", *overrides])
@@ -45,6 +46,7 @@ def test_flower_gives_the_simulators_model(data_dir, overrides):
     diff = (theirs - ours.global_params).abs().max().item()
     print(f"max |flower - simulator| after 3 rounds: {diff:.2e}")
     assert diff <= 1e-5
+    assert [r.rlr_on for r in result.robustlr_records] == [r.rlr_on for r in ours.records]
     final = result.evaluate_metrics_serverapp[3]
     last = ours.evaluated[-1]
     assert final["val_acc"] == pytest.approx(last.val_acc, abs=2e-3)

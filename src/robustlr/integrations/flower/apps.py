@@ -39,7 +39,7 @@ from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation, build_federation, load_dataset
 from robustlr.sim.loop import sample_agents
 from robustlr.sim.records import RoundRecord
-from robustlr.sim.server import build_rule
+from robustlr.sim.server import build_rule, rlr_on
 
 CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
@@ -133,19 +133,24 @@ class RobustlrStrategy(RuleStrategy):
                                     message_type=MessageType.TRAIN))
         return messages
 
+    def rule_for_round(self, server_round: int):
+        on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
+        return self.rule.rule if on is False else self.rule
+
     def aggregate_train(self, server_round, replies):
         t0 = time.perf_counter()
+        on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
         # the noise of a round is drawn from its own seeded stream, as in the simulator
         self.noise_gen.manual_seed(seeding.seed_of(self.cfg.seed, seeding.NOISE, server_round))
         replies = sorted(replies, key=lambda m: int(m.content["metrics"]["agent-id"]) if not m.has_error() else -1)
         sent = set(self._sent)
         arrays, metrics = super().aggregate_train(server_round, replies)
         kept = [int(m.content["metrics"]["agent-id"]) for m in self._kept]
-        tel = self.rule.telemetry or {}
+        tel = self.rule_for_round(server_round).telemetry if on is not False else {}
         self.records[server_round] = RoundRecord(
             round=server_round, agents=len(kept), corrupt_in_round=sum(1 for a in kept if a in self.corrupt),
-            rejected=sorted(sent - set(kept)), flipped_fraction=tel.get("flipped_fraction"),
-            threshold=tel.get("threshold"), seconds_aggregation=time.perf_counter() - t0)
+            rejected=sorted(sent - set(kept)), flipped_fraction=(tel or {}).get("flipped_fraction"),
+            threshold=(tel or {}).get("threshold"), rlr_on=on, seconds_aggregation=time.perf_counter() - t0)
         return arrays, metrics
 
 

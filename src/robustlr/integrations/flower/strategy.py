@@ -164,6 +164,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         self.server_lr = float(server_lr)
         self.flip_keys = None if flip_keys is None else list(flip_keys)
 
+    def rule_for_round(self, server_round: int) -> AggregationRule:
+        """The rule of a round (a subclass may switch rules, as the RLR schedule does)."""
+        return self.rule
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._remember(arrays)
@@ -176,11 +180,12 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
             return None, MetricRecord(counts)
         updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,
                                              self.weighted_by_key)
-        step = self.rule(updates, weights=weights, agent_ids=nodes)
+        rule = self.rule_for_round(server_round)
+        step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
-        tel = getattr(self.rule, "telemetry", {}) or {}
+        tel = getattr(rule, "telemetry", {}) or {}
         if "flipped_fraction" in tel:
             counts.update({"rlr-flipped-fraction": float(tel["flipped_fraction"]), "rlr-threshold": int(tel["threshold"])})
         counts["replies"] = len(kept)
