@@ -10,7 +10,8 @@ LAYER = {
     "errors": 0,
     "aggregation": 1, "data": 1, "attacks": 1, "models": 1,
     "sim": 2,
-    "experiments": 3, "analysis": 3, "integrations": 3, "reports": 3,
+    "experiments": 3, "analysis": 3, "integrations": 3,
+    "reports": 4,  # they summarise experiments (the results store)
     "bench": 4,  # it measures every engine, the Flower integration's included
     "cli": 5,
 }

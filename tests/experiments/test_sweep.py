@@ -124,3 +124,12 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     assert {r["config_hash"]: r["val_acc"] for r in rows} == before
     bad = CliRunner().invoke(app, ["runs", "-r", str(out), "--where", "no_such_column = 1"])
     assert bad.exit_code == 2 and "not a valid SQL condition" in bad.output
+    # the report names every table and image it holds, and the HTML carries the image inline
+    rep = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## tiny" in md and "![tiny](tiny.png)" in md and (tmp_path / "rep" / "tiny.png").stat().st_size > 10_000
+    table = [line for line in md.splitlines() if line.startswith("| fedavg |") or line.startswith("| rlr |")]
+    assert len(table) == 2 and all(line.split(" | ")[1] == "2" for line in table)  # two seeds per row
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "<table" in page

@@ -1,6 +1,6 @@
 """The ``robustlr`` command: one module per command group.
 
-``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (sweep, runs),
+``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (sweep, runs, report),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 """
 
@@ -25,6 +25,7 @@ app.command("presets")(config.presets)
 app.command("data")(data.data)
 app.command("sweep")(experiments.sweep)
 app.command("runs")(experiments.runs)
+app.command("report")(experiments.report)
 app.add_typer(bench.app, name="bench")
 
 

@@ -83,3 +83,19 @@ def runs(
         t.add_row(*(f"{100 * r[c]:.1f}" if c.endswith("acc") and r[c] is not None else str(r[c])
                     for c in ("suite", "name", "seed", "status", "val_acc", "base_acc", "backdoor_acc")))
     console.print(t)
+
+
+@user_errors
+def report(
+    results: Path = typer.Argument(Path("results"), help="a results folder (written by `robustlr sweep`)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.md, report.html and the PNGs go "
+                                       "(default: RESULTS/report)"),
+) -> None:
+    """Every suite of a results folder: tables beside the paper's numbers and training curves (Markdown + HTML)."""
+    from robustlr.experiments import store
+    from robustlr.reports.report import build_report
+
+    if not (results / store.DB_NAME).exists():
+        fail(f"{results} holds no results store; run `robustlr sweep` first (or `robustlr runs --rebuild`)")
+    md, page = build_report(results, out or results / "report")
+    console.print(f"wrote {md} and {page}")

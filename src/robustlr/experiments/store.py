@@ -4,10 +4,13 @@
 users' own queries)::
 
     runs(config_hash TEXT PRIMARY KEY,  -- hash of the config's non-default, number-changing keys
-         suite TEXT, name TEXT, seed INTEGER, status TEXT,   -- 'done' | 'failed' | 'running'
+         suite TEXT, label TEXT,        -- the suite and its row
+         name TEXT, seed INTEGER, status TEXT,   -- 'done' | 'failed'
          config TEXT,                   -- the full config, JSON
          val_acc REAL, val_loss REAL, base_acc REAL, backdoor_acc REAL, rlr_switch_round INTEGER,
-         seconds REAL, rounds INTEGER, engine TEXT, path TEXT, robustlr_version TEXT,
+         seconds REAL, rounds INTEGER, engine TEXT,
+         path TEXT,                     -- the run folder, relative to the results folder
+         robustlr_version TEXT,
          machine TEXT, updated TEXT)
 
 and every config key as a column of its own (``aggregator``, ``rlr_threshold``, ...), so a
@@ -34,7 +37,7 @@ from robustlr.sim.loop import NEUTRAL_KEYS
 from robustlr.sim.records import RecordError, read_summary
 
 DB_NAME = "results.sqlite"
-_FIXED = ["config_hash", "suite", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
+_FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
           "backdoor_acc", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
           "updated"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
@@ -62,10 +65,21 @@ def _value(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def record_run(results: Path, folder: Path, cfg: ExperimentConfig, status: str, suite: str = "") -> None:
+def label_of(name: str, suite: str) -> str:
+    """The row label in a run name ``<suite>-<label>[-key=value...]``."""
+    rest = name[len(suite) + 1:] if suite and name.startswith(suite + "-") else name
+    return "-".join(p for p in rest.split("-") if "=" not in p)
+
+
+def record_run(results: Path, folder: Path, cfg: ExperimentConfig, status: str, suite: str = "",
+               label: str | None = None) -> None:
     """Write (or replace) the row of the run in ``folder``."""
-    row: dict[str, Any] = {"config_hash": config_hash(cfg), "suite": suite, "name": cfg.name, "seed": cfg.seed,
-                           "status": status, "config": cfg.to_json(), "rounds": cfg.rounds, "path": str(folder),
+    row: dict[str, Any] = {"config_hash": config_hash(cfg), "suite": suite,
+                           "label": label if label is not None else label_of(cfg.name, suite),
+                           "name": cfg.name, "seed": cfg.seed,
+                           "status": status, "config": cfg.to_json(), "rounds": cfg.rounds,
+                           # relative to the results folder, so the folder can move (and be committed)
+                           "path": str(folder.resolve().relative_to(results.resolve())),
                            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if status == "done":
         s = read_summary(folder / "summary.json")

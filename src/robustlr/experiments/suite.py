@@ -5,6 +5,7 @@
     # Table 1 iid: FedAvg without and under attack, FedAvg + RLR under attack
     name = "table1-iid"
     preset = "iid-fedavg"
+    paper = "iid"            # the paper's numbers to compare with (reports/paper.toml)
 
     [budget.lite]            # overrides of the lite budget (minutes on 2 cores)
     train_limit = 12000
@@ -62,6 +63,7 @@ class Suite:
     budgets: dict[str, dict[str, Any]]
     rows: list[dict[str, Any]]
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    paper: str = ""  # a setting of robustlr/reports/paper.toml
 
     def runs(self, budget: str = "lite") -> list[SuiteRun]:
         if budget not in self.budgets:
@@ -96,9 +98,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid suite file: {exc}") from None
-    unknown = set(data) - {"name", "preset", "budget", "row", "grid"}
+    unknown = set(data) - {"name", "preset", "budget", "row", "grid", "paper"}
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a suite has name, preset, budget, row, grid")
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a suite has name, preset, paper, budget, row, grid")
     for key in ("name", "preset", "row"):
         if key not in data:
             raise ConfigError(f"{path}: a suite needs {key!r}")
@@ -111,4 +113,4 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raise ConfigError(f"{path}: grid keys {bad} must be non-empty lists of values")
     first = text.splitlines()[0] if text else ""
     return Suite(data["name"], data["preset"], first.lstrip("# ").strip() if first.startswith("#") else "",
-                 data.get("budget", {"paper": {}}), rows, grid)
+                 data.get("budget", {"paper": {}}), rows, grid, str(data.get("paper", "")))

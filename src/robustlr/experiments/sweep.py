@@ -71,7 +71,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
         if _finished(folder, run):
             state.done += 1
             state.skipped += 1
-            store.record_run(results, folder, run.config, "done", suite.name)
+            store.record_run(results, folder, run.config, "done", suite.name, run.label)
         else:
             pending.append((run, folder))
     procs: dict[str, tuple[subprocess.Popen, SuiteRun, Path]] = {}
@@ -98,10 +98,10 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
                     if rc == 0:
                         state.done += 1
                         store.record_run(results, folder, run.config.model_copy(update={"threads": 1}), "done",
-                                         suite.name)
+                                         suite.name, run.label)
                     else:
                         state.failed.append(name)
-                        store.record_run(results, folder, run.config, "failed", suite.name)
+                        store.record_run(results, folder, run.config, "failed", suite.name, run.label)
                 if on_update is not None:
                     on_update(state)
                 time.sleep(0.2)
