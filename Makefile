@@ -32,7 +32,7 @@ test: $(VENV)/.installed
 	$(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
 
 bench: $(VENV)/.installed
-	$(VENV)/bin/robustlr bench
+	$(VENV)/bin/robustlr bench engines
 
 clean-venv:
 	rm -rf $(VENV)

@@ -115,18 +115,16 @@ def dumps(obj: Any, **kw: Any) -> str:
 @lru_cache(maxsize=1)
 def machine_info() -> dict[str, Any]:
     """The CPU model, the ISA flags that change kernels, cores, OS and Python."""
-    model, flags = platform.processor() or None, set()
-    try:
+    info: dict[str, str] = {}
+    try:  # the first CPU's lines (Linux); elsewhere platform's names
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in (None, "", platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": model or platform.machine(),
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "platform": platform.platform(),

@@ -134,12 +134,12 @@ class RobustlrStrategy(RuleStrategy):
         return messages
 
     def rule_for_round(self, server_round: int):
-        on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
-        return self.rule.rule if on is False else self.rule
+        return self.rule.rule if self._rlr_on is False else self.rule
 
     def aggregate_train(self, server_round, replies):
         t0 = time.perf_counter()
-        on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
+        # the schedule of this round, from the rounds before it (read by rule_for_round)
+        on = self._rlr_on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
         # the noise of a round is drawn from its own seeded stream, as in the simulator
         self.noise_gen.manual_seed(seeding.seed_of(self.cfg.seed, seeding.NOISE, server_round))
         replies = sorted(replies, key=lambda m: int(m.content["metrics"]["agent-id"]) if not m.has_error() else -1)
