@@ -122,6 +122,13 @@ def rebuild(results: Path) -> int:
         except RecordError:
             status = "failed"
         suite = folder.parent.name if folder.parent != results else ""
-        record_run(results, folder, cfg, status, suite)
+        label = None
+        meta = folder / "suite-run.json"  # written by the sweep: the run's table row
+        if meta.exists():
+            try:
+                label = json.loads(meta.read_text()).get("key")
+            except (OSError, ValueError):
+                label = None
+        record_run(results, folder, cfg, status, suite, label)
         n += 1
     return n

@@ -11,6 +11,7 @@ and every run's workers (each level dies with its parent); SIGTERM stops the run
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from robustlr.experiments import store
 from robustlr.experiments.suite import Suite, SuiteRun
 from robustlr.sim.checkpoint import atomic_write_text
+from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines.select import available_cores
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.loop import read_run_config
@@ -40,12 +42,12 @@ class SweepState:
         return self.total - self.done - len(self.failed) - len(self.running)
 
 
-def _finished(folder: Path, run: SuiteRun) -> bool:
+def _finished(folder: Path, cfg: ExperimentConfig) -> bool:
     if not (folder / "summary.json").exists() or not (folder / "config.json").exists():
         return False
     try:
         return read_run_config(folder / "config.json").model_dump(exclude={"threads"}) == \
-            run.config.model_dump(exclude={"threads"}) and read_summary(folder / "summary.json").rounds == run.config.rounds
+            cfg.model_dump(exclude={"threads"}) and read_summary(folder / "summary.json").rounds == cfg.rounds
     except (RecordError, ValueError):
         return False
 
@@ -58,6 +60,15 @@ def rounds_done(folder: Path) -> int:
         return 0
 
 
+def _reference_val_acc(base: Path, run: SuiteRun) -> float | None:
+    """The final validation accuracy of the run this one's relative trigger refers to (None: not done)."""
+    try:
+        acc = read_summary(base / str(run.after) / "summary.json").val_acc
+    except (OSError, RecordError, ValueError):
+        return None
+    return acc
+
+
 def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = None, data_dir: str | None = None,
           on_update=None) -> SweepState:
     runs = suite.runs(budget)
@@ -65,51 +76,90 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
     base.mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or available_cores())
     state = SweepState(total=len(runs))
-    pending: list[tuple[SuiteRun, Path]] = []
-    for run in runs:
-        folder = base / run.config.name
-        if _finished(folder, run):
-            state.done += 1
-            state.skipped += 1
-            store.record_run(results, folder, run.config, "done", suite.name, run.label)
-        else:
-            pending.append((run, folder))
-    procs: dict[str, tuple[subprocess.Popen, SuiteRun, Path]] = {}
+    pending: list[tuple[SuiteRun, Path]] = [(run, base / run.config.name) for run in runs]
+    done_names: set[str] = set()
+    failed_names: set[str] = set()
+
+    def record(run: SuiteRun, folder: Path, cfg, status: str) -> None:
+        atomic_write_text(folder / "suite-run.json", json.dumps(run.meta(), indent=1))
+        store.record_run(results, folder, cfg, status, suite.name, run.key)
+
+    def ready(run: SuiteRun):
+        """The run's concrete config, None while it waits for its reference, or an error message."""
+        if run.after is None:
+            return run.config
+        if run.after in failed_names:
+            return f"its reference run {run.after} failed"
+        if run.after not in done_names:
+            return None
+        acc = _reference_val_acc(base, run)
+        if acc is None:
+            return f"its reference run {run.after} has no final validation accuracy"
+        return run.resolved(acc)
+
+    # what finished before this sweep (a dependent run once its reference is known)
+    progress = True
+    while progress:
+        progress = False
+        for run, folder in list(pending):
+            cfg = ready(run)
+            if isinstance(cfg, ExperimentConfig) and _finished(folder, cfg):
+                pending.remove((run, folder))
+                state.done += 1
+                state.skipped += 1
+                done_names.add(run.config.name)
+                record(run, folder, cfg, "done")
+                progress = True
+    procs: dict[str, tuple[subprocess.Popen, SuiteRun, Path, ExperimentConfig]] = {}
     env = {**os.environ, "ROBUSTLR_PARENT_PID": str(os.getpid())}
     try:
         with sigterm_raises():
             while pending or procs:
-                while pending and len(procs) < jobs:
-                    run, folder = pending.pop(0)
-                    cfg = run.config.model_copy(update={"threads": 1})
+                for item in list(pending):
+                    if len(procs) >= jobs:
+                        break
+                    run, folder = item
+                    cfg = ready(run)
+                    if cfg is None:
+                        continue
+                    pending.remove(item)
                     folder.mkdir(parents=True, exist_ok=True)
+                    if isinstance(cfg, str):
+                        (folder / "sweep.log").open("a").write(f"not started: {cfg}\n")
+                        state.failed.append(run.config.name)
+                        failed_names.add(run.config.name)
+                        continue
+                    cfg = cfg.model_copy(update={"threads": 1})
                     request = folder / "sweep-request.json"
                     atomic_write_text(request, cfg.to_json())
                     log = open(folder / "sweep.log", "a")
                     procs[cfg.name] = (subprocess.Popen(
                         [sys.executable, "-m", "robustlr.experiments.child", str(request), str(folder), data_dir or ""],
-                        env=env, stdout=log, stderr=log), run, folder)
+                        env=env, stdout=log, stderr=log), run, folder, cfg)
                     state.running[cfg.name] = (folder, cfg.rounds, time.time())
-                for name, (proc, run, folder) in list(procs.items()):
+                for name, (proc, run, folder, cfg) in list(procs.items()):
                     rc = proc.poll()
                     if rc is None:
                         continue
                     del procs[name], state.running[name]
                     if rc == 0:
                         state.done += 1
-                        store.record_run(results, folder, run.config.model_copy(update={"threads": 1}), "done",
-                                         suite.name, run.label)
+                        done_names.add(name)
+                        record(run, folder, cfg, "done")
                     else:
                         state.failed.append(name)
-                        store.record_run(results, folder, run.config, "failed", suite.name, run.label)
+                        failed_names.add(name)
+                        record(run, folder, cfg, "failed")
                 if on_update is not None:
                     on_update(state)
+                if pending and not procs and all(isinstance(ready(r), type(None)) for r, _ in pending):
+                    raise RuntimeError("sweep: runs wait on references that will never run")  # pragma: no cover
                 time.sleep(0.2)
     finally:
-        for proc, _, _ in procs.values():  # SIGTERM, Ctrl-C or an error: stop every run cleanly
+        for proc, _, _, _ in procs.values():  # SIGTERM, Ctrl-C or an error: stop every run cleanly
             if proc.poll() is None:
                 proc.terminate()
-        for proc, _, _ in procs.values():
+        for proc, _, _, _ in procs.values():
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:  # pragma: no cover

@@ -37,3 +37,147 @@ def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# One colour per method throughout: the unattacked baseline grey, FedAvg blue, RLR orange; other
+# rules take the next tab10 colours. Rows of one method differ by line style.
+METHOD_COLOURS = {"fedavg_clean": "tab:gray", "fedavg": "tab:blue", "rlr": "tab:orange", "comed": "tab:green",
+                  "sign": "tab:purple", "foolsgold": "tab:brown"}
+LINE_STYLES = ("-", "--", ":", "-.")
+METRIC_TITLES = {"val_acc": "validation accuracy", "base_acc": "base-class accuracy",
+                 "backdoor_acc": "backdoor accuracy", "flipped_fraction": "RLR: coordinates flipped",
+                 "backdoor_loss": "backdoor loss"}
+
+
+def method_of(label: str) -> str:
+    """The method a row label names: its longest known prefix (``rlr_20`` -> ``rlr``)."""
+    head = label.split(" ")[0]
+    if head in METHOD_COLOURS:
+        return head
+    for m in sorted(METHOD_COLOURS, key=len, reverse=True):
+        if head.startswith(m):
+            return m
+    return head
+
+
+def _colour(method: str, _cache: dict = {}):  # noqa: B006 - a per-process colour table
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    import matplotlib.pyplot as plt
+
+    extra = [c for c in plt.get_cmap("tab10").colors]
+    return _cache.setdefault(method, extra[(len(_cache) + 6) % 10])
+
+
+def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str | Path, title: str,
+                metrics: Sequence[str] = ("val_acc", "base_acc", "backdoor_acc", "flipped_fraction"),
+                switch_rounds: dict[str, int] | None = None) -> Path:
+    """One panel per metric (percent per round), one line per row; a dashed vertical line where a
+    row switched RLR on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 4.0), constrained_layout=True,
+                             squeeze=False)
+    styles: dict[str, int] = {}
+    for row, curves in series.items():
+        method = method_of(row)
+        style = LINE_STYLES[styles.setdefault(method, 0) % len(LINE_STYLES)]
+        styles[method] += 1
+        for ax, key in zip(axes[0], metrics):
+            pts = curves.get(key, [])
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o", ms=3,
+                        color=_colour(method), label=row)
+            switch = (switch_rounds or {}).get(row)
+            if switch is not None:
+                ax.axvline(switch, color=_colour(method), ls="--", lw=1, alpha=0.7)
+    for ax, key in zip(axes[0], metrics):
+        ax.set_title(METRIC_TITLES.get(key, key))
+        ax.set_xlabel("round")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        if key == "backdoor_acc":
+            ax.set_ylim(-2, 102)
+    axes[0][0].legend(loc="best", fontsize=8)
+    if switch_rounds:
+        fig.text(0.005, 0.005, "dashed vertical line: the round RLR was switched on", fontsize=8)
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], path: str | Path, title: str) -> Path:
+    """The paper's Figures 2 and 3: one panel per run (a method, with or without clip + noise), each
+    with validation, base-class and backdoor accuracy per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"val_acc": "tab:green", "base_acc": "tab:blue", "backdoor_acc": "tab:red"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), constrained_layout=True,
+                             squeeze=False, sharey=True)
+    for ax, (name, curves) in zip(axes[0], panels):
+        for key, colour in colours.items():
+            pts = curves.get(key, [])
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, color=colour,
+                        label=METRIC_TITLES[key])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy %")
+    axes[0][0].legend(loc="center right", fontsize=8)
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+    """Final backdoor and validation accuracy of every table row of a grid suite: x is the grid point,
+    one marker series per method (a horizontal line for a row without grid point, such as the
+    unattacked baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: list[str] = []
+    by_method: dict[str, dict[str, dict[str, float]]] = {}
+    for row, vals in finals.items():
+        method, _, point = row.partition(" ")
+        by_method.setdefault(method, {})[point] = vals
+        if point and point not in points:
+            points.append(point)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.5 * len(points) + 3), 7.5), constrained_layout=True,
+                             sharex=True)
+    x = {p: i for i, p in enumerate(points)}
+    for ax, key in zip(axes, ("backdoor_acc", "val_acc")):
+        for method, rows in by_method.items():
+            if "" in rows and len(rows) == 1 and rows[""].get(key) is not None:
+                ax.axhline(100 * rows[""][key], color=_colour(method), ls="--", lw=1.2, label=method)
+                continue
+            pts = [(x[p], 100 * v[key]) for p, v in rows.items() if p in x and v.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=7, color=_colour(method), label=method)
+        ax.set_title(f"final {METRIC_TITLES[key]}")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-2, 102)
+    axes[0].legend(loc="best", fontsize=9)
+    axes[1].set_xticks(range(len(points)))
+    axes[1].set_xticklabels([p.replace(" ", "\n") for p in points], fontsize=7)
+    axes[1].set_xlabel("grid point")
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

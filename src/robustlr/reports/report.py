@@ -1,12 +1,17 @@
 """``robustlr report RESULTS``: every suite of a results folder as a table beside the paper's
-numbers, with training curves, in Markdown and in one self-contained HTML page.
+numbers, with figures, in Markdown and in one self-contained HTML page.
 
-For each suite: a table with one line per row of the suite (its label), our final validation,
-base-class and backdoor accuracy (mean +- sd over seeds, with the number of seeds), the paper's
-value (``reports/paper.toml``, the setting the suite names in ``paper``) and the difference;
-then one figure: validation, base-class and backdoor accuracy per evaluated round and RLR's
-flipped fraction per round, one colour per row (mean over seeds). Reads the results store and
-the run folders; knows nothing about training.
+For each suite: how its budget maps the paper's settings (the suite's ``[notes]``), the command
+that reruns it and the runs' wall time; a table with one line per table row of the suite (its
+label and non-seed grid point), our final validation, base-class and backdoor accuracy (mean +-
+sd over seeds, with the number of seeds), the round RLR was switched on where it was, the
+paper's value (``reports/paper.toml``, the setting the suite names in ``paper``) and the
+difference; grid points that share a run (the suite's aliases) get a line each, marked. Then
+the figures: training curves (validation, base-class, backdoor accuracy and RLR's flipped
+fraction per round, one colour per method, a dashed line where RLR was switched on) for suites
+of a few rows, final accuracies per grid point for larger grids, and the panels a suite asks for
+in ``[[figure]]`` (the paper's Figures 2 and 3). Reads the results store and the run folders;
+knows nothing about training.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import statistics
 from pathlib import Path
 
 from robustlr.experiments import store
-from robustlr.experiments.suite import list_suites, load_suite
+from robustlr.experiments.suite import Suite, list_suites, load_suite
+from robustlr.reports.plots import plot_curves, plot_grid_finals, plot_panels
 from robustlr.reports.reference import PAPER
 from robustlr.sim.records import read_metrics
 
 METRICS = (("val_acc", "validation %"), ("base_acc", "base class %"), ("backdoor_acc", "backdoor %"))
+CURVE_KEYS = ("val_acc", "base_acc", "backdoor_acc", "flipped_fraction")
+MAX_CURVE_ROWS = 8  # more table rows than this: a plot of final values per grid point instead of curves
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -32,92 +40,167 @@ def _mean_sd(values: list[float]) -> str:
     return f"{m:.1f}" if len(values) == 1 else f"{m:.1f} +- {100 * statistics.stdev(values):.1f}"
 
 
-def _suite_meta(name: str):
+def _suite_meta(name: str) -> Suite | None:
     return load_suite(name) if name in list_suites() else None
 
 
-def _curves(rows: list[dict], suite: str, out: Path, results: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = sorted({r["label"] for r in rows})
-    colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.0), constrained_layout=True)
-    for lab in labels:
-        per_round: dict[int, dict[str, list[float]]] = {}
-        for r in (r for r in rows if r["label"] == lab and r["status"] == "done"):
-            for rec in read_metrics(results / r["path"] / "metrics.jsonl"):
-                d = per_round.setdefault(rec.round, {})
-                if rec.evaluated:
-                    for key, _ in METRICS:
-                        d.setdefault(key, []).append(getattr(rec, key))
-                if rec.flipped_fraction is not None:
-                    d.setdefault("flipped_fraction", []).append(rec.flipped_fraction)
-        for ax, key in zip(axes, [m[0] for m in METRICS] + ["flipped_fraction"]):
-            pts = sorted((k, statistics.fmean(v[key])) for k, v in per_round.items() if key in v)
-            if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, color=colours[lab],
-                        label=lab)
-    for ax, title in zip(axes, [m[1] for m in METRICS] + ["RLR: coordinates flipped %"]):
-        ax.set_title(title)
-        ax.set_xlabel("round")
-        ax.set_ylabel("%")
-        ax.grid(alpha=0.3)
-    axes[2].set_ylim(-2, 102)
-    axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"suite {suite}: mean over seeds")
-    path = out / f"{suite}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def _budget_of(meta: Suite, rows: list[dict]) -> str | None:
+    """The suite budget whose runs these are (matched on the stored configs' rounds and batch size)."""
+    stored = {(json.loads(r["config"])["rounds"], json.loads(r["config"])["batch_size"]) for r in rows}
+    for budget in meta.budgets:
+        try:
+            runs = meta.runs(budget)
+        except Exception:  # noqa: BLE001 - a budget that no longer validates matches nothing
+            continue
+        if stored <= {(r.config.rounds, r.config.batch_size) for r in runs}:
+            return budget
+    return None
 
 
-def suite_table(rows: list[dict], paper_setting: str) -> tuple[list[str], list[list[str]]]:
+def _per_round(rows: list[dict], results: Path) -> dict[str, list[tuple[int, float]]]:
+    """Mean over the given runs of each metric per round."""
+    acc: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        for rec in read_metrics(results / r["path"] / "metrics.jsonl"):
+            if rec.evaluated:
+                for key, _ in METRICS:
+                    acc.setdefault(key, {}).setdefault(rec.round, []).append(getattr(rec, key))
+            if rec.flipped_fraction is not None:
+                acc.setdefault("flipped_fraction", {}).setdefault(rec.round, []).append(rec.flipped_fraction)
+    return {k: sorted((rnd, statistics.fmean(v)) for rnd, v in per.items()) for k, per in acc.items()}
+
+
+def _switch_round(r: dict) -> int | None:
+    """The round RLR was switched on, for a run with an RLR schedule (None for RLR on throughout)."""
+    cfg = json.loads(r["config"])
+    scheduled = cfg.get("rlr_from_val_acc") is not None or cfg.get("rlr_from_round", 1) > 1
+    return r["rlr_switch_round"] if scheduled else None
+
+
+def _aliases(meta: Suite | None, budget: str | None) -> dict[str, tuple[str, list[str]]]:
+    """alias table row -> (the table row whose run it shares, that run's notes)."""
+    if meta is None or budget is None:
+        return {}
+    out = {}
+    for run in meta.runs(budget):
+        for a in run.aliases:
+            out[a] = (run.key, run.alias_notes.get(a, []))
+    return out
+
+
+def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = None,
+                aliases: dict[str, tuple[str, list[str]]] | None = None) -> tuple[list[str], list[list[str]]]:
     paper = PAPER.get(paper_setting, {})
-    header = ["row", "seeds"] + [h for _, h in METRICS] + [f"paper {h}" for _, h in METRICS] + \
-        [f"diff {h}" for _, h in METRICS]
-    lines = []
+    aliases = aliases or {}
+    keys = list(order or [])
     for lab in sorted({r["label"] for r in rows}, key=lambda x: list(paper).index(x) if x in paper else 99):
-        done = [r for r in rows if r["label"] == lab and r["status"] == "done"]
+        if lab not in keys:
+            keys.append(lab)
+    switch = any(_switch_round(r) is not None for r in rows) or \
+        any(isinstance(v, dict) and "rlr_switch_round" in v for v in paper.values())
+    header = ["row", "seeds"] + [h for _, h in METRICS] + (["RLR on from round"] if switch else []) + \
+        [f"paper {h}" for _, h in METRICS] + (["paper: RLR on from"] if switch else []) + \
+        [f"diff {h}" for _, h in METRICS] + ["note"]
+    lines = []
+    for key in keys:
+        source = aliases.get(key, (key, []))[0]
+        done = [r for r in rows if r["label"] == source and r["status"] == "done"]
+        if not done and key not in paper:
+            continue
         ours = [_mean_sd([r[k] for r in done if r[k] is not None]) for k, _ in METRICS]
-        ref = paper.get(lab, {})
+        ref = paper.get(key, {})
         theirs = ["-" if ref.get(k) is None else f"{ref[k]:.1f}" for k, _ in METRICS]
         diffs = []
         for k, _ in METRICS:
             vals = [r[k] for r in done if r[k] is not None]
             diffs.append("-" if not vals or ref.get(k) is None else f"{100 * statistics.fmean(vals) - ref[k]:+.1f}")
-        lines.append([lab, str(len(done)), *ours, *theirs, *diffs])
+        notes = []
+        if key in aliases:
+            notes.append(f"the run of row '{source}': " + "; ".join(aliases[key][1]))
+        if not done:
+            notes.append("not run")
+        if ref.get("note"):
+            notes.append(f"paper: {ref['note']}")
+        extra, extra_paper = [], []
+        if switch:
+            rounds = sorted({_switch_round(r) for r in done if _switch_round(r) is not None})
+            extra = [", ".join(map(str, rounds)) or "-"]
+            extra_paper = [str(ref.get("rlr_switch_round", "-"))]
+        lines.append([key, str(len(done)), *ours, *extra, *theirs, *extra_paper, *diffs, "; ".join(notes)])
     return header, lines
 
 
+def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str], out: Path,
+             results: Path) -> list[Path]:
+    done = [r for r in srows if r["status"] == "done"]
+    keys = [k for k in order if any(r["label"] == k for r in done)]
+    keys += sorted({r["label"] for r in done} - set(keys))
+    pngs = []
+    if len(keys) <= MAX_CURVE_ROWS:
+        series = {k: _per_round([r for r in done if r["label"] == k], results) for k in keys}
+        switches = {}
+        for k in keys:
+            rounds = [_switch_round(r) for r in done if r["label"] == k and _switch_round(r) is not None]
+            if rounds:
+                switches[k] = round(statistics.fmean(rounds))
+        pngs.append(plot_curves(series, out / f"{suite}.png", f"suite {suite}: mean over seeds",
+                                switch_rounds=switches or None))
+    else:
+        finals = {}
+        for k in keys:
+            runs = [r for r in done if r["label"] == k]
+            finals[k] = {m: statistics.fmean([r[m] for r in runs if r[m] is not None]) if runs else None
+                         for m, _ in METRICS}
+        pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid point"))
+    for i, fig in enumerate(meta.figures if meta else []):
+        titles = list(fig.get("titles", [])) + list(fig["rows"])[len(fig.get("titles", [])):]
+        panels = [(t, _per_round([r for r in done if r["label"] == k], results)) for k, t in zip(fig["rows"], titles)]
+        pngs.append(plot_panels(panels, out / f"{suite}-figure{i + 1}.png", fig.get("title", suite)))
+    return pngs
+
+
 def build_report(results: Path, out: Path) -> tuple[Path, Path]:
-    """Write ``out/report.md`` and ``out/report.html`` (and one PNG per suite); returns both paths."""
+    """Write ``out/report.md`` and ``out/report.html`` (and the suites' PNGs); returns both paths."""
     rows = store.query(results)
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# robustlr report: {results}", ""]
-    body = [f"<h1>robustlr report: {html.escape(str(results))}</h1>"]
+    md = [f"# robustlr report: {results.name}", ""]
+    body = [f"<h1>robustlr report: {html.escape(results.name)}</h1>"]
     for suite in sorted({r["suite"] for r in rows}):
         srows = [r for r in rows if r["suite"] == suite]
         meta = _suite_meta(suite)
+        budget = _budget_of(meta, srows) if meta else None
         setting = meta.paper if meta else ""
         source = PAPER.get(setting, {}).get("source", "")
+        order = meta.row_keys(budget) if meta and budget else []
         budgets = sorted({json.loads(r["config"]).get("rounds") for r in srows})
         title = f"{suite}" + (f": {meta.description}" if meta and meta.description else "")
-        header, lines = suite_table(srows, setting)
-        png = _curves(srows, suite, out, results)
-        md += [f"## {title}", "", f"Rounds: {', '.join(map(str, budgets))}. Paper: {source or 'no reference'}"
-               " (at the paper's budget). Ours: mean +- sd over seeds, percent.", "",
-               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        header, lines = suite_table(srows, setting, order, _aliases(meta, budget))
+        pngs = _figures(srows, suite, meta, order, out, results)
+        done = [r for r in srows if r["status"] == "done"]
+        seconds = sum(r["seconds"] or 0 for r in done)
+        facts = [f"Budget: {budget or 'unknown'}, {', '.join(map(str, budgets))} rounds; {len(done)} runs done"
+                 f" ({seconds / 60:.1f} min of run time, summed over runs).",
+                 f"Paper: {source or 'no reference'} (at the paper's budget). Ours: mean +- sd over seeds, percent."]
+        if meta:
+            facts.append(f"Rerun: `robustlr sweep {suite} --budget {budget or 'lite'} -r RESULTS -j 2`")
+        mapping = meta.notes.get(budget or "", "") if meta else ""
+        md += [f"## {title}", "", *[f + "  " for f in facts], ""]
+        if mapping:
+            md += [f"How the {budget} budget maps the paper's settings: " + " ".join(mapping.split()), ""]
+        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(line) + " |" for line in lines]
-        md += ["", f"![{suite}]({png.name})", ""]
-        data = base64.b64encode(png.read_bytes()).decode()
-        body += [f"<h2>{html.escape(title)}</h2>",
-                 f"<p>Rounds: {', '.join(map(str, budgets))}. Paper: {html.escape(source or 'no reference')}.</p>",
-                 "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        md += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+        body += [f"<h2>{html.escape(title)}</h2>"] + [f"<p>{html.escape(f)}</p>" for f in facts]
+        if mapping:
+            body.append(f"<p>How the {html.escape(budget or '')} budget maps the paper's settings: "
+                        f"{html.escape(' '.join(mapping.split()))}</p>")
+        body.append("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                    + "</tr>")
         body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines]
-        body += ["</table>", f'<img alt="{html.escape(suite)}" src="data:image/png;base64,{data}">']
+        body.append("</table>")
+        for p in pngs:
+            data = base64.b64encode(p.read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{data}"></p>')
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(md) + "\n")
     html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>robustlr report</title></head>"
