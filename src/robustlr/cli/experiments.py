@@ -90,8 +90,10 @@ def report(
     results: Path = typer.Argument(Path("results"), help="a results folder (written by `robustlr sweep`)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.md, report.html and the PNGs go "
                                        "(default: RESULTS/report)"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="also write TensorBoard event files "
+                                               "(one folder per run) here; needs robustlr[tensorboard]"),
 ) -> None:
-    """Every suite of a results folder: tables beside the paper's numbers and training curves (Markdown + HTML)."""
+    """Every suite of a results folder: tables beside the paper's numbers and figures (Markdown + HTML)."""
     from robustlr.experiments import store
     from robustlr.reports.report import build_report
 
@@ -99,3 +101,8 @@ def report(
         fail(f"{results} holds no results store; run `robustlr sweep` first (or `robustlr runs --rebuild`)")
     md, page = build_report(results, out or results / "report")
     console.print(f"wrote {md} and {page}")
+    if tensorboard is not None:
+        from robustlr.reports.tensorboard import export_tensorboard
+
+        n = export_tensorboard(results, tensorboard)
+        console.print(f"wrote TensorBoard events of {n} runs under {tensorboard} (`tensorboard --logdir {tensorboard}`)")
