@@ -9,7 +9,7 @@ import pytest
 
 from robustlr.errors import ConfigError
 from robustlr.experiments import store
-from robustlr.experiments.suite import load_suite
+from robustlr.experiments.suite import list_suites, load_suite
 from robustlr.experiments.sweep import sweep
 from robustlr.reports.reference import PAPER
 
@@ -93,8 +93,11 @@ def test_shipped_suites_expand_and_their_paper_rows_exist():
             for r in t7} == {("negated", "server", 4.0, 0.0)}
     f6 = load_suite("figure6-iid").runs("lite")
     assert [r.after for r in f6] == [None, None, "figure6-iid-fedavg_clean-seed=0"]
-    for name in ("table10-plus", "table6-iid", "table7-iid", "figure6-iid"):
-        assert load_suite(name).runs("paper")  # the paper budget validates too
+    for name in list_suites():  # every shipped suite validates at both budgets, and its paper rows are its rows
+        suite = load_suite(name)
+        assert suite.runs("lite") and suite.runs("paper"), name
+        paper_rows = {k for k, v in PAPER.get(suite.paper, {}).items() if isinstance(v, dict)}
+        assert paper_rows and paper_rows <= set(suite.row_keys("paper")), name
 
 
 def test_a_sweep_resolves_the_relative_trigger_from_its_reference(tmp_path, data_dir):
@@ -132,3 +135,34 @@ rlr_from_val_acc_fraction = 0.5
     again = sweep(suite, tmp_path / "res", "lite", jobs=2, data_dir=str(data_dir))
     assert (again.skipped, again.done) == (2, 2)
     assert {r["label"] for r in store.query(tmp_path / "res")} == {"clean", "switch"}
+
+
+def test_per_budget_row_overrides_and_a_narrower_budget_grid(tmp_path):
+    text = """name = "b"
+preset = "demo-iid"
+[budget.lite]
+rounds = 2
+[budget.lite.grid]
+clip_norm = [0.0]
+[budget.paper]
+[[row]]
+label = "rlr"
+rlr_threshold = 7
+lite = {rlr_threshold = 0.2}
+[[row]]
+label = "switch"
+rlr_from_val_acc_of = "rlr"
+rlr_from_val_acc_fraction = 0.9
+paper = {rlr_from_val_acc = 0.93}
+[grid]
+clip_norm = [0.0, 2.0]
+"""
+    s = _suite(tmp_path, text)
+    lite, paper = s.runs("lite"), s.runs("paper")
+    assert [(r.key, r.config.rlr_threshold) for r in lite] == [("rlr clip_norm=0", 0.2), ("switch clip_norm=0", 4.0)]
+    assert [(r.key, r.config.rlr_threshold) for r in paper][:2] == [("rlr clip_norm=0", 7.0), ("rlr clip_norm=2", 7.0)]
+    # lite: relative (resolved by the sweep); paper: the absolute trigger, no reference
+    assert [r.after for r in lite] == [None, "b-rlr-clip_norm=0"]
+    assert [(r.after, r.config.rlr_from_val_acc) for r in paper if r.label == "switch"] == [(None, 0.93), (None, 0.93)]
+    with pytest.raises(ConfigError, match="must be non-empty lists"):
+        _suite(tmp_path, text.replace("clip_norm = [0.0]\n[budget.paper]", "clip_norm = []\n[budget.paper]"), "c.toml")

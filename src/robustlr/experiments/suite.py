@@ -13,6 +13,8 @@
 
     [budget.paper]           # the preset as it is (the paper's R, E, B)
 
+    [budget.lite.grid]       # optional: a budget may narrow grid keys (a reduced M x sigma grid)
+
     [notes]                  # optional: how a budget maps the paper's settings (the report prints it)
     lite = "..."
 
@@ -35,7 +37,10 @@ A run is ``preset + budget + row + grid point``, named ``<suite>-<label>[-key=va
 table row (the store's ``label``) is the row's label followed by the grid point's keys other
 than ``seed`` (``rlr clip_norm=2 noise_sigma=0.001``): the seeds of one row are averaged, and
 every other grid key makes rows of its own. A key that a row sets is not crossed with the grid
-for that row (``fedavg_clean`` can pin ``clip_norm = 0`` in a suite that grids over it).
+for that row (``fedavg_clean`` can pin ``clip_norm = 0`` in a suite that grids over it). A row
+key named like a budget holds overrides for that budget only (``lite = {rlr_threshold = 0.2}``:
+the paper's theta 7 of 33 agents as a fraction of a smaller round; ``paper = {rlr_from_val_acc =
+0.93}``: the paper's absolute trigger at the paper's budget, in place of a relative one).
 
 Two suite-only row keys give a relative RLR trigger (the paper's absolute thresholds, such as
 Figure 6's 93 %, never fire at a small budget)::
@@ -132,6 +137,8 @@ class Suite:
         if budget not in self.budgets:
             raise ConfigError(f"suite {self.name} has no budget {budget!r}; it has {', '.join(self.budgets)}")
         base, _ = read_config_file(self.preset)
+        settings = dict(self.budgets[budget])
+        grid = {**self.grid, **settings.pop("grid", {})}  # a budget may narrow the grid ([budget.lite.grid])
         labels = [r["label"] for r in self.rows]
         out: list[SuiteRun] = []
         by_identity: dict[str, SuiteRun] = {}
@@ -139,9 +146,18 @@ class Suite:
         for row in self.rows:
             label = row["label"]
             where = f"suite {self.name}, row {label}"
-            overrides = {k: v for k, v in row.items() if k not in SUITE_ONLY_ROW_KEYS}
-            keys = [k for k in self.grid if k not in overrides]
-            ref, fraction = row.get("rlr_from_val_acc_of"), row.get("rlr_from_val_acc_fraction")
+            per_budget = row.get(budget, {})
+            if not isinstance(per_budget, dict):
+                raise ConfigError(f"{where}: {budget} = ... must be a table of overrides for that budget")
+            overrides = {k: v for k, v in row.items() if k not in SUITE_ONLY_ROW_KEYS and k not in self.budgets
+                         and k not in BUDGETS}
+            overrides.update(per_budget)
+            keys = [k for k in grid if k not in overrides]
+            merged = {**row, **per_budget}
+            ref, fraction = merged.get("rlr_from_val_acc_of"), merged.get("rlr_from_val_acc_fraction")
+            if "rlr_from_val_acc" in per_budget:  # an absolute trigger for this budget replaces the relative one
+                ref = fraction = None
+            overrides = {k: v for k, v in overrides.items() if k not in SUITE_ONLY_ROW_KEYS}
             if (ref is None) != (fraction is None):
                 raise ConfigError(f"{where}: give rlr_from_val_acc_of and rlr_from_val_acc_fraction together")
             if ref is not None:
@@ -151,10 +167,10 @@ class Suite:
                 if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
                     raise ConfigError(f"{where}: rlr_from_val_acc_fraction must be a number in (0, 1], "
                                       f"not {fraction!r}")
-            for values in itertools.product(*(self.grid[k] for k in keys)):
+            for values in itertools.product(*(grid[k] for k in keys)):
                 point = dict(zip(keys, values))
                 key = " ".join([label] + [f"{k}={fmt_value(v)}" for k, v in point.items() if k != "seed"])
-                data = {**base, **self.budgets[budget], **overrides, **point}
+                data = {**base, **settings, **overrides, **point}
                 notes = []
                 named = dict(point)
                 if self.noise_without_clip == "zero" and data.get("clip_norm", 0) == 0 \
@@ -167,7 +183,7 @@ class Suite:
                 after = None
                 if ref is not None:
                     ref_point = tuple((k, v) for k, v in point.items()
-                                      if k in self.grid and k not in self.rows[labels.index(ref)])
+                                      if k in grid and k not in self.rows[labels.index(ref)])
                     after = names.get((ref, ref_point))
                     if after is None:
                         raise ConfigError(f"{where}: row {ref!r} has no run at the grid point {point}; the "
@@ -232,6 +248,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raise ConfigError(f"{path}: every [[figure]] needs rows = [table rows]")
     grid = data.get("grid", {})
     bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+    for name, b in data.get("budget", {}).items():
+        bgrid = b.get("grid", {}) if isinstance(b, dict) else {}
+        bad += [f"budget.{name}.grid.{k}" for k, v in bgrid.items() if not isinstance(v, list) or not v]
     if bad:
         raise ConfigError(f"{path}: grid keys {bad} must be non-empty lists of values")
     first = text.splitlines()[0] if text else ""

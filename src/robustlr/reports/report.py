@@ -96,6 +96,7 @@ def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = 
     for lab in sorted({r["label"] for r in rows}, key=lambda x: list(paper).index(x) if x in paper else 99):
         if lab not in keys:
             keys.append(lab)
+    keys += [k for k, v in paper.items() if isinstance(v, dict) and k not in keys]  # the paper's rows we did not run
     switch = any(_switch_round(r) is not None for r in rows) or \
         any(isinstance(v, dict) and "rlr_switch_round" in v for v in paper.values())
     header = ["row", "seeds"] + [h for _, h in METRICS] + (["RLR on from round"] if switch else []) + \
