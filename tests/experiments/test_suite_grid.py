@@ -166,3 +166,15 @@ clip_norm = [0.0, 2.0]
     assert [(r.after, r.config.rlr_from_val_acc) for r in paper if r.label == "switch"] == [(None, 0.93), (None, 0.93)]
     with pytest.raises(ConfigError, match="must be non-empty lists"):
         _suite(tmp_path, text.replace("clip_norm = [0.0]\n[budget.paper]", "clip_norm = []\n[budget.paper]"), "c.toml")
+
+
+def test_the_suites_command_lists_every_shipped_suite_with_its_run_counts():
+    from typer.testing import CliRunner
+
+    from robustlr.cli import app
+
+    res = CliRunner().invoke(app, ["suites"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if "table11-plus" in x)
+    assert [c.strip() for c in line.split("│")][-3:-1] == ["7", "27"]  # lite, paper
+    assert all(name in res.output for name in list_suites())

@@ -1,6 +1,6 @@
 """The ``robustlr`` command: one module per command group.
 
-``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (sweep, runs, report),
+``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 """
 
@@ -23,6 +23,7 @@ app.command("demo")(run.demo)
 app.command("config")(config.show_config)
 app.command("presets")(config.presets)
 app.command("data")(data.data)
+app.command("suites")(experiments.suites)
 app.command("sweep")(experiments.sweep)
 app.command("runs")(experiments.runs)
 app.command("report")(experiments.report)

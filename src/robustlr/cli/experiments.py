@@ -1,4 +1,4 @@
-"""``robustlr sweep`` and ``robustlr runs``."""
+"""``robustlr suites``, ``robustlr sweep``, ``robustlr runs`` and ``robustlr report``."""
 
 from __future__ import annotations
 
@@ -32,8 +32,24 @@ def _status_table(state, suite_name: str):
 
 
 @user_errors
+def suites() -> None:
+    """The suites shipped with robustlr: what each reproduces and how many runs each budget takes."""
+    from rich.table import Table
+
+    from robustlr.experiments.suite import list_suites, load_suite
+
+    t = Table(title="suites (robustlr sweep NAME --budget lite|paper)")
+    for col in ("suite", "reproduces", "lite runs", "paper runs"):
+        t.add_column(col, justify="right" if col.endswith("runs") else "left")
+    for name in list_suites():
+        s = load_suite(name)
+        t.add_row(name, s.description, *(str(len(s.runs(b))) if b in s.budgets else "-" for b in ("lite", "paper")))
+    console.print(t)
+
+
+@user_errors
 def sweep(
-    suite: str = typer.Argument(..., help="a suite name (see `robustlr sweep --list`) or a suite TOML file"),
+    suite: str = typer.Argument(..., help="a suite name (see `robustlr suites`) or a suite TOML file"),
     budget: str = typer.Option("lite", "--budget", help="lite (minutes on 2 cores) or paper (the paper's R, E, B)"),
     results: Path = ResultsOpt,
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once, one thread each (default: the cores)"),

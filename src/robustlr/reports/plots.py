@@ -101,10 +101,9 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
         ax.grid(alpha=0.3)
         if key == "backdoor_acc":
             ax.set_ylim(-2, 102)
-    axes[0][0].legend(loc="best", fontsize=8)
-    if switch_rounds:
-        fig.text(0.005, 0.005, "dashed vertical line: the round RLR was switched on", fontsize=8)
-    fig.suptitle(title)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title + ("; dashed vertical line: the round RLR was switched on" if switch_rounds else ""))
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
