@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout"]
+MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry"]
 
 
 @pytest.mark.parametrize("suffix", MODULES)

@@ -26,7 +26,7 @@ def test_same_seed_same_numbers_and_seed_matters(tiny):
     ds = tiny()
     a = run_experiment(cfg_of(), dataset=ds)
     b = run_experiment(cfg_of(), dataset=ds)
-    strip = lambda rs: [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation"}) for r in rs]
+    strip = lambda rs: [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation", "seconds_telemetry"}) for r in rs]
     assert strip(a.records) == strip(b.records)
     assert torch.equal(a.global_params, b.global_params)
     c = run_experiment(cfg_of(seed=4), dataset=ds)
@@ -79,7 +79,7 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, tiny, extra)
     res = resumed.run()
     assert torch.equal(res.global_params, full.global_params)
     assert _rounds_in(tmp_path / "crash") == [1, 2, 3, 4]
-    strip = lambda rs: [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation"}) for r in rs]
+    strip = lambda rs: [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation", "seconds_telemetry"}) for r in rs]
     assert strip(res.records) == strip(full.records)
 
 

@@ -20,7 +20,7 @@ def cfg_of(**kw):
 
 
 def _strip(records):
-    return [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation", "rlr_on", "threshold",
+    return [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation", "seconds_telemetry", "rlr_on", "threshold",
                                   "flipped_fraction"}) for r in records]
 
 
@@ -101,3 +101,22 @@ def test_agents_per_round_is_floor_of_c_times_k():
     assert cfg.agents_per_round(3383) == 33 and cfg.agents_per_round(293) == 2
     assert make_config({"participation": 0.05}).agents_per_round(293) == 14
     assert make_config({"participation": 0.3}).agents_per_round(10) == 3  # 0.3 * 10 = 2.9999999999999996
+
+
+def test_every_round_records_the_vote_telemetry_and_rlr_rounds_their_flips_per_layer(tiny):
+    ds = tiny()
+    res = run_experiment(cfg_of(rlr_from_round=3), dataset=ds)
+    from robustlr.aggregation import ParamLayout
+    from robustlr.models import build_model
+
+    layout = ParamLayout.from_module(build_model(res.config.model, num_classes=ds.num_classes))
+    sizes = dict(zip(layout.names, layout.numels))
+    for rec in res.records:
+        assert 0.0 <= rec.honest_agreement <= 1.0 and 0.0 <= rec.honest_outvoted <= 1.0
+        if rec.rlr_on:
+            # the per-layer fractions, weighted by layer size, give the round's flipped fraction
+            total = sum(sizes[k] * v for k, v in rec.flipped_per_layer.items()) / sum(sizes.values())
+            assert set(rec.flipped_per_layer) == set(layout.names)
+            assert total == pytest.approx(rec.flipped_fraction, rel=1e-5)
+        else:
+            assert rec.flipped_per_layer is None

@@ -22,6 +22,7 @@ from .foolsgold import FoolsGold, foolsgold_weights
 from .layout import LayoutEntry, ParamLayout
 from .rlr import RobustLR, threshold_range
 from .rules import CoordinateMedian, FedAvg, SignAggregation
+from .telemetry import flipped_per_layer, vote_telemetry
 
 __all__ = [
     "AggregationRule",
@@ -38,4 +39,6 @@ __all__ = [
     "foolsgold_weights",
     "sign_vote",
     "validate_inputs",
+    "vote_telemetry",
+    "flipped_per_layer",
 ]

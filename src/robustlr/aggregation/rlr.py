@@ -103,6 +103,7 @@ class RobustLR(AggregationRule):
         param_names: names or module prefixes (e.g. ``["conv1", "fc2.weight"]``) resolved to a
             mask through ``layout``; requires ``layout``.
 
+    After each call ``flipped`` holds the bool mask of the coordinates flipped (None for theta 0).
     Telemetry after each call: ``n_flipped`` and ``flipped_fraction`` (over the masked
     coordinates; 0.0 when none are masked), ``n_coords`` (masked coordinates), ``threshold``
     (the count used), ``n_agents``, ``server_lr``, ``inner`` (the wrapped rule's telemetry),
@@ -291,6 +292,7 @@ class RobustLR(AggregationRule):
         if self.layout is not None:
             telemetry["per_layer"] = self._per_layer(flipped)
         self.telemetry = telemetry
+        self.flipped = flipped  # the last call's flip mask (None when theta is 0), for vote telemetry
         return out
 
     def _per_layer(self, flipped: Tensor | None) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustlr.aggregation import ParamLayout
+from robustlr.aggregation import ParamLayout, flipped_per_layer, vote_telemetry
 from robustlr.errors import (
     ConfigError,
     DataNotFoundError,
@@ -268,6 +268,12 @@ class Simulation:
             if "flipped_fraction" in tel:
                 rec.flipped_fraction = float(tel["flipped_fraction"])
                 rec.threshold = tel.get("threshold")
+            t_tel = time.perf_counter()
+            votes = vote_telemetry(updates, torch.from_numpy(is_corrupt), aggregate)
+            flipped = getattr(rule, "flipped", None)
+            rec = rec.model_copy(update={
+                **votes, "flipped_per_layer": None if flipped is None else flipped_per_layer(flipped, self.layout),
+                "seconds_telemetry": time.perf_counter() - t_tel})
         rec.seconds_aggregation = time.perf_counter() - t_agg
         rec.seconds_training = trained.seconds
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:

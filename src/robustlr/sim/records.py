@@ -55,6 +55,14 @@ class RoundRecord(BaseModel):
     flipped_fraction: float | None = None  # RLR: share of the coordinates whose sign was flipped
     threshold: int | None = None  # RLR: theta used in the round
     rlr_on: bool | None = None  # RLR switched on in this round (None: the run has no RLR)
+    # vote telemetry (robustlr.aggregation.telemetry): agreement of each group's update signs with
+    # the applied step, how often each group's collective sign vote lost, RLR's flips per layer
+    honest_agreement: float | None = None
+    corrupt_agreement: float | None = None
+    honest_outvoted: float | None = None
+    corrupt_outvoted: float | None = None
+    flipped_per_layer: dict[str, float] | None = None
+    seconds_telemetry: float = 0.0
     seconds_training: float = 0.0
     seconds_aggregation: float = 0.0
     seconds: float = 0.0

@@ -72,7 +72,7 @@ def _records(ds, **over):
     fed = build_federation(cfg, ds)
     sim = Simulation(cfg, fed)
     res = sim.run()
-    return [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation"}) for r in res.records], \
+    return [r.model_dump(exclude={"seconds", "seconds_training", "seconds_aggregation", "seconds_telemetry"}) for r in res.records], \
         sim.engine.name
 
 

@@ -1,0 +1,82 @@
+"""Vote telemetry: who won the sign vote of a round, from the stacked update matrix.
+
+Beyond the paper: RLR's argument is that honest agents outvote the corrupt ones coordinate by
+coordinate. These numbers show it per round, for any rule (with RLR or without):
+
+- ``honest_agreement`` / ``corrupt_agreement``: the mean, over the honest (corrupt) agents, of
+  the fraction of coordinates on which the agent's update has the sign of the applied step
+  (counted over the coordinates where the step is non-zero; an agent's zero entry disagrees);
+- ``honest_outvoted`` / ``corrupt_outvoted``: the fraction of coordinates on which the group's
+  collective vote, ``sgn(sum of its agents' sgn(update))``, is opposite to the applied step's
+  sign (over the coordinates where both are non-zero);
+- ``flipped_per_layer``: with a layout and RLR's flip mask, the fraction of each layer's
+  coordinates that RLR flipped.
+
+The step is what the server applies (the rule's output; its sign is the server step's sign for
+a positive eta). A group with no agent in the round gives ``None``. One pass over the matrix in
+blocks of columns, so the extra memory is a few columns' worth.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layout import ParamLayout
+
+__all__ = ["vote_telemetry", "flipped_per_layer"]
+
+_BLOCK = 1 << 16
+
+
+def vote_telemetry(updates: Tensor, corrupt: Tensor, step: Tensor) -> dict[str, float | None]:
+    """Agreement of each group with the applied step, and how often each group's vote lost.
+
+    >>> import torch
+    >>> U = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]])
+    >>> t = vote_telemetry(U, torch.tensor([False, False, True]), torch.tensor([0.5, -0.2, -0.1]))
+    >>> [round(t[k], 4) for k in ("honest_agreement", "corrupt_agreement", "corrupt_outvoted", "honest_outvoted")]
+    [0.8333, 0.3333, 0.6667, 0.0]
+    """
+    if updates.ndim != 2 or corrupt.shape != (updates.shape[0],) or step.shape != (updates.shape[1],):
+        raise ValueError(f"updates (n, p), corrupt (n,) and step (p,) expected; got {tuple(updates.shape)}, "
+                         f"{tuple(corrupt.shape)}, {tuple(step.shape)}")
+    corrupt = corrupt.to(device=updates.device, dtype=torch.bool)
+    n, p = updates.shape
+    agree = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    nonzero_step = 0
+    lost = {"honest": 0, "corrupt": 0}
+    voted = {"honest": 0, "corrupt": 0}
+    groups = {"honest": ~corrupt, "corrupt": corrupt}
+    for start in range(0, p, _BLOCK):
+        s = torch.sign(step[start:start + _BLOCK]).to(torch.int8)
+        signs = torch.sign(updates[:, start:start + _BLOCK]).to(torch.int8)
+        agree += (signs * s > 0).sum(dim=1, dtype=torch.float64)
+        nonzero_step += int(torch.count_nonzero(s))
+        for g, rows in groups.items():
+            if rows.any():
+                vote = torch.sign(signs[rows].sum(dim=0, dtype=torch.int32))
+                prod = vote * s
+                lost[g] += int((prod < 0).sum())
+                voted[g] += int((prod != 0).sum())
+    frac = agree / nonzero_step if nonzero_step else torch.zeros_like(agree)
+    out: dict[str, float | None] = {}
+    for g, rows in groups.items():
+        out[f"{g}_agreement"] = float(frac[rows].mean()) if rows.any() else None
+        out[f"{g}_outvoted"] = (lost[g] / voted[g] if voted[g] else 0.0) if rows.any() else None
+    return out
+
+
+def flipped_per_layer(flipped: Tensor, layout: ParamLayout) -> dict[str, float]:
+    """The fraction of each trainable layout entry's coordinates that RLR flipped (buffers are never flipped).
+
+    >>> import torch
+    >>> lay = ParamLayout.from_module(torch.nn.Linear(2, 1))
+    >>> flipped_per_layer(torch.tensor([True, False, True]), lay)
+    {'weight': 0.5, 'bias': 1.0}
+    """
+    if flipped.shape != (layout.numel,):
+        raise ValueError(f"flipped has {tuple(flipped.shape)} entries, the layout {layout.numel}")
+    return {name: float(flipped[o:o + k].float().mean())
+            for name, o, k, trainable in zip(layout.names, layout.offsets, layout.numels, layout.is_trainable)
+            if k and trainable}
