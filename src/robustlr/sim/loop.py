@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from robustlr.aggregation import ParamLayout, flipped_per_layer, vote_telemetry
 from robustlr.errors import (
@@ -119,6 +121,25 @@ class RunResult:
         return [r for r in self.records if r.evaluated]
 
 
+@dataclass(frozen=True)
+class StepView:
+    """What an observer sees of a round right after the server step (read only: do not modify)."""
+
+    round: int
+    before: Tensor  # the global parameters the agents trained from (flat)
+    after: Tensor  # the global parameters after the server step
+    updates: Tensor  # (n_agents, n_params) the updates aggregated this round
+    corrupt: Tensor  # (n_agents,) bool: which of them are corrupt
+    flipped: Tensor | None  # RLR's flip mask, None without RLR in this round
+    sim: "Simulation"  # for its model, layout, federation and config
+
+
+class StepObserver(Protocol):
+    """Something that looks at every round's server step (see :class:`StepView`)."""
+
+    def after_step(self, view: StepView) -> None: ...
+
+
 class Simulation:
     """One federated training run of ``cfg`` on ``fed``.
 
@@ -130,11 +151,13 @@ class Simulation:
     """
 
     def __init__(self, cfg: ExperimentConfig, fed: Federation, out_dir: str | Path | None = None,
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None,
+                 observers: Sequence[StepObserver] = ()) -> None:
         self.cfg = cfg
         self.fed = fed
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_round = on_round
+        self.observers = list(observers)
         check_device(cfg.device)
         self.device = torch.device(cfg.device)
         if cfg.threads:
@@ -259,6 +282,7 @@ class Simulation:
             aggregate = rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
             if not bool(torch.isfinite(aggregate).all()):
                 raise TrainingError(f"round {round_}: the aggregated update is not finite. {self._kept()}")
+            before = self.global_params.clone() if self.observers else None
             apply_server_lr(self.global_params, aggregate, self.eta)
             if not bool(torch.isfinite(self.global_params).all()):
                 raise TrainingError(
@@ -274,6 +298,9 @@ class Simulation:
             rec = rec.model_copy(update={
                 **votes, "flipped_per_layer": None if flipped is None else flipped_per_layer(flipped, self.layout),
                 "seconds_telemetry": time.perf_counter() - t_tel})
+            for obs in self.observers:  # read-only views of the round (analysis, e.g. parameter attribution)
+                obs.after_step(StepView(round_, before, self.global_params, updates, torch.from_numpy(is_corrupt),
+                                        flipped, self))
         rec.seconds_aggregation = time.perf_counter() - t_agg
         rec.seconds_training = trained.seconds
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
@@ -336,7 +363,8 @@ class Simulation:
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, data_dir: str | None = None,
-                   on_round: Callable[[RoundRecord], None] | None = None, dataset=None) -> RunResult:
+                   on_round: Callable[[RoundRecord], None] | None = None, dataset=None,
+                   observers: Sequence[StepObserver] = ()) -> RunResult:
     """Load the data, build the federation and run ``cfg`` to the end (resuming if possible)."""
     from robustlr.sim.federation import build_federation, load_dataset
 
@@ -348,4 +376,4 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         check_out_dir(Path(out_dir), cfg)
     ds = dataset if dataset is not None else load_dataset(cfg, data_dir)
     fed = build_federation(cfg, ds)
-    return Simulation(cfg, fed, out_dir, on_round).run()
+    return Simulation(cfg, fed, out_dir, on_round, observers).run()
