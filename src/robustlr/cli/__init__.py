@@ -1,6 +1,7 @@
 """The ``robustlr`` command: one module per command group.
 
 ``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
+``analysis`` (attribute, explain),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 """
 
@@ -10,7 +11,7 @@ import logging
 
 import typer
 
-from robustlr.cli import bench, config, data, experiments, run
+from robustlr.cli import analysis, bench, config, data, experiments, run
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +28,8 @@ app.command("suites")(experiments.suites)
 app.command("sweep")(experiments.sweep)
 app.command("runs")(experiments.runs)
 app.command("report")(experiments.report)
+app.command("attribute")(analysis.attribute)
+app.command("explain")(analysis.explain)
 app.add_typer(bench.app, name="bench")
 
 

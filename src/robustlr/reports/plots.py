@@ -180,3 +180,36 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str) -> Path:
+    """The paper's Figure 4: per run, the cumulative net influence (appendix B, as printed; the
+    difference reading dashed) and the backdoor loss per evaluated round on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), constrained_layout=True,
+                             squeeze=False)
+    for ax, (name, d) in zip(axes[0], panels):
+        ax.plot(d["rounds"], d["net"], color="tab:blue", marker="o", ms=3, label="cumulative net influence")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("round")
+        ax.set_ylabel("cumulative I_hon - I_adv", color="tab:blue")
+        ax.grid(alpha=0.3)
+        ax.set_title(name, fontsize=10)
+        right = ax.twinx()
+        right.plot(d["loss_rounds"], d["backdoor_loss"], color="tab:red", marker="s", ms=3, label="backdoor loss")
+        right.set_ylabel("backdoor loss (cross-entropy)", color="tab:red")
+        ax2 = ax.twinx()
+        ax2.plot(d["rounds"], d["net_diff"], color="tab:blue", ls="--", lw=1, alpha=0.6,
+                 label="cumulative net influence, difference reading (own axis)")
+        ax2.set_yticks([])
+        lines = ax.get_lines()[:1] + right.get_lines() + ax2.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=7)
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from robustlr.experiments import store
 from robustlr.experiments.suite import Suite, list_suites, load_suite
-from robustlr.reports.plots import plot_curves, plot_grid_finals, plot_panels
+from robustlr.reports.plots import plot_curves, plot_grid_finals, plot_influence, plot_panels
 from robustlr.reports.reference import PAPER
 from robustlr.sim.records import read_metrics
 
@@ -153,6 +153,28 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
             finals[k] = {m: statistics.fmean([r[m] for r in runs if r[m] is not None]) if runs else None
                          for m, _ in METRICS}
         pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid point"))
+    attributed = [r for r in done if (results / r["path"] / "attribution.json").exists()]
+    if attributed:
+        panels = []
+        for r in attributed:
+            doc = json.loads((results / r["path"] / "attribution.json").read_text())
+            rounds = [x["round"] for x in doc["rounds"]]
+            net, net_diff, a, b = [], [], 0.0, 0.0
+            for x in doc["rounds"]:
+                a, b = a + x["net"], b + x["net_diff"]
+                net.append(a)
+                net_diff.append(b)
+            recs = [x for x in read_metrics(results / r["path"] / "metrics.jsonl")
+                    if x.evaluated and x.backdoor_loss is not None]
+            panels.append((f"{r['label']} (seed {r['seed']}, k {doc['k']})",
+                           {"rounds": rounds, "net": net, "net_diff": net_diff,
+                            "loss_rounds": [x.round for x in recs], "backdoor_loss": [x.backdoor_loss for x in recs]}))
+        pngs.append(plot_influence(panels, out / f"{suite}-influence.png",
+                                   f"suite {suite}: parameter attribution (the paper's Figure 4)"))
+    for p in sorted((results / suite).glob("explain*/explain.png")):
+        target = out / f"{suite}-{p.parent.name}.png"
+        target.write_bytes(p.read_bytes())
+        pngs.append(target)
     for i, fig in enumerate(meta.figures if meta else []):
         titles = list(fig.get("titles", [])) + list(fig["rows"])[len(fig.get("titles", [])):]
         panels = [(t, _per_round([r for r in done if r["label"] == k], results)) for k, t in zip(fig["rows"], titles)]

@@ -1,0 +1,59 @@
+"""``robustlr attribute`` (parameter attribution, Figure 4) and ``robustlr explain`` (Gradient SHAP, Figure 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from robustlr.cli._common import DataDirOpt, console, fail, user_errors
+
+
+@user_errors
+def attribute(
+    run_dirs: list[Path] = typer.Argument(..., help="finished run folders (written by `robustlr run` or `sweep`)"),
+    k: int = typer.Option(100, "--k", min=1, help="top-k Fisher parameters per mapping (the paper: 100)"),
+    samples: int = typer.Option(256, "--samples", min=1, help="trojaned validation images for the Fisher pass"),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="every n-th round (default: the run's eval_every)"),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Replay each run with parameter attribution (the paper's appendix B) and write attribution.json beside it.
+
+    The replay is the run itself again (runs are deterministic) plus a Fisher pass on the chosen
+    rounds; it costs about one run, and it says whether it ended with the run's own numbers."""
+    from robustlr.analysis.attribution import attribute_run
+
+    for run_dir in run_dirs:
+        if not (run_dir / "config.json").exists():
+            fail(f"{run_dir} holds no config.json; give the folder of a run")
+        path = attribute_run(run_dir, k=k, samples=samples, every=every, data_dir=str(data_dir) if data_dir else None)
+        import json
+
+        doc = json.loads(path.read_text())
+        same = {True: "ends with the run's numbers", False: "DIFFERS from the run's numbers (another machine "
+                "kind or torch version?)", None: "no summary to compare with"}[doc["replay_matches_run"]]
+        console.print(f"wrote {path} ({len(doc['rounds'])} rounds; the replay {same})")
+
+
+@user_errors
+def explain(
+    clean: Path = typer.Argument(..., help="run folder: FedAvg without attack"),
+    attack: Path = typer.Argument(..., help="run folder: FedAvg under attack"),
+    rlr: Path = typer.Argument(..., help="run folder: FedAvg + RLR under attack"),
+    out: Path = typer.Option(Path("explain"), "--out", "-o", help="where explain.png and explain.json go"),
+    index: Optional[int] = typer.Option(None, "--index", help="the trojaned validation image (default: the first "
+                                        "the RLR model calls base and the FedAvg model calls target)"),
+    samples: int = typer.Option(800, "--samples", min=1, help="Gradient SHAP samples per map"),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Gradient SHAP maps of three trained models on one trojaned image, as the paper's Figure 5."""
+    from robustlr.analysis.features import explain_runs
+
+    doc = explain_runs(clean, attack, rlr, out, index=index, n_samples=samples,
+                       data_dir=str(data_dir) if data_dir else None)
+    for m in doc["models"]:
+        console.print(f"{m['label']:>22}: {m['prediction_name']} ({100 * m['confidence']:.1f} %), "
+                      f"{100 * m['attribution_on_trojan']:.1f} % of the map on the trojan, "
+                      f"completeness error {m['completeness_error']:.3f}")
+    console.print(f"wrote {out / 'explain.png'} and {out / 'explain.json'} (image {doc['index']})")
