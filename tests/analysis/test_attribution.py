@@ -1,7 +1,6 @@
 """Parameter attribution: the Fisher diagonal against a naive per-sample loop, and the sets and
 influences of appendix B on a hand-made round whose answer is worked out by hand."""
 
-import pytest
 import torch
 
 from robustlr.aggregation import ParamLayout

@@ -24,7 +24,12 @@ from pathlib import Path
 
 from robustlr.experiments import store
 from robustlr.experiments.suite import Suite, list_suites, load_suite
-from robustlr.reports.plots import plot_curves, plot_grid_finals, plot_influence, plot_panels
+from robustlr.reports.plots import (
+    plot_curves,
+    plot_grid_finals,
+    plot_influence,
+    plot_panels,
+)
 from robustlr.reports.reference import PAPER
 from robustlr.sim.records import read_metrics
 
