@@ -36,11 +36,17 @@ def test_attribution_and_explanation_reach_the_report(tmp_path, data_dir):
     assert state.failed == []
     runs = {n: res / "trio" / f"trio-{n}" for n in ("fedavg_clean", "fedavg_attack", "rlr_attack")}
     cli = CliRunner()
+    import torch
+
+    model = torch.load(runs["rlr_attack"] / "model.pt", weights_only=True)
+    (runs["rlr_attack"] / "model.pt").unlink()  # a compact run folder: the replay gives the model back
     out = cli.invoke(app, ["attribute", str(runs["fedavg_attack"]), str(runs["rlr_attack"]), "--samples", "32",
                            "--data-dir", str(data_dir)])
     assert out.exit_code == 0, out.output
     doc = json.loads((runs["rlr_attack"] / "attribution.json").read_text())
     assert doc["replay_matches_run"] is True  # the replay is the run again
+    again = torch.load(runs["rlr_attack"] / "model.pt", weights_only=True)
+    assert list(again) == list(model) and all(torch.equal(again[k], model[k]) for k in model)
     assert [r["round"] for r in doc["rounds"]] == [1, 2, 3] and doc["rounds"][0]["samples"] == 32
     # RLR rounds say how many of each set were flipped; the FedAvg run has no flips to report
     assert "n_S1_flipped" in doc["rounds"][0]

@@ -193,6 +193,15 @@ def attribute_run(run_dir: str | Path, k: int = 100, samples: int = 256, every: 
     doc = {"run": cfg.name, "k": k, "samples": samples, "every": obs.every, "replay_matches_run": matches,
            "replay_final": {"val_acc": result.summary.val_acc, "backdoor_acc": result.summary.backdoor_acc},
            "definitions": "robustlr.analysis.attribution (module docstring)", "rounds": obs.records}
+    if matches and not (run_dir / "model.pt").exists():
+        # a compact run folder (metrics, no model) gets its final model back: the replay is the run
+        from robustlr.sim.checkpoint import atomic_save
+
+        from robustlr.aggregation import ParamLayout
+
+        if obs._model is not None and result.global_params is not None:
+            state = ParamLayout.from_module(obs._model).unflatten(result.global_params.cpu())
+            atomic_save(state, run_dir / "model.pt")
     path = Path(out) if out is not None else run_dir / ATTRIBUTION_FILE
     atomic_write_text(path, json.dumps(doc, indent=1))
     return path
