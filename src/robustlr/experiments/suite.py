@@ -182,8 +182,9 @@ class Suite:
                 data["name"] = f"{self.name}-{label}" + "".join(f"-{k}={fmt_value(v)}" for k, v in named.items())
                 after = None
                 if ref is not None:
-                    ref_point = tuple((k, v) for k, v in point.items()
-                                      if k in grid and k not in self.rows[labels.index(ref)])
+                    ref_row = self.rows[labels.index(ref)]
+                    pinned = set(ref_row) | set(ref_row.get(budget, {}))
+                    ref_point = tuple((k, v) for k, v in point.items() if k in grid and k not in pinned)
                     after = names.get((ref, ref_point))
                     if after is None:
                         raise ConfigError(f"{where}: row {ref!r} has no run at the grid point {point}; the "
