@@ -183,31 +183,34 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
 
 
 def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str) -> Path:
-    """The paper's Figure 4: per run, the cumulative net influence (appendix B, as printed; the
-    difference reading dashed) and the backdoor loss per evaluated round on a second axis."""
+    """The paper's Figure 4: per run (one column), the cumulative net influence (appendix B; top
+    row: the printed definition, a product; bottom row: the difference reading) with the
+    backdoor loss per evaluated round on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), constrained_layout=True,
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.2), constrained_layout=True,
                              squeeze=False)
-    for ax, (name, d) in zip(axes[0], panels):
-        ax.plot(d["rounds"], d["net"], color="tab:blue", marker="o", ms=3, label="cumulative net influence")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xlabel("round")
-        ax.set_ylabel("cumulative I_hon - I_adv", color="tab:blue")
-        ax.grid(alpha=0.3)
-        ax.set_title(name, fontsize=10)
-        right = ax.twinx()
-        right.plot(d["loss_rounds"], d["backdoor_loss"], color="tab:red", marker="s", ms=3, label="backdoor loss")
-        right.set_ylabel("backdoor loss (cross-entropy)", color="tab:red")
-        ax2 = ax.twinx()
-        ax2.plot(d["rounds"], d["net_diff"], color="tab:blue", ls="--", lw=1, alpha=0.6,
-                 label="cumulative net influence, difference reading (own axis)")
-        ax2.set_yticks([])
-        lines = ax.get_lines()[:1] + right.get_lines() + ax2.get_lines()
-        ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=7)
+    rows = (("net", "cumulative net influence\n(as printed: products)"),
+            ("net_diff", "cumulative net influence\n(difference reading)"))
+    for j, (name, d) in enumerate(panels):
+        for i, (key, ylabel) in enumerate(rows):
+            ax = axes[i][j]
+            ax.plot(d["rounds"], d[key], color="tab:blue", marker="o", ms=3, label="cumulative I_hon - I_adv")
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel, color="tab:blue", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(name, fontsize=10)
+            right = ax.twinx()
+            right.plot(d["loss_rounds"], d["backdoor_loss"], color="tab:red", marker="s", ms=3,
+                       label="backdoor loss")
+            right.set_ylabel("backdoor loss (cross-entropy)", color="tab:red", fontsize=9)
+            lines = ax.get_lines()[:1] + right.get_lines()
+            ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=7)
     fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=100)
