@@ -178,3 +178,26 @@ def test_the_suites_command_lists_every_shipped_suite_with_its_run_counts():
     line = next(x for x in res.output.splitlines() if "table11-plus" in x)
     assert [c.strip() for c in line.split("│")][-3:-1] == ["7", "27"]  # lite, paper
     assert all(name in res.output for name in list_suites())
+
+
+def test_two_suites_may_hold_runs_of_one_config_and_an_old_store_is_rebuilt(tmp_path):
+    import sqlite3
+
+    from robustlr.sim.config import make_config
+
+    res = tmp_path / "res"
+    cfg = make_config({"name": "x"})
+    for suite in ("a", "b"):  # one config, two suites' folders
+        f = res / suite / "x"
+        f.mkdir(parents=True)
+        (f / "config.json").write_text(cfg.to_json())
+        store.record_run(res, f, cfg, "failed", suite, "row")
+    rows = store.query(res)
+    assert [(r["suite"], r["name"]) for r in rows] == [("a", "x"), ("b", "x")]
+    assert rows[0]["config_hash"] == rows[1]["config_hash"]
+    # a store of the first schema (keyed on the config hash) is rebuilt from the folders
+    (res / store.DB_NAME).unlink()
+    with sqlite3.connect(res / store.DB_NAME) as con:
+        con.execute("CREATE TABLE runs (config_hash TEXT PRIMARY KEY, suite, name)")
+        con.execute("INSERT INTO runs VALUES ('h', 'a', 'x')")
+    assert [(r["suite"], r["name"], r["status"]) for r in store.query(res)] == [("a", "x", "failed"), ("b", "x", "failed")]

@@ -3,20 +3,26 @@
 ``results.sqlite`` in the results folder holds a table ``runs``; its schema (plain SQL, for
 users' own queries)::
 
-    runs(config_hash TEXT PRIMARY KEY,  -- hash of the config's non-default, number-changing keys
-         suite TEXT, label TEXT,        -- the suite and its row
+    runs(config_hash TEXT,              -- hash of the config's non-default, number-changing keys
+         suite TEXT, label TEXT,        -- the suite and its table row
          name TEXT, seed INTEGER, status TEXT,   -- 'done' | 'failed'
          config TEXT,                   -- the full config, JSON
          val_acc REAL, val_loss REAL, base_acc REAL, backdoor_acc REAL, rlr_switch_round INTEGER,
          seconds REAL, rounds INTEGER, engine TEXT,
          path TEXT,                     -- the run folder, relative to the results folder
          robustlr_version TEXT,
-         machine TEXT, updated TEXT)
+         machine TEXT, updated TEXT,
+         PRIMARY KEY (suite, name))     -- one row per run folder
 
 and every config key as a column of its own (``aggregator``, ``rlr_threshold``, ...), so a
 filter reads like ``aggregator = 'comed' and rlr_threshold > 0``. One writer (the sweep's
 parent process) writes a row after the run's files are atomically in place; the store can be
 rebuilt from the run folders at any time (:func:`rebuild`).
+
+Two suites may hold runs of the same config (Table 10's M 0, sigma 0 rows are Table 1's runs):
+each folder has its row; ``config_hash`` finds them (``robustlr runs --where "config_hash = '...'"``).
+A store written by robustlr 0.2.0's first sweeps (keyed on the config hash alone, so such runs
+overwrote each other) is rebuilt from the run folders when it is opened.
 
 The config hash ignores keys left at their defaults (a key added in a later version does not
 rerun every finished run) and keys that cannot change the numbers
@@ -55,8 +61,14 @@ def config_hash(cfg: ExperimentConfig) -> str:
 def _connect(results: Path) -> sqlite3.Connection:
     results.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(results / DB_NAME, timeout=30)
-    cols = ", ".join([f"{c} {'TEXT PRIMARY KEY' if c == 'config_hash' else ''}" for c in _FIXED]
-                     + [f'"{c}"' for c in _CONFIG_COLUMNS])
+    pk = {row[1]: row[5] for row in con.execute("PRAGMA table_info(runs)")}
+    if pk.get("config_hash"):  # the first schema: keyed on the config hash alone
+        con.close()
+        (results / DB_NAME).unlink()
+        rebuild(results)
+        return _connect(results)
+    cols = ", ".join([f"{c}" for c in _FIXED]
+                     + [f'"{c}"' for c in _CONFIG_COLUMNS] + ["PRIMARY KEY (suite, name)"])
     con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
     return con
 
