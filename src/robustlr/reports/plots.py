@@ -173,7 +173,14 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
     axes[0].set_ylim(-2, 102)
     axes[0].legend(loc="best", fontsize=9)
     axes[1].set_xticks(range(len(points)))
-    axes[1].set_xticklabels([p.replace(" ", "\n") for p in points], fontsize=7)
+    short = {"clip_norm": "M", "noise_sigma": "σ", "corrupt_fraction": "F", "rlr_threshold": "θ"}
+
+    def label(point: str) -> str:  # "clip_norm=2 noise_sigma=0.001" -> "M 2\nσ 0.001"
+        parts = [tok.partition("=") for tok in point.split(" ")]
+        return "\n".join(f"{short[k]} {v}" if k in short else (v if k == "trojan" else f"{k}={v}")
+                         for k, _, v in parts)
+
+    axes[1].set_xticklabels([label(p) for p in points], fontsize=8)
     axes[1].set_xlabel("grid point")
     fig.suptitle(title)
     path = Path(path)
