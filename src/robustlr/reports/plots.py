@@ -46,7 +46,9 @@ METHOD_COLOURS = {"fedavg_clean": "tab:gray", "fedavg": "tab:blue", "rlr": "tab:
 LINE_STYLES = ("-", "--", ":", "-.")
 METRIC_TITLES = {"val_acc": "validation accuracy", "base_acc": "base-class accuracy",
                  "backdoor_acc": "backdoor accuracy", "flipped_fraction": "RLR: coordinates flipped",
-                 "backdoor_loss": "backdoor loss"}
+                 "backdoor_loss": "backdoor loss",
+                 "corrupt_outvoted": "corrupt agents' sign vote lost",
+                 "honest_outvoted": "honest agents' sign vote lost"}
 
 
 def method_of(label: str) -> str:

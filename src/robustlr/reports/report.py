@@ -70,8 +70,9 @@ def _per_round(rows: list[dict], results: Path) -> dict[str, list[tuple[int, flo
             if rec.evaluated:
                 for key, _ in METRICS:
                     acc.setdefault(key, {}).setdefault(rec.round, []).append(getattr(rec, key))
-            if rec.flipped_fraction is not None:
-                acc.setdefault("flipped_fraction", {}).setdefault(rec.round, []).append(rec.flipped_fraction)
+            for key in ("flipped_fraction", "corrupt_outvoted", "honest_outvoted"):
+                if getattr(rec, key) is not None:
+                    acc.setdefault(key, {}).setdefault(rec.round, []).append(getattr(rec, key))
     return {k: sorted((rnd, statistics.fmean(v)) for rnd, v in per.items()) for k, per in acc.items()}
 
 
@@ -149,7 +150,8 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
             rounds = [_switch_round(r) for r in done if r["label"] == k and _switch_round(r) is not None]
             if rounds:
                 switches[k] = round(statistics.fmean(rounds))
-        pngs.append(plot_curves(series, out / f"{suite}.png", f"suite {suite}: mean over seeds",
+        metrics = CURVE_KEYS + (("corrupt_outvoted",) if any("corrupt_outvoted" in v for v in series.values()) else ())
+        pngs.append(plot_curves(series, out / f"{suite}.png", f"suite {suite}: mean over seeds", metrics=metrics,
                                 switch_rounds=switches or None))
     else:
         finals = {}
