@@ -142,7 +142,8 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], pa
     return path
 
 
-def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, title: str,
+                     paper: dict[str, dict[str, float]] | None = None) -> Path:
     """Final backdoor and validation accuracy of every table row of a grid suite: x is the grid point,
     one marker series per method (a horizontal line for a row without grid point, such as the
     unattacked baseline)."""
@@ -169,6 +170,11 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
             pts = [(x[p], 100 * v[key]) for p, v in rows.items() if p in x and v.get(key) is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=7, color=_colour(method), label=method)
+            ref = [(x[p], (paper or {}).get(f"{method} {p}", {}).get(key)) for p in rows if p in x]
+            ref = [(i, v) for i, v in ref if v is not None]
+            if ref:
+                ax.plot([r[0] for r in ref], [100 * r[1] for r in ref], "o", ms=9, mfc="none", color=_colour(method),
+                        label=f"{method}, paper")
         ax.set_title(f"final {METRIC_TITLES[key]}")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)

@@ -159,7 +159,10 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
             runs = [r for r in done if r["label"] == k]
             finals[k] = {m: statistics.fmean([r[m] for r in runs if r[m] is not None]) if runs else None
                          for m, _ in METRICS}
-        pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid point"))
+        setting = PAPER.get(meta.paper, {}) if meta else {}
+        paper = {k: {m: v[m] / 100 for m, _ in METRICS if m in v} for k, v in setting.items() if isinstance(v, dict)}
+        pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid point "
+                                     "(filled: ours; hollow: the paper's, at its budget)", paper=paper))
     attributed = [r for r in done if (results / r["path"] / "attribution.json").exists()]
     if attributed:
         panels = []
