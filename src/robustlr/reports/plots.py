@@ -44,6 +44,7 @@ def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: s
 METHOD_COLOURS = {"fedavg_clean": "tab:gray", "fedavg": "tab:blue", "rlr": "tab:orange", "comed": "tab:green",
                   "sign": "tab:purple", "foolsgold": "tab:brown"}
 LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "^", "s")  # the fifth row of one method changes marker
 METRIC_TITLES = {"val_acc": "validation accuracy", "base_acc": "base-class accuracy",
                  "backdoor_acc": "backdoor accuracy", "flipped_fraction": "RLR: coordinates flipped",
                  "backdoor_loss": "backdoor loss",
@@ -86,12 +87,14 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
     styles: dict[str, int] = {}
     for row, curves in series.items():
         method = method_of(row)
-        style = LINE_STYLES[styles.setdefault(method, 0) % len(LINE_STYLES)]
+        i = styles.setdefault(method, 0)
+        style = LINE_STYLES[i % len(LINE_STYLES)]
+        marker = MARKERS[(i // len(LINE_STYLES)) % len(MARKERS)]
         styles[method] += 1
         for ax, key in zip(axes[0], metrics):
             pts = curves.get(key, [])
             if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o", ms=3,
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker=marker, ms=3,
                         color=_colour(method), label=row)
             switch = (switch_rounds or {}).get(row)
             if switch is not None:
