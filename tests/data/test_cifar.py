@@ -352,3 +352,95 @@ def test_shared_jpeg_archive():
     # channel order: the per-channel means are CIFAR-10's (R > G > B), JPEG shifts them < 0.001
     mean = (ds.train_x.float().mean(dim=(0, 2, 3)) / 255).tolist()
     assert mean == pytest.approx([0.4914, 0.4822, 0.4465], abs=2e-3)
+
+
+# --------------------------------------------------------------------------------------
+# the shared original-pixel copy, cifar10.npz
+# --------------------------------------------------------------------------------------
+
+
+def write_npz(path: Path, n_train: int = 6, n_test: int = 4, names=None) -> dict:
+    g = np.random.default_rng(0)
+    arrays = {
+        "x_train": g.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.int64),
+        "x_test": g.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.sort(np.arange(n_test) % 10).astype(np.int64),
+        "train_exact": np.array([True] * (n_train - 1) + [False]),
+        "test_exact": np.array([False] + [True] * (n_test - 1)),
+        "label_names": np.array(names or cifar.CLASSES),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+def accept_npz(monkeypatch, path: Path) -> None:
+    from robustlr.data.cifar import npz
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(npz, "NPZ_FILE", dataclasses.replace(npz.NPZ_FILE, sha256=sha))
+
+
+def test_npz_is_read_as_chw_with_its_inexact_images_flagged(isolated, monkeypatch):
+    path = isolated / "data" / "cifar10" / "cifar10.npz"
+    arrays = write_npz(path)
+    accept_npz(monkeypatch, path)
+    ds = cifar.load_cifar10(isolated / "data", allow_download=False)
+    assert ds.source == "CIFAR-10 (59,903/60,000 original pixels)" and ds.extra["layout"] == "npz"
+    assert torch.equal(ds.train_x, torch.from_numpy(arrays["x_train"]).permute(0, 3, 1, 2))
+    assert torch.equal(ds.test_x, torch.from_numpy(arrays["x_test"]).permute(0, 3, 1, 2))
+    assert ds.train_x[2, 1, 3, 4] == arrays["x_train"][2, 3, 4, 1]  # (N, H, W, C) -> (N, C, H, W)
+    assert (ds.extra["inexact_train"], ds.extra["inexact_test"]) == ([5], [0])
+    exact = cifar.load_cifar10(isolated / "data", allow_download=False, exact_only=True)
+    assert exact.source == "CIFAR-10 (59,903 images with original pixels; the 97 JPEG-filled dropped)"
+    assert torch.equal(exact.train_x, ds.train_x[:5]) and torch.equal(exact.test_y, ds.test_y[1:])
+
+
+def test_npz_with_another_sha256_is_rejected_and_listed(isolated):
+    write_npz(isolated / "data" / "cifar10" / "cifar10.npz")
+    with pytest.raises(DataNotFoundError, match=r"cifar10\.npz \(corrupt: sha256 [0-9a-f]{12}\.\.\. != expected 87a96a9294ac"):
+        cifar.load_cifar10(isolated / "data", allow_download=False, layout="npz")
+
+
+def test_npz_with_wrong_contents_is_an_error(isolated, monkeypatch):
+    path = isolated / "data" / "cifar10.npz"
+    write_npz(path, names=[f"c{i}" for i in range(10)])
+    accept_npz(monkeypatch, path)
+    with pytest.raises(DataNotFoundError, match="label_names .* are not CIFAR-10's"):
+        cifar.load_cifar10(isolated / "data", allow_download=False)
+
+
+def test_order_python_release_then_npz_then_image_folder(isolated, monkeypatch):
+    root = isolated / "data"
+    write_image_folder(root / "cifar10-images")
+    path = root / "cifar10" / "cifar10.npz"
+    write_npz(path)
+    accept_npz(monkeypatch, path)
+    assert cifar.load_cifar10(root, allow_download=False).extra["layout"] == "npz"
+    assert cifar.load_cifar10(root, allow_download=False, layout="folder").extra["layout"] == "folder"
+    with pytest.raises(Exception, match="exact_only: the only CIFAR-10 copy found is an image folder"):
+        cifar.load_cifar10(root, allow_download=False, layout="folder", exact_only=True)
+    folder = root / "cifar-10-batches-py"
+    write_python_release(folder)
+    accept_files_in(monkeypatch, folder)
+    assert cifar.load_cifar10(root, allow_download=False).extra["layout"] == "python"
+
+
+def test_shared_npz():
+    root = os.environ.get(ENV_DATA_DIR)
+    if not root:
+        pytest.skip(f"shared data not given: set {ENV_DATA_DIR} to the folder holding cifar10/cifar10.npz")
+    ds = cifar.load_cifar10(root, allow_download=False, layout="npz")
+    assert ds.source == "CIFAR-10 (59,903/60,000 original pixels)"
+    assert ds.train_x.shape == (50_000, 3, 32, 32) and ds.test_x.shape == (10_000, 3, 32, 32)
+    assert torch.bincount(ds.train_y, minlength=10).tolist() == [5_000] * 10
+    # the test set is sorted by class (so any evaluation subset must be stratified)
+    assert torch.equal(ds.test_y, torch.arange(10).repeat_interleave(1000))
+    assert (len(ds.extra["inexact_train"]), len(ds.extra["inexact_test"])) == (77, 20)
+    assert set(ds.train_y[ds.extra["inexact_train"]].tolist()) == {7, 8}  # horses and ships only
+    # data_batch_1's label histogram, as published
+    assert torch.bincount(ds.train_y[:10_000], minlength=10).tolist() == [1005, 974, 1032, 1016, 999, 937, 1030,
+                                                                           1001, 1025, 981]
+    mean = (ds.train_x.float().mean(dim=(0, 2, 3)) / 255).tolist()
+    assert mean == pytest.approx([0.4914, 0.4822, 0.4465], abs=1e-3)

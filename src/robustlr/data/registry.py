@@ -56,26 +56,30 @@ def resolve_sources(dataset: str, sources: Sequence[str], data_dir: PathLike | N
     return out
 
 
-def _fashion_mnist(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool) -> ImageDataset:
+def _fashion_mnist(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool,
+                   exact_only: bool = False) -> ImageDataset:
     from robustlr.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(data_dir=data_dir)
 
 
-def _cifar10(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool) -> ImageDataset:
+def _cifar10(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool,
+             exact_only: bool = False) -> ImageDataset:
     from robustlr.data.cifar import load_cifar10
 
-    return load_cifar10(data_dir=data_dir)
+    return load_cifar10(data_dir=data_dir, exact_only=exact_only)
 
 
-def _femnist_leaf(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool) -> ImageDataset:
+def _femnist_leaf(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool,
+                  exact_only: bool = False) -> ImageDataset:
     from robustlr.data.femnist import load_leaf_femnist
 
     return load_leaf_femnist(resolve_sources("femnist-leaf", list(sources) or ["femnist-leaf"], data_dir),
                              digits_only=digits_only)
 
 
-def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool) -> ImageDataset:
+def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool,
+                 exact_only: bool = False) -> ImageDataset:
     from robustlr.data.femnist import load_tff_emnist
 
     if len(sources) != 2:
@@ -93,7 +97,7 @@ def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only:
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    load: Callable[[PathLike | None, Sequence[str], bool], ImageDataset]
+    load: Callable[[PathLike | None, Sequence[str], bool, bool], ImageDataset]  # dir, sources, digits_only, exact_only
     trojan_family: str  # the trojan geometry of robustlr.attacks.trojans that fits the images
     nominal_train_size: int  # training images (digits only for FEMNIST), without loading the files
     nominal_writers: int | None = None  # writers of the natural partition, if any
@@ -117,6 +121,6 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None, sources: Sequence[str] = (),
-                 digits_only: bool = True) -> ImageDataset:
+                 digits_only: bool = True, exact_only: bool = False) -> ImageDataset:
     """Load dataset ``name`` from the documented search order (see :mod:`robustlr.data.store`)."""
-    return dataset_spec(name).load(data_dir, sources, digits_only)
+    return dataset_spec(name).load(data_dir, sources, digits_only, exact_only)

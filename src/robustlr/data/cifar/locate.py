@@ -15,6 +15,10 @@ the md5 of its official copy (the per-file md5s torchvision has checked since 20
 per-file sha256 is published). With downloads allowed and no local copy, the archive is
 fetched from the authors' site into ``<cache>/cifar10/cifar-10-python.tar.gz``.
 
+The shared original-pixel copy ``cifar10.npz`` (59,903 of 60,000 images exact), tried in
+every root as ``<root>/cifar10/cifar10.npz`` and ``<root>/cifar10.npz`` and accepted only with
+its published sha256 (``87a96a92...``).
+
 An image folder, ``train/<class>/*`` and ``test/<class>/*``, as a folder or a ``.tar.gz``. In
 every root these are tried::
 
@@ -33,7 +37,7 @@ import hashlib
 from pathlib import Path
 
 from robustlr.data import store
-from robustlr.data.cifar import image_folder, python_release
+from robustlr.data.cifar import image_folder, npz, python_release
 from robustlr.data.cifar.common import CLASSES, _Found
 from robustlr.data.store import DataNotFoundError, cache_dir, search_roots
 
@@ -95,6 +99,15 @@ def _find_python_release(data_dir, tried: list[str]) -> _Found | None:
     return None
 
 
+def _find_npz(data_dir, tried: list[str]) -> _Found | None:
+    spec = npz.NPZ_FILE
+    for label, root in search_roots(data_dir):
+        for path in (root / spec.subdir / spec.name, root / spec.name):
+            if _check_archive(label, path, spec, tried) is not None:
+                return _Found(path, "npz", f"sha256 {spec.sha256} (the shared original-pixel copy)", spec.sha256)
+    return None
+
+
 def _is_image_folder(folder: Path) -> bool:
     return all((folder / split).is_dir() for split in image_folder.SPLITS) and (folder / "train" / CLASSES[0]).is_dir()
 
@@ -145,6 +158,8 @@ def _not_found_message(layout: str, tried: list[str]) -> str:
         f"{python_release.PYTHON_FOLDER}/ folder extracted from it, in a folder FOLDER passed as --data-dir FOLDER, "
         f"or set {store.ENV_DATA_DIR}=FOLDER, or place it in {cache_dir() / spec.subdir}; "
         "or run once with network access and downloads allowed. "
+        f"Or put the original-pixel copy {npz.NPZ_FILE.name} (sha256 {npz.NPZ_FILE.sha256[:12]}...) in "
+        f"FOLDER/{npz.NPZ_FILE.subdir}/. "
         f"For the image-folder layout put {image_folder.JPEG_ARCHIVE.subdir}/{image_folder.JPEG_ARCHIVE.name} "
         f"(or a {image_folder.IMAGES_SUBDIR}/ folder or {image_folder.IMAGES_SUBDIR}.tar.gz holding train/<class>/ and "
         "test/<class>/ images) in FOLDER instead."
