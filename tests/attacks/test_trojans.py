@@ -146,7 +146,7 @@ def _check_partition(parts, full):
 
 
 def test_dba_plus_four_bar_halves_fashion_mnist():
-    parts = dba_parts("plus", 4, 28, 28, "fashion-mnist")
+    parts = dba_parts("plus", 4, 28, 28, "fashion-mnist", split="disjoint")
     _check_partition(parts, trojan_mask("plus"))
     # upper vertical (with the centre), lower vertical, left horizontal, right horizontal
     assert [pixels(p) for p in parts] == [
@@ -157,8 +157,8 @@ def test_dba_plus_four_bar_halves_fashion_mnist():
     ]
 
 
-def test_dba_plus_four_bar_halves_cifar10():
-    parts = dba_parts("plus", 4, 32, 32, "cifar10")
+def test_dba_plus_four_bar_halves_cifar10_disjoint():
+    parts = dba_parts("plus", 4, 32, 32, "cifar10", split="disjoint")
     _check_partition(parts, trojan_mask("plus", 32, 32, "cifar10"))
     assert [pixels(p) for p in parts] == [
         {(5, 5), (6, 5), (7, 5), (8, 5)},
@@ -166,6 +166,37 @@ def test_dba_plus_four_bar_halves_cifar10():
         {(8, 2), (8, 3), (8, 4)},
         {(8, 6), (8, 7), (8, 8)},
     ]
+
+
+def test_dba_plus_cifar10_authors_split_is_add_pattern_bd():
+    # the pixels the paper's add_pattern_bd (start_idx 5, size 6) blackens for agent_idx % 4 = 0..3:
+    # x[5..8, 5], x[9..11, 5], x[8, 2..6], x[8, 5..8]
+    parts = dba_parts("plus", 4, 32, 32, "cifar10")  # "authors" is the default
+    assert [pixels(p) for p in parts] == [
+        {(5, 5), (6, 5), (7, 5), (8, 5)},
+        {(9, 5), (10, 5), (11, 5)},
+        {(8, 2), (8, 3), (8, 4), (8, 5), (8, 6)},
+        {(8, 5), (8, 6), (8, 7), (8, 8)},
+    ]
+    counts = torch.stack(parts).sum(0)
+    assert int(counts[8, 5]) == 3 and int(counts[8, 6]) == 2 and int((counts == 1).sum()) == 11
+    assert torch.equal(counts.bool(), trojan_mask("plus", 32, 32, "cifar10"))
+
+
+def test_dba_plus_fashion_mnist_authors_split_applies_their_formula():
+    # length 5 (size 4, size // 4 = 1) around the centre (7, 5)
+    parts = dba_parts("plus", 4, 28, 28, "fashion-mnist", split="authors")
+    assert [pixels(p) for p in parts] == [
+        {(5, 5), (6, 5), (7, 5)},
+        {(8, 5), (9, 5)},
+        {(7, 3), (7, 4), (7, 5), (7, 6)},
+        {(7, 5), (7, 6), (7, 7)},
+    ]
+
+
+def test_dba_split_is_checked():
+    with pytest.raises(ValueError, match="split must be one of 'authors', 'disjoint', got 'halves'"):
+        dba_parts("plus", 4, split="halves")
 
 
 @pytest.mark.parametrize(
@@ -184,7 +215,7 @@ def test_dba_plus_four_bar_halves_cifar10():
     ],
 )
 def test_dba_parts_partition_the_trojan(name, n, size, dataset):
-    parts = dba_parts(name, n, size, size, dataset)
+    parts = dba_parts(name, n, size, size, dataset, split="disjoint")
     assert len(parts) == n
     _check_partition(parts, trojan_mask(name, size, size, dataset))
     sizes = [int(p.sum()) for p in parts]
