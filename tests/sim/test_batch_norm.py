@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
+from robustlr.models import build_model
 from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation
-from robustlr.models import build_model
 from robustlr.sim.loop import Simulation
 
 BASE = {"dataset": "cifar10", "model": "cifar-cnn-bn", "rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25,
@@ -132,3 +132,71 @@ def test_robust_lr_with_a_layout_leaves_a_split_num_batches_tracked_vote_alone()
     for sl in nbt:
         assert float(masked[sl]) == 6.0
         assert float(everything[sl]) == -6.0  # what flipping buffers would do
+
+
+@pytest.mark.parametrize("kw", [
+    {"aggregator": "fedavg"},
+    {"aggregator": "comed"},
+    {"aggregator": "sign"},
+    {"aggregator": "foolsgold"},
+    {"aggregator": "fedavg", "clip_norm": 0.05, "noise_sigma": 0.01},
+    {"aggregator": "sign", "clip_norm": 0.05, "noise_sigma": 0.01, "rlr_threshold": 3},
+    {"aggregator": "comed", "rlr_threshold": 4},
+], ids=["fedavg", "comed", "sign", "foolsgold", "clip+noise", "sign+clip+noise+rlr", "comed+rlr"])
+def test_every_rule_averages_batch_norm_buffers_plainly(tiny, kw):
+    sim = _sim(tiny, **kw)
+    trainable = sim.layout.trainable_mask()
+    for r in (1, 2):
+        before, updates, _ = _round_with_updates(sim, r)
+        mean = updates.mean(dim=0)  # equal agents: the size-weighted mean is the plain one
+        torch.testing.assert_close(sim.global_params[~trainable], before[~trainable] + mean[~trainable])
+        state = sim.layout.unflatten(sim.global_params)
+        for name in _buffer_names(sim.layout):
+            if name.endswith("num_batches_tracked"):
+                assert int(state[name]) == 4 * r  # ceil(60 / 16) = 4 local batches a round, averaged
+            elif name.endswith("running_var"):
+                assert bool((state[name] > 0).all())
+
+
+def test_buffer_aggregation_rule_lets_the_rule_see_the_buffers(tiny):
+    """The contrast that makes the test above bite: with ``buffer_aggregation = "rule"`` the median,
+    not the mean, sets the buffers."""
+    sim = _sim(tiny, aggregator="comed", buffer_aggregation="rule")
+    trainable = sim.layout.trainable_mask()
+    before, updates, _ = _round_with_updates(sim)
+    median = updates.median(dim=0).values  # 4 agents: comed_even = "mean" takes the middle two's mean
+    middle = updates.sort(dim=0).values[1:3].mean(0)
+    torch.testing.assert_close(sim.global_params[~trainable], before[~trainable] + middle[~trainable])
+    assert not torch.allclose(middle[~trainable], updates.mean(0)[~trainable]) and median.shape == middle.shape
+
+
+def test_clipping_norms_and_noise_leave_the_buffers_out():
+    from robustlr.aggregation import ClipAndNoise, PlainBuffers
+
+    # two parameters and one buffer (num_batches_tracked-like, large): clipping at M 1 sees only the
+    # parameters' norm (5 for agent 0, 0.5 for agent 1), and noise touches only parameters
+    trainable = torch.tensor([True, True, False])
+    U = torch.tensor([[3.0, 4.0, 40.0], [0.3, 0.4, 40.0]])
+    out = PlainBuffers(ClipAndNoise(FedAvg(), clip_norm=1.0), trainable)(U)
+    torch.testing.assert_close(out, torch.tensor([0.45, 0.6, 40.0]))
+    noisy = PlainBuffers(ClipAndNoise(FedAvg(), clip_norm=1.0, noise_sigma=0.5,
+                                      generator=torch.Generator().manual_seed(0)), trainable)(U)
+    assert float(noisy[2]) == 40.0 and not torch.allclose(noisy[:2], out[:2])
+    # without the wrapper the buffer dominates the norm: both agents are clipped to almost nothing
+    plain = ClipAndNoise(FedAvg(), clip_norm=1.0)(U)
+    assert float(plain[2]) < 1.0
+
+
+def test_plain_buffers_rejects_bad_masks_and_non_finite_rows():
+    from robustlr.aggregation import PlainBuffers, SignAggregation
+
+    with pytest.raises(ValueError, match="1-D bool tensor"):
+        PlainBuffers(FedAvg(), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="selects no coordinate"):
+        PlainBuffers(FedAvg(), torch.tensor([False, False]))
+    rule = PlainBuffers(SignAggregation(), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="3 .n_params."):
+        rule(torch.ones(2, 3))
+    for bad in (torch.tensor([[1.0, float("nan")], [1.0, 1.0]]), torch.tensor([[float("inf"), 1.0], [1.0, 1.0]])):
+        with pytest.raises(ValueError, match="non-finite|not finite|NaN|inf"):
+            rule(bad)

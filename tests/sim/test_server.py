@@ -63,6 +63,8 @@ def test_apply_server_lr_is_in_place_and_exact_for_eta_one():
     assert torch.equal(g, torch.tensor([1.25, 1.5]) + torch.tensor([1.0, 1.0]) * 1e-3)
 
 
-def test_sign_with_batch_norm_model_is_refused():
+def test_sign_on_batch_norm_buffers_is_refused():
+    # the default keeps the buffers out of the vote; asking for the vote on them is refused
+    assert make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign"}).buffer_aggregation == "mean"
     with pytest.raises(ValueError, match="batch-norm running statistics"):
-        make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign"})
+        make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign", "buffer_aggregation": "rule"})

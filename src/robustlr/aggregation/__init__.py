@@ -17,6 +17,7 @@ tensor([ 1.0000, -0.6667, -1.0000])
 """
 
 from .base import AggregationRule, sign_vote, validate_inputs
+from .buffers import PlainBuffers
 from .clip import ClipAndNoise, clip_updates
 from .foolsgold import FoolsGold, foolsgold_weights
 from .layout import LayoutEntry, ParamLayout
@@ -31,6 +32,7 @@ __all__ = [
     "SignAggregation",
     "FoolsGold",
     "ClipAndNoise",
+    "PlainBuffers",
     "RobustLR",
     "ParamLayout",
     "LayoutEntry",

@@ -1,6 +1,6 @@
 """The ``robustlr`` command: one module per command group.
 
-``run`` (run, demo), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
+``run`` (run, demo, pretrain), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
 ``analysis`` (attribute, explain),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 """
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command("run")(run.run)
 app.command("demo")(run.demo)
+app.command("pretrain")(run.pretrain)
 app.command("config")(config.show_config)
 app.command("presets")(config.presets)
 app.command("data")(data.data)

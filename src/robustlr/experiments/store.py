@@ -26,20 +26,18 @@ overwrote each other) is rebuilt from the run folders when it is opened.
 
 The config hash ignores keys left at their defaults (a key added in a later version does not
 rerun every finished run) and keys that cannot change the numbers
-(:data:`robustlr.sim.loop.NEUTRAL_KEYS`).
+(:data:`robustlr.sim.config.NEUTRAL_KEYS`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from robustlr.sim.config import ExperimentConfig
-from robustlr.sim.loop import NEUTRAL_KEYS
+from robustlr.sim.config import ExperimentConfig, config_hash  # noqa: F401  (config_hash: re-exported)
 from robustlr.sim.records import RecordError, read_summary
 
 DB_NAME = "results.sqlite"
@@ -47,15 +45,6 @@ _FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "
           "backdoor_acc", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
           "updated"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
-
-
-def config_hash(cfg: ExperimentConfig) -> str:
-    """16 hex digits naming the run: its number-changing keys that differ from the defaults."""
-    dumped = cfg.model_dump(mode="json")
-    keys = {k: dumped[k] for k, field in ExperimentConfig.model_fields.items()
-            if k not in NEUTRAL_KEYS and (field.is_required()
-                                          or getattr(cfg, k) != field.get_default(call_default_factory=True))}
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _connect(results: Path) -> sqlite3.Connection:

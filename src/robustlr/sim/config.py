@@ -8,6 +8,7 @@ that any number can be traced to the exact settings and seed.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import sys
@@ -56,11 +57,17 @@ class ExperimentConfig(BaseModel):
     partition: Partition = Field("iid", description="how training data is split among agents")
     dirichlet_alpha: float = Field(0.5, gt=0, description="label skew of the dirichlet partition")
     classes_per_client: int = Field(2, ge=1, description="classes per agent for the shards partition")
+    exact_only: bool = Field(False, description="CIFAR-10 from cifar10.npz: drop the 97 images whose pixels are a "
+                             "JPEG approximation (77 train, 20 test), keeping only original pixels")
     train_limit: int | None = Field(
         None, ge=10, description="use a stratified subset of this many training images (quick runs)"
     )
     # -- model
     model: Literal["mnist-cnn", "cifar-cnn", "cifar-cnn-bn"] = "mnist-cnn"
+    init_model: str | None = Field(
+        None, min_length=1, description="warm start: the run starts from these weights instead of a random "
+        "initialisation: a model.pt, a run folder (its final model.pt), or 'pretrained:PRESET' (the clean model "
+        "`robustlr pretrain PRESET` builds and caches; built on first use). Its sha256 is in the run's summary")
     # -- federation
     rounds: int = Field(200, ge=1, description="R: communication rounds")
     num_agents: int | None = Field(
@@ -81,6 +88,12 @@ class ExperimentConfig(BaseModel):
         "the authors' code draws the CIFAR-10 plus with 0)"
     )
     dba_parts: int = Field(4, ge=1)
+    dba_split: Literal["authors", "disjoint"] = Field(
+        "authors", description="the plus in 4 parts: 'authors' as add_pattern_bd of the paper's code (bar halves of "
+        "4/3/5/4 pixels, the horizontal halves sharing the centre and the pixel right of it); 'disjoint' 4/3/3/3 "
+        "pixels, no pixel in two parts. Other trojans or part counts are always disjoint strips")
+    attack_from_round: int = Field(
+        1, ge=1, description="corrupt agents behave honestly (their clean data, the standard loss) before this round")
     poison_fraction: float = Field(0.5, gt=0, le=1, description="P: share of a corrupt agent's base-class samples poisoned")
     base_class: int = Field(5, ge=0)
     target_class: int = Field(7, ge=0)
@@ -99,6 +112,10 @@ class ExperimentConfig(BaseModel):
         0, ge=0, description="theta; 0 = no robust learning rate; an integer >= 1 counts agents; "
         "a value in (0, 1) is a fraction of the agents in the round"
     )
+    buffer_aggregation: Literal["mean", "rule"] = Field(
+        "mean", description="batch-norm buffers (running statistics, num_batches_tracked): 'mean' averages them "
+        "plainly under every rule (the rule, clipping, noise and FoolsGold's similarities see parameters only); "
+        "'rule' treats them as coordinates of the rule")
     rlr_scope: Literal["trainable", "all"] = Field(
         "trainable", description="coordinates RLR may flip; 'trainable' averages batch-norm statistics plainly"
     )
@@ -158,6 +175,11 @@ class ExperimentConfig(BaseModel):
             problems.append(f"model {self.model!r} does not fit fashion-mnist (28x28 grayscale): use mnist-cnn")
         elif self.dataset == "cifar10" and self.model == "mnist-cnn":
             problems.append("model 'mnist-cnn' does not fit cifar10 (3x32x32): use cifar-cnn or cifar-cnn-bn")
+        if self.exact_only and self.dataset != "cifar10":
+            problems.append(f"exact_only applies to cifar10 (the 97 JPEG-filled images of cifar10.npz), not {self.dataset}")
+        if self.attack_from_round > self.rounds and self.corrupt_fraction > 0:
+            problems.append(f"attack_from_round={self.attack_from_round} is after the last round ({self.rounds}): "
+                            "the run would have no attack; lower it, or set corrupt_fraction = 0 for a clean run")
         if self.partition == "natural" and self.dataset not in ("femnist-leaf", "femnist-tff"):
             problems.append(f"partition 'natural' needs a dataset with writers (femnist-leaf, femnist-tff), not {self.dataset}")
         if self.num_agents is None and self.partition != "natural":
@@ -183,11 +205,11 @@ class ExperimentConfig(BaseModel):
                 f"trojan_value={self.trojan_value} is not a pixel value: use an integer in 0..255, "
                 "or leave it unset for the dataset's ink"
             )
-        if self.aggregator == "sign" and self.model == "cifar-cnn-bn":
+        if self.aggregator == "sign" and self.model == "cifar-cnn-bn" and self.buffer_aggregation == "rule":
             problems.append(
-                "aggregator 'sign' with model 'cifar-cnn-bn': the sign vote moves every coordinate by +-1 before eta, "
-                "batch-norm running statistics included (eta scales trainable parameters only); use model 'cifar-cnn' "
-                "or another aggregator")
+                "aggregator 'sign' with model 'cifar-cnn-bn' and buffer_aggregation 'rule': the sign vote would move "
+                "batch-norm running statistics by +-1 (eta scales trainable parameters only); use "
+                "buffer_aggregation = 'mean'")
         if self.rlr_from_val_acc is not None and self.rlr_from_round != 1:
             problems.append("give rlr_from_round or rlr_from_val_acc, not both")
         if self.noise_sigma > 0 and self.clip_scope == "agents":
@@ -230,6 +252,20 @@ class ExperimentConfig(BaseModel):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False)
+
+
+#: config keys that cannot change a run's numbers: a resume may change them
+NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """16 hex digits naming a run's numbers: its number-changing keys that differ from the defaults
+    (so a key added in a later version, left at its default, does not change the hash)."""
+    dumped = cfg.model_dump(mode="json")
+    keys = {k: dumped[k] for k, field in ExperimentConfig.model_fields.items()
+            if k not in NEUTRAL_KEYS and (field.is_required()
+                                          or getattr(cfg, k) != field.get_default(call_default_factory=True))}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _parse_value(raw: str) -> Any:

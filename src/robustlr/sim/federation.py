@@ -23,7 +23,7 @@ from robustlr.sim.config import ExperimentConfig
 
 def load_dataset(cfg: ExperimentConfig, data_dir: str | os.PathLike | None = None) -> ImageDataset:
     """Load the config's dataset (see :mod:`robustlr.data.registry`)."""
-    return registry.load_dataset(cfg.dataset, data_dir, cfg.data_sources, cfg.digits_only)
+    return registry.load_dataset(cfg.dataset, data_dir, cfg.data_sources, cfg.digits_only, cfg.exact_only)
 
 
 def stratified_subset(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -88,6 +88,9 @@ class Federation:
     base_x: torch.Tensor  # clean test images of the base class
     backdoor_x: torch.Tensor  # the same with the full trojan; all labelled target
     notes: dict = field(default_factory=dict)
+    # attack_from_round > 1: corrupt agent -> its rows with every poisoned one replaced by a clean copy
+    honest_indices: dict[int, np.ndarray] = field(default_factory=dict)
+    attack_from_round: int = 1
 
     @property
     def num_agents(self) -> int:
@@ -99,6 +102,29 @@ class Federation:
 
     def is_corrupt(self, agent: int) -> bool:
         return bool(np.isin(agent, self.corrupt))
+
+    def indices(self, agent: int, round_: int) -> np.ndarray:
+        """The rows agent ``agent`` trains on in round ``round_`` (clean ones before the attack starts)."""
+        if round_ < self.attack_from_round and int(agent) in self.honest_indices:
+            return self.honest_indices[int(agent)]
+        return self.agent_indices[agent]
+
+
+def honest_copies(x: torch.Tensor, y: torch.Tensor, clean_x: torch.Tensor, clean_y: torch.Tensor,
+                  agents: list[np.ndarray], corrupt: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]:
+    """Append a clean copy of every poisoned row to ``x``/``y``; per corrupt agent, its rows with each
+    poisoned one replaced by its copy (what it trains on while it behaves honestly)."""
+    poisoned_rows = torch.nonzero(y != clean_y).flatten()
+    n = x.shape[0]
+    where = np.full(n, -1, dtype=np.int64)
+    where[poisoned_rows.numpy()] = n + np.arange(len(poisoned_rows))
+    honest = {}
+    for a in corrupt:
+        rows = agents[int(a)].copy()
+        hit = where[rows] >= 0
+        rows[hit] = where[rows[hit]]
+        honest[int(a)] = rows
+    return torch.cat([x, clean_x[poisoned_rows]]), torch.cat([y, clean_y[poisoned_rows]]), honest
 
 
 def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -150,12 +176,17 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     h, w = ds.image_shape[1:]
     family = registry.dataset_spec(cfg.dataset).trojan_family
     full_mask = trojan_mask(cfg.trojan, h, w, dataset=family)
-    masks = dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family) if cfg.attack == "dba" else [full_mask]
+    masks = (dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family, split=cfg.dba_split) if cfg.attack == "dba"
+             else [full_mask])
 
     value = ds.ink if cfg.trojan_value is None else cfg.trojan_value
     x, y, poisoned = poison_agents(
         ds.train_x, ds.train_y, agents, corrupt, masks, value, cfg.base_class, cfg.target_class,
         cfg.poison_fraction, lambda agent: seeding.numpy_rng(cfg.seed, seeding.SETUP, 3, agent))
+
+    honest: dict[int, np.ndarray] = {}
+    if cfg.attack_from_round > 1 and len(corrupt):
+        x, y, honest = honest_copies(x, y, ds.train_x, ds.train_y, agents, corrupt)
 
     test_y = ds.test_y
     base_rows = torch.nonzero(test_y == cfg.base_class).flatten()
@@ -168,6 +199,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "trojan_value": int(value),
         "train_samples": int(sum(len(a) for a in agents)),
         "data_source": ds.source,
+        "attack_from_round": int(cfg.attack_from_round),
     }
     return Federation(
         dataset=ds,
@@ -181,4 +213,6 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         base_x=normalise(base_x_u8, ds.mean, ds.std),
         backdoor_x=normalise(apply_trojan(base_x_u8, full_mask, value), ds.mean, ds.std),
         notes=notes,
+        honest_indices=honest,
+        attack_from_round=int(cfg.attack_from_round),
     )

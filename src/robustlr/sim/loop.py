@@ -27,11 +27,12 @@ from robustlr.errors import (
 )
 from robustlr.models import build_model
 from robustlr.sim import checkpoint, seeding
-from robustlr.sim.config import ExperimentConfig, make_config
+from robustlr.sim.config import NEUTRAL_KEYS, ExperimentConfig, make_config  # noqa: F401  (NEUTRAL_KEYS re-exported)
 from robustlr.sim.engines import build_engine, engine_context, select_mode
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation
 from robustlr.sim.lifecycle import sigterm_raises
+from robustlr.sim.pretrain import check_init_model, load_init_state, resolve_init_model
 from robustlr.sim.records import RoundRecord, RunSummary, dumps, provenance
 from robustlr.sim.server import apply_server_lr, build_rule, rlr_on, server_lr_vector
 
@@ -48,8 +49,6 @@ def sample_agents(cfg: ExperimentConfig, num_agents: int, round_: int) -> np.nda
     return np.sort(rng.choice(num_agents, size=m, replace=False))
 
 
-#: config keys that cannot change a run's numbers: a resume may change them
-NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
 
 
 def blocking_differences(old: ExperimentConfig, new: ExperimentConfig) -> dict:
@@ -152,7 +151,7 @@ class Simulation:
 
     def __init__(self, cfg: ExperimentConfig, fed: Federation, out_dir: str | Path | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None,
-                 observers: Sequence[StepObserver] = ()) -> None:
+                 observers: Sequence[StepObserver] = (), data_dir: str | None = None) -> None:
         self.cfg = cfg
         self.fed = fed
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -168,6 +167,10 @@ class Simulation:
             # oneDNN's convolutions are about 2x faster on channels-last activations (evaluation too)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.layout = ParamLayout.from_module(self.model)
+        # a warm start (init_model) replaces the random initialisation; a resume replaces both
+        self.init_model = resolve_init_model(cfg, data_dir, dataset=fed.dataset)
+        if self.init_model is not None:
+            self.model.load_state_dict(load_init_state(self.init_model, self.model))
         self.global_params = self.layout.flatten(self.model).to(self.device)
         self.noise_gen = torch.Generator(device="cpu")
         self.rule = build_rule(cfg, self.layout, self.noise_gen, cfg.agents_per_round(fed.num_agents))
@@ -349,7 +352,8 @@ class Simulation:
             **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
             rlr_switch_round=next((r.round for r in self.records if r.rlr_on), None),
             seconds=self.elapsed, seconds_per_round=self.elapsed / max(1, self.cfg.rounds),
-            engine=self.engine.name, federation=self.fed.notes, **provenance(),
+            engine=self.engine.name, federation=self.fed.notes,
+            init_model=self.init_model.record() if self.init_model is not None else None, **provenance(),
         )
         if self.out_dir is not None:
             # the checkpoint first: once it holds the last round, a rerun only rewrites the rest
@@ -374,6 +378,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         raise DataNotFoundError(f"--data-dir {data_dir} is not a folder; give the folder that holds the datasets")
     if out_dir is not None:
         check_out_dir(Path(out_dir), cfg)
+    check_init_model(cfg)
     ds = dataset if dataset is not None else load_dataset(cfg, data_dir)
     fed = build_federation(cfg, ds)
-    return Simulation(cfg, fed, out_dir, on_round, observers).run()
+    return Simulation(cfg, fed, out_dir, on_round, observers, data_dir=data_dir).run()

@@ -98,6 +98,7 @@ class RunSummary(BaseModel):
     seconds_per_round: float
     engine: str
     federation: dict[str, Any]
+    init_model: dict[str, Any] | None = None  # the warm start: spec, sha256 (and pretraining config hash)
     machine: dict[str, Any]
     torch_version: str
     robustlr_version: str

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, ParamLayout,
-                                  RobustLR, SignAggregation)
+                                  PlainBuffers, RobustLR, SignAggregation)
 from robustlr.sim.config import ExperimentConfig
 
 RULES = {"fedavg": FedAvg, "comed": CoordinateMedian, "sign": SignAggregation, "foolsgold": FoolsGold}
@@ -27,6 +27,10 @@ RULES = {"fedavg": FedAvg, "comed": CoordinateMedian, "sign": SignAggregation, "
 def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
                agents_per_round: int | None = None) -> AggregationRule:
     """The server's rule for ``cfg``: base rule, optionally clip + noise, optionally RLR around it.
+
+    A model with buffers (batch norm) has them averaged plainly (:class:`PlainBuffers` around
+    the rule and its clipping and noise) unless ``buffer_aggregation = "rule"``; RLR flips
+    trainable coordinates only unless ``rlr_scope = "all"``.
 
     The RLR threshold when updates are rejected: an integer ``rlr_threshold`` counts agents of
     a full round of ``agents_per_round``; when some updates are rejected (non-finite) theta
@@ -44,6 +48,10 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
         RULES[cfg.aggregator]()
     if cfg.server_clip_norm > 0 or cfg.noise_sigma > 0:
         rule = ClipAndNoise(rule, clip_norm=cfg.server_clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
+    trainable = layout.trainable_mask()
+    if cfg.buffer_aggregation == "mean" and not bool(trainable.all()):
+        # batch-norm buffers: the plain size-weighted mean; the rule, clipping and noise see parameters only
+        rule = PlainBuffers(rule, trainable)
     if cfg.rlr_threshold > 0:
         if cfg.rlr_threshold >= 1 and agents_per_round is None:
             kw = {"threshold": int(cfg.rlr_threshold)}

@@ -95,7 +95,7 @@ def train_message(msg: Message, context: Context, defaults: dict | None = None) 
     state = msg.content["arrays"].to_torch_state_dict()
     engine.model.load_state_dict(state)
     global_flat = engine.layout.flatten(engine.model)
-    update = engine.train_agent(global_flat, fed.agent_indices[agent], round_, agent, engine.ctx.loss_sign(agent))
+    update = engine.train_agent(global_flat, fed.indices(agent, round_), round_, agent, engine.ctx.loss_sign(agent, round_))
     local = engine.layout.unflatten(global_flat + update)
     content = RecordDict({"arrays": ArrayRecord(local),
                           "metrics": MetricRecord({"num-examples": int(len(fed.agent_indices[agent])),

@@ -62,8 +62,23 @@ class EngineContext:
     max_agents: int  # the most agents one round trains
     workers: int = 1  # worker processes (processes engine)
     loss_signs: Mapping[int, float] = field(default_factory=dict)  # agent -> sign of its loss (default +1)
+    # corrupt agents behave honestly before attack_from_round: these rows, the standard loss
+    honest_indices: Mapping[int, np.ndarray] = field(default_factory=dict)
+    attack_from_round: int = 1
 
-    def loss_sign(self, agent: int) -> float:
+    def attacking(self, round_: int | None) -> bool:
+        return round_ is None or round_ >= self.attack_from_round
+
+    def indices(self, agent: int, round_: int) -> np.ndarray:
+        """The rows ``agent`` trains on in round ``round_``."""
+        if not self.attacking(round_) and int(agent) in self.honest_indices:
+            return self.honest_indices[int(agent)]
+        return self.agent_indices[agent]
+
+    def loss_sign(self, agent: int, round_: int | None = None) -> float:
+        """The sign of ``agent``'s loss in round ``round_`` (+1 before the attack starts)."""
+        if not self.attacking(round_):
+            return 1.0
         return float(self.loss_signs.get(int(agent), 1.0))
 
 

@@ -101,7 +101,7 @@ class ProcessesEngine:
         self.global_flat = torch.zeros(numel, dtype=torch.float32).share_memory_()
         self.out = torch.zeros((ctx.max_agents, numel), dtype=torch.float32).share_memory_()
         # the workers need no agent table: each task carries its agent's indices
-        self._worker_ctx = replace(ctx, agent_indices=())
+        self._worker_ctx = replace(ctx, agent_indices=(), honest_indices={})
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
@@ -125,12 +125,12 @@ class ProcessesEngine:
             raise EngineError(f"{n} agents in a round but the engine was sized for {self.out.shape[0]}")
         self.global_flat.copy_(global_params)
         pool = self._ensure_pool()
-        indices = [self.ctx.agent_indices[a] for a in ids]
+        indices = [self.ctx.indices(a, round_) for a in ids]
         # largest agents first, so that the last task to finish is a short one
         order = sorted(range(n), key=lambda i: -len(indices[i]))
         try:
             futures = [pool.submit(_train_task, i, np.asarray(indices[i]), round_, int(ids[i]),
-                                   self.ctx.loss_sign(ids[i])) for i in order]
+                                   self.ctx.loss_sign(ids[i], round_)) for i in order]
             for f in futures:
                 f.result()
         except BrokenProcessPool as exc:

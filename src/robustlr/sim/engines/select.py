@@ -79,4 +79,5 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         max_agents=per_round, workers=max(1, min(cfg.threads or available_cores(), per_round)),
         # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
+        honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
     )

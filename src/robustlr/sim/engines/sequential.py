@@ -59,8 +59,8 @@ class SequentialEngine:
         ids = np.asarray(agent_ids, dtype=np.int64)
         out = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
         for i, agent in enumerate(ids):
-            out[i].copy_(self.train_agent(global_params, self.ctx.agent_indices[agent], round_, int(agent),
-                                          self.ctx.loss_sign(agent)))
+            out[i].copy_(self.train_agent(global_params, self.ctx.indices(agent, round_), round_, int(agent),
+                                          self.ctx.loss_sign(agent, round_)))
         return RoundUpdates(out, ids, time.perf_counter() - t0)
 
     def close(self) -> None:

@@ -76,8 +76,8 @@ class VectorizedEngine:
         t0 = time.perf_counter()
         ids = np.asarray(agent_ids, dtype=np.int64)
         out = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
-        self._train_into(out, global_params, [self.ctx.agent_indices[a] for a in ids], round_, [int(a) for a in ids],
-                         [self.ctx.loss_sign(a) for a in ids])
+        self._train_into(out, global_params, [self.ctx.indices(a, round_) for a in ids], round_, [int(a) for a in ids],
+                         [self.ctx.loss_sign(a, round_) for a in ids])
         return RoundUpdates(out, ids, time.perf_counter() - t0)
 
     def _train_into(self, out: torch.Tensor, global_flat: torch.Tensor, indices: list[np.ndarray], round_: int,
