@@ -55,11 +55,12 @@ def test_dba_agents_draw_their_part_and_the_test_set_the_full_plus(tiny, value):
 
 
 def test_plus_parts_of_the_corrupt_agents_cover_the_trojan():
-    parts = dba_parts("plus", 4, 32, 32, "cifar10")
     full = trojan_mask("plus", 32, 32, "cifar10")
-    stacked = torch.stack(parts).to(torch.int64)
+    stacked = torch.stack(dba_parts("plus", 4, 32, 32, "cifar10", split="disjoint")).to(torch.int64)
     assert bool((stacked.sum(0) <= 1).all())  # disjoint
     assert torch.equal(stacked.sum(0).bool(), full)  # union = the full plus
+    authors = torch.stack(dba_parts("plus", 4, 32, 32, "cifar10")).to(torch.int64)
+    assert int(authors.sum(0).max()) == 3 and torch.equal(authors.sum(0).bool(), full)  # overlapping, same union
     for name in ("square", "copyright", "apple"):
         parts = torch.stack(dba_parts(name, 4, 32, 32, "cifar10")).to(torch.int64)
         assert bool((parts.sum(0) <= 1).all()) and torch.equal(parts.sum(0).bool(), trojan_mask(name, 32, 32, "cifar10"))
@@ -67,6 +68,8 @@ def test_plus_parts_of_the_corrupt_agents_cover_the_trojan():
 
 @pytest.mark.parametrize("run, corrupt, theta", [("clean", 0.0, 0), ("fedavg", 0.1, 0), ("rlr", 0.1, 8)])
 def test_paper_presets_are_table_2(run, corrupt, theta):
+    regular = load_config(f"cifar-paper-{'rlr' if theta else 'fedavg'}")
+    assert regular.attack == "trojan" and regular.rlr_threshold == theta and regular.rounds == 100
     cfg = load_config(f"cifar-dba-paper-{run}")
     assert (cfg.dataset, cfg.model, cfg.partition, cfg.attack, cfg.trojan, cfg.dba_parts) == (
         "cifar10", "cifar-cnn", "iid", "dba", "plus", 4)
@@ -79,9 +82,17 @@ def test_paper_presets_are_table_2(run, corrupt, theta):
 
 
 def test_demo_preset_keeps_the_papers_model_and_attack():
+    from robustlr.reports.demo import demo_configs
+
     cfg = load_config("demo-cifar")
     assert (cfg.dataset, cfg.model, cfg.attack, cfg.trojan, cfg.dba_parts, cfg.trojan_value) == (
-        "cifar10", "cifar-cnn", "dba", "plus", 4, 0)
+        "cifar10", "cifar-cnn", "trojan", "plus", 4, 0)
+    assert cfg.init_model == "pretrained:cifar-pretrain"
+    cfgs = demo_configs("cifar")
+    assert list(cfgs) == ["fedavg_clean", "fedavg_attack", "rlr_attack", "fedavg_dba", "rlr_dba"]
+    assert [c.attack for c in cfgs.values()] == ["trojan", "trojan", "trojan", "dba", "dba"]
+    assert [c.rlr_threshold for c in cfgs.values()] == [0, 0, 8, 0, 8]
+    assert [c.corrupt_fraction for c in cfgs.values()] == [0, 0.1, 0.1, 0.1, 0.1]
     assert (cfg.base_class, cfg.target_class, cfg.poison_fraction) == (5, 7, 0.5)
     assert cfg.num_corrupt(cfg.num_agents) == 4  # one corrupt agent per part of the plus
     assert cfg.rlr_threshold > cfg.num_corrupt(cfg.num_agents)

@@ -57,7 +57,11 @@ def pretrain(
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Train a clean starting model once and cache it by config hash; runs use it with
-    init_model = "pretrained:CONFIG". Prints the cached model.pt."""
+    init_model = "pretrained:CONFIG". Prints the cached model.pt.
+
+    --set overrides make another model (another hash): to start runs from it, write the changed
+    config to a TOML file and give init_model = "pretrained:FILE.toml".
+    """
     from robustlr.reports.tables import summary_table
     from robustlr.sim.pretrain import pretrain as build, pretrain_config, pretrained_dir
     from robustlr.sim.records import read_summary
@@ -115,7 +119,8 @@ def demo(
         fail(f"unknown setting {setting!r}; choose one of {', '.join(DEMOS)}")
     cfgs = demo_configs(setting, set_)
     first = next(iter(cfgs.values()))
-    console.print(f"[bold]robustlr demo ({setting})[/]: {len(cfgs)} runs x {first.rounds} rounds on {first.dataset} "
+    rounds = "/".join(str(r) for r in sorted({c.rounds for c in cfgs.values()}))
+    console.print(f"[bold]robustlr demo ({setting})[/]: {len(cfgs)} runs x {rounds} rounds on {first.dataset} "
                   f"-> {out}" + (f" (starting from {first.init_model})" if first.init_model else ""))
     with make_progress() as progress:
         tasks = {k: progress.add_task(k, total=c.rounds, status="") for k, c in cfgs.items()}
@@ -123,6 +128,9 @@ def demo(
         summary = run_demo(setting, out, data_dir=str(data_dir) if data_dir else None, extra=set_,
                            on_round=lambda k, rec: cbs[k](rec))
     console.print(comparison_table(setting, summary["runs"]))
+    if summary.get("init_model"):
+        console.print(f"Warm-started from {summary['init_model']['spec']} (sha256 {summary['init_model']['sha256'][:12]}...): "
+                      "these runs attack a model trained beforehand, not the paper's training from scratch.")
     pre = f" (+ {summary['pretrain_seconds']:.0f} s building the starting model)" if summary["pretrain_seconds"] > 1 else ""
     console.print(f"data: {summary['data_source']}; wall time {summary['wall_seconds']:.0f} s{pre}; "
                   f"paper numbers are at the paper's full budget. Plot: {out / 'demo.png'}; summary: {out / 'summary.json'}")

@@ -214,6 +214,10 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         facts = [f"Budget: {budget or 'unknown'}, {', '.join(map(str, budgets))} rounds; {len(done)} runs done"
                  f" ({seconds / 60:.1f} min of run time, summed over runs).",
                  f"Paper: {source or 'no reference'} (at the paper's budget). Ours: mean +- sd over seeds, percent."]
+        warm = sorted({c for c in (json.loads(r["config"]).get("init_model") for r in done) if c})
+        if warm:
+            facts.append(f"Warm-started from {', '.join(warm)}: these runs attack a model trained beforehand, not the "
+                         "paper's training from scratch.")
         if meta:
             facts.append(f"Rerun: `robustlr sweep {suite} --budget {budget or 'lite'} -r RESULTS -j 2`")
         mapping = meta.notes.get(budget or "", "") if meta else ""

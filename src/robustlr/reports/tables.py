@@ -9,6 +9,8 @@ RUN_LABELS = {
     "fedavg_clean": "FedAvg, no attack",
     "fedavg_attack": "FedAvg, attack",
     "rlr_attack": "FedAvg + RLR, attack",
+    "fedavg_dba": "FedAvg, DBA",
+    "rlr_dba": "FedAvg + RLR, DBA",
 }
 
 
