@@ -53,6 +53,18 @@ def test_data_reports_missing_files_with_exit_1(tmp_path, monkeypatch):
     assert "missing" in res.output
 
 
+def test_data_finds_cifar10_npz_or_lists_every_place(tmp_path, monkeypatch, data_dir):
+    res = runner.invoke(app, ["data", "cifar10", "--data-dir", str(data_dir)])
+    assert res.exit_code == 0, res.output
+    assert "cifar10.npz" in res.output and "sha256 87a96a9294ac" in " ".join(res.output.split())
+    monkeypatch.setenv("ROBUSTLR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ROBUSTLR_CACHE_DIR", str(tmp_path / "cache"))
+    res = runner.invoke(app, ["data", "cifar10", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 1
+    flat = "".join(res.output.split())  # rich wraps long paths
+    assert "missing" in res.output and "cifar10/cifar10.npz(missing)" in flat
+
+
 def test_run_writes_the_run_folder_and_resumes(tmp_path, data_dir):
     args = ["run", "demo-iid", "--set", "rounds=2", "--set", "train_limit=400", "--set", "threads=1",
             "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]
