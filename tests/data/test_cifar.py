@@ -337,18 +337,23 @@ def test_folder_missing_a_class_is_an_error(isolated):
 # --------------------------------------------------------------------------------------
 
 
-def test_shared_jpeg_archive():
+def shared_cifar(layout: str, holding: str):
     root = os.environ.get(ENV_DATA_DIR)
     if not root:
-        pytest.skip(f"shared data not given: set {ENV_DATA_DIR} to the folder holding cifar10-jpeg/cifar10-jpeg.tar.gz")
-    # Uses the real user cache: the first run decodes (~10 s), later runs read the arrays.
-    ds = cifar.load_cifar10(root, allow_download=False, layout="folder")
-    assert ds.source == "CIFAR-10 (JPEG q75 copy)"
-    assert ds.extra["verified"].startswith("sha256 45b041e867f5a40f")
+        pytest.skip(f"shared data not given: set {ENV_DATA_DIR} to the folder holding {holding}")
+    ds = cifar.load_cifar10(root, allow_download=False, layout=layout)
     assert ds.train_x.shape == (50_000, 3, 32, 32) and ds.test_x.shape == (10_000, 3, 32, 32)
     assert ds.image_shape == (3, 32, 32) and ds.num_classes == 10
     assert torch.bincount(ds.train_y, minlength=10).tolist() == [5_000] * 10
     assert torch.bincount(ds.test_y, minlength=10).tolist() == [1_000] * 10
+    return ds
+
+
+def test_shared_jpeg_archive():
+    # Uses the real user cache: the first run decodes (~10 s), later runs read the arrays.
+    ds = shared_cifar("folder", "cifar10-jpeg/cifar10-jpeg.tar.gz")
+    assert ds.source == "CIFAR-10 (JPEG q75 copy)"
+    assert ds.extra["verified"].startswith("sha256 45b041e867f5a40f")
     # channel order: the per-channel means are CIFAR-10's (R > G > B), JPEG shifts them < 0.001
     mean = (ds.train_x.float().mean(dim=(0, 2, 3)) / 255).tolist()
     assert mean == pytest.approx([0.4914, 0.4822, 0.4465], abs=2e-3)
@@ -428,13 +433,8 @@ def test_order_python_release_then_npz_then_image_folder(isolated, monkeypatch):
 
 
 def test_shared_npz():
-    root = os.environ.get(ENV_DATA_DIR)
-    if not root:
-        pytest.skip(f"shared data not given: set {ENV_DATA_DIR} to the folder holding cifar10/cifar10.npz")
-    ds = cifar.load_cifar10(root, allow_download=False, layout="npz")
+    ds = shared_cifar("npz", "cifar10/cifar10.npz")
     assert ds.source == "CIFAR-10 (59,903/60,000 original pixels)"
-    assert ds.train_x.shape == (50_000, 3, 32, 32) and ds.test_x.shape == (10_000, 3, 32, 32)
-    assert torch.bincount(ds.train_y, minlength=10).tolist() == [5_000] * 10
     # the test set is sorted by class (so any evaluation subset must be stratified)
     assert torch.equal(ds.test_y, torch.arange(10).repeat_interleave(1000))
     assert (len(ds.extra["inexact_train"]), len(ds.extra["inexact_test"])) == (77, 20)
