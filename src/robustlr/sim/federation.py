@@ -103,12 +103,6 @@ class Federation:
     def is_corrupt(self, agent: int) -> bool:
         return bool(np.isin(agent, self.corrupt))
 
-    def indices(self, agent: int, round_: int) -> np.ndarray:
-        """The rows agent ``agent`` trains on in round ``round_`` (clean ones before the attack starts)."""
-        if round_ < self.attack_from_round and int(agent) in self.honest_indices:
-            return self.honest_indices[int(agent)]
-        return self.agent_indices[agent]
-
 
 def honest_copies(x: torch.Tensor, y: torch.Tensor, clean_x: torch.Tensor, clean_y: torch.Tensor,
                   agents: list[np.ndarray], corrupt: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]:

@@ -7,7 +7,8 @@ takes the update back as weights - global, which may differ from the update in i
 (Intel Xeon, 2 cores) for the three configs below (the third with the RLR schedule): the two
 global models after 3 rounds are
 bitwise equal (max difference 0.0). The bound is 1e-5, for the last-bit differences that other
-data could show; the accuracies must agree too. Budget: about 100 s (six 3-round runs).
+data could show; the accuracies must agree too. The fourth config starts from a saved model and
+attacks from round 2. Budget: about 130 s (eight 3-round runs).
 """
 
 import pytest
@@ -33,8 +34,15 @@ def _task_identity(monkeypatch):
     [],                                                     # FedAvg + RLR theta 4 of 10
     ["aggregator='sign'", "rlr_threshold=0", "clip_norm=4", "noise_sigma=0.001"],
     ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2"],  # 5 of 10 agents per round, RLR from round 2
-], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule"])
-def test_flower_gives_the_simulators_model(data_dir, overrides):
+    ["init_model='WARM'", "attack_from_round=2"],           # a warm start, the corrupt agent honest in round 1
+], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule", "warm-start-late-attack"])
+def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
+    if any("WARM" in o for o in overrides):
+        from robustlr.models import build_model
+
+        torch.manual_seed(123)
+        torch.save(build_model("mnist-cnn").state_dict(), tmp_path / "warm.pt")
+        overrides = [o.replace("WARM", str(tmp_path / "warm.pt")) for o in overrides]
     cfg = load_config("demo-iid", ["rounds=3", "train_limit=600", "eval_every=1", "precision=fp32",
                                    "train_mode=sequential", "threads=1", *overrides])
     ours = run_experiment(cfg, data_dir=str(data_dir))

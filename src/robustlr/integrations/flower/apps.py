@@ -39,6 +39,7 @@ from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation, build_federation, load_dataset
 from robustlr.sim.loop import sample_agents
 from robustlr.sim.records import RoundRecord
+from robustlr.sim.pretrain import load_init_state, resolve_init_model
 from robustlr.sim.server import build_rule, rlr_on
 
 CONFIG_KEY = "robustlr-config"
@@ -74,10 +75,16 @@ def _engine(cfg_json: str, data_dir: str | None) -> SequentialEngine:
     return SequentialEngine(engine_context(cfg, fed, torch.device(cfg.device)))
 
 
-def initial_state(cfg: ExperimentConfig, num_classes: int) -> dict[str, torch.Tensor]:
-    """The global model at round 0, exactly as the built-in simulator initialises it."""
+def initial_state(cfg: ExperimentConfig, num_classes: int, data_dir: str | None = None,
+                  dataset=None) -> dict[str, torch.Tensor]:
+    """The global model at round 0, exactly as the built-in simulator initialises it (the
+    ``init_model`` warm start included)."""
     torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
-    return build_model(cfg.model, num_classes=num_classes).state_dict()
+    model = build_model(cfg.model, num_classes=num_classes)
+    init = resolve_init_model(cfg, data_dir, dataset=dataset)
+    if init is not None:
+        model.load_state_dict(load_init_state(init, model))
+    return model.state_dict()
 
 
 def train_message(msg: Message, context: Context, defaults: dict | None = None) -> Message:
@@ -95,7 +102,8 @@ def train_message(msg: Message, context: Context, defaults: dict | None = None) 
     state = msg.content["arrays"].to_torch_state_dict()
     engine.model.load_state_dict(state)
     global_flat = engine.layout.flatten(engine.model)
-    update = engine.train_agent(global_flat, fed.indices(agent, round_), round_, agent, engine.ctx.loss_sign(agent, round_))
+    update = engine.train_agent(global_flat, engine.ctx.indices(agent, round_), round_, agent,
+                                engine.ctx.loss_sign(agent, round_))
     local = engine.layout.unflatten(global_flat + update)
     content = RecordDict({"arrays": ArrayRecord(local),
                           "metrics": MetricRecord({"num-examples": int(len(fed.agent_indices[agent])),
@@ -160,7 +168,7 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
     Central evaluation (validation, base-class and backdoor accuracy) runs on the server after
     every ``eval_every`` rounds and at the last one."""
     fed = _federation(cfg.to_json(), data_dir)
-    state = initial_state(cfg, fed.dataset.num_classes)
+    state = initial_state(cfg, fed.dataset.num_classes, data_dir, fed.dataset)
     model = build_model(cfg.model, num_classes=fed.dataset.num_classes)
     model.load_state_dict(state)
     layout = ParamLayout.from_module(model)
