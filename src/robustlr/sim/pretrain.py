@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from robustlr.data import store
 from robustlr.data.store import cache_dir
 from robustlr.errors import ConfigError
 from robustlr.sim.config import ExperimentConfig, config_hash, load_config
@@ -73,11 +73,8 @@ def pretrained_dir(cfg: ExperimentConfig) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of a weights file (the data store's checksum, without decompression)."""
+    return store.file_sha256(path, decompress=False)
 
 
 @contextlib.contextmanager
