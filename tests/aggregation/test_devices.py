@@ -4,13 +4,19 @@ import pytest
 import torch
 
 from robustlr.aggregation import (
+    Bulyan,
     ClipAndNoise,
     CoordinateMedian,
     FedAvg,
+    Flame,
     FoolsGold,
+    GeometricMedian,
+    Krum,
+    NormBounding,
     ParamLayout,
     RobustLR,
     SignAggregation,
+    TrimmedMean,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -23,6 +29,14 @@ RULES = {
     "ClipAndNoise": lambda: ClipAndNoise(FedAvg(), 1.0, 1e-3, torch.Generator().manual_seed(0)),
     "RobustLR": lambda: RobustLR(FedAvg(), threshold=4),
     "RobustLR(clip)": lambda: RobustLR(ClipAndNoise(CoordinateMedian(), 1.0, 1e-2, torch.Generator().manual_seed(1)), threshold=3),
+    "TrimmedMean": lambda: TrimmedMean(0.25),
+    "Krum": lambda: Krum(f=2),
+    "MultiKrum": lambda: Krum(f=2, m=4),
+    "Bulyan": lambda: Bulyan(f=1),
+    "GeometricMedian": lambda: GeometricMedian(),
+    "NormBounding": lambda: NormBounding(CoordinateMedian(), bound=1.0),
+    "Flame": lambda: Flame(generator=torch.Generator().manual_seed(2)),
+    "RobustLR(Krum)": lambda: RobustLR(Krum(f=1), threshold=4),
 }
 
 

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry"]
+MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry", ".robust", ".flame"]
 
 
 @pytest.mark.parametrize("suffix", MODULES)
@@ -19,6 +19,7 @@ def test_docstring_examples(suffix):
 def test_every_public_rule_has_an_example():
     import robustlr.aggregation as agg
 
-    for name in ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise", "RobustLR", "ParamLayout", "threshold_range"]:
+    for name in ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise", "RobustLR", "ParamLayout", "threshold_range",
+                 "TrimmedMean", "Krum", "Bulyan", "GeometricMedian", "NormBounding", "Flame"]:
         doc = getattr(agg, name).__doc__
         assert doc and ">>>" in doc, name

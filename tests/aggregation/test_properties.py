@@ -14,6 +14,7 @@ from robustlr.aggregation import (
     ParamLayout,
     RobustLR,
     SignAggregation,
+    TrimmedMean,
     clip_updates,
 )
 
@@ -50,6 +51,7 @@ ORDER_INVARIANT = {
     "ClipAndNoise": lambda n: ClipAndNoise(FedAvg(), clip_norm=2.0),
     "RobustLR(FedAvg)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2, server_lr=0.5),
     "RobustLR(median)": lambda n: RobustLR(CoordinateMedian(), threshold_fraction=0.6),
+    "TrimmedMean": lambda n: TrimmedMean(0.2),
 }
 
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from robustlr.aggregation import FedAvg, ParamLayout, RobustLR, flipped_per_layer, vote_telemetry
+from robustlr.aggregation import (
+    FedAvg,
+    ParamLayout,
+    RobustLR,
+    flipped_per_layer,
+    vote_telemetry,
+)
 
 
 def test_a_hand_made_round_with_zeros_and_ties():

@@ -9,6 +9,13 @@ dtype and device of ``updates``; ``rule.telemetry`` holds the last call's teleme
 Wrappers take another rule: ``RobustLR(FedAvg(), threshold=4)``,
 ``RobustLR(ClipAndNoise(FedAvg(), clip_norm=4, noise_sigma=1e-3), threshold=4)``.
 
+The rules: ``FedAvg``, ``CoordinateMedian``, ``SignAggregation`` (:mod:`.rules`); ``FoolsGold``;
+the Byzantine-robust baselines ``TrimmedMean(beta)``, ``Krum(f, m=1)`` (and multi-Krum),
+``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``Flame()`` in :mod:`.flame`
+(needs ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
+``NormBounding(rule, bound)`` (Sun et al. 2019) and ``RobustLR``. Any rule composes with the
+wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMean(0.2), clip_norm=4)``.
+
 >>> import torch
 >>> from robustlr.aggregation import FedAvg, RobustLR
 >>> U = torch.tensor([[1.0, -2.0, 3.0], [1.0, 2.0, -3.0], [1.0, 2.0, 3.0]])
@@ -18,10 +25,12 @@ tensor([ 1.0000, -0.6667, -1.0000])
 
 from .base import AggregationRule, sign_vote, validate_inputs
 from .buffers import PlainBuffers
-from .clip import ClipAndNoise, clip_updates
+from .clip import ClipAndNoise, NormBounding, clip_updates
+from .flame import Flame
 from .foolsgold import FoolsGold, foolsgold_weights
 from .layout import LayoutEntry, ParamLayout
 from .rlr import RobustLR, threshold_range
+from .robust import Bulyan, GeometricMedian, Krum, TrimmedMean
 from .rules import CoordinateMedian, FedAvg, SignAggregation
 from .telemetry import flipped_per_layer, vote_telemetry
 
@@ -31,7 +40,13 @@ __all__ = [
     "CoordinateMedian",
     "SignAggregation",
     "FoolsGold",
+    "TrimmedMean",
+    "Krum",
+    "Bulyan",
+    "GeometricMedian",
+    "Flame",
     "ClipAndNoise",
+    "NormBounding",
     "PlainBuffers",
     "RobustLR",
     "ParamLayout",

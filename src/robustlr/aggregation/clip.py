@@ -1,4 +1,4 @@
-"""Norm clipping and Gaussian noise around any rule (Sun et al. 2019; paper eq. 2)."""
+"""Norm clipping and Gaussian noise around any rule (Sun et al. 2019; paper eq. 2), and norm bounding."""
 
 from __future__ import annotations
 
@@ -17,7 +17,33 @@ from .base import (
 )
 from .rules import FedAvg
 
-__all__ = ["ClipAndNoise", "clip_updates"]
+__all__ = ["ClipAndNoise", "NormBounding", "clip_updates"]
+
+
+def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """``generator`` itself if it is None or a CPU ``torch.Generator``; ``ValueError`` otherwise."""
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != "cpu":
+            raise ValueError(
+                f"generator must be a CPU torch.Generator (noise is drawn on the CPU so that it "
+                f"is the same on every device), got one on {generator.device}"
+            )
+    return generator
+
+
+def gaussian_noise(like: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    """``N(0, std^2)`` per coordinate, shaped, typed and placed like the 1-D tensor ``like``.
+
+    Drawn on the CPU from ``generator`` (torch's global CPU generator if None) in float32, or
+    float64 for float64 ``like``, then moved: a seeded generator gives the same noise on every
+    device. Always draws ``like.shape[0]`` numbers, also for ``std = 0``.
+    """
+    noise_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    noise = torch.randn(like.shape[0], generator=generator, dtype=noise_dtype, device="cpu")
+    noise.mul_(std)
+    return noise.to(device=like.device, dtype=like.dtype)
 
 
 def clip_scale(updates: Tensor, clip_norm: float, norms: Tensor | None = None) -> tuple[Tensor | None, int]:
@@ -112,15 +138,7 @@ class ClipAndNoise(AggregationRule):
         self.rule = rule
         self.clip_norm = check_nonnegative_finite("clip_norm", clip_norm)
         self.noise_sigma = check_nonnegative_finite("noise_sigma", noise_sigma)
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-            if generator.device.type != "cpu":
-                raise ValueError(
-                    f"generator must be a CPU torch.Generator (noise is drawn on the CPU so that it "
-                    f"is the same on every device), got one on {generator.device}"
-                )
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     @property
     def noise_std(self) -> float:
@@ -157,10 +175,7 @@ class ClipAndNoise(AggregationRule):
             out = call_inner(self.rule, updates * scale.unsqueeze(1), weights, agent_ids)
         std = self.noise_std
         if std > 0:
-            noise_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
-            noise = torch.randn(out.shape[0], generator=self.generator, dtype=noise_dtype, device="cpu")
-            noise.mul_(std)
-            out = out + noise.to(device=out.device, dtype=out.dtype)
+            out = out + gaussian_noise(out, std, self.generator)
         self.telemetry = {
             "n_clipped": n_clipped,
             "noise_std": std,
@@ -173,3 +188,80 @@ class ClipAndNoise(AggregationRule):
             f"ClipAndNoise({self.rule!r}, clip_norm={self.clip_norm!r}, "
             f"noise_sigma={self.noise_sigma!r})"
         )
+
+
+class NormBounding(AggregationRule):
+    r"""Norm bounding (Sun et al. 2019, "Can you really backdoor federated learning?").
+
+    Clip every update to L2 norm at most ``bound``, then aggregate with ``rule``:
+
+    .. math:: g(\Delta) = \mathrm{rule}\Big(\Big\{\Delta^k \min\Big(1, \frac{M}{\|\Delta^k\|_2}\Big)\Big\}_k\Big)
+
+    with ``M = bound``. This is :class:`ClipAndNoise` without noise (Sun et al.'s "weak
+    differential privacy" adds the noise; use ``ClipAndNoise`` for that), under the paper's
+    name; the clipping is ``ClipAndNoise``'s (see :func:`clip_updates`), and FedAvg folds the
+    clipping factors into its weights instead of copying the matrix.
+
+    Args:
+        rule: the rule that aggregates the clipped updates; ``None`` (the default) is ``FedAvg()``.
+        bound: ``M``, the L2 bound, a finite number > 0.
+
+    Telemetry: ``n_clipped`` (agents whose update was scaled down), ``bound``, and ``inner``
+    (the wrapped rule's telemetry).
+
+    Example:
+        >>> import torch
+        >>> U = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+        >>> nb = NormBounding(bound=1.0)      # FedAvg of [0.6, 0.8] and [0.3, 0.4]
+        >>> nb(U)
+        tensor([0.4500, 0.6000])
+        >>> nb.telemetry["n_clipped"]
+        1
+    """
+
+    def __init__(self, rule: AggregationRule | Callable[..., Tensor] | None = None, bound: float | None = None) -> None:
+        super().__init__()
+        if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+            raise ValueError(
+                f"NormBounding's first argument is the rule, got the number {rule!r}; "
+                f"write NormBounding(bound={rule!r}) or NormBounding(FedAvg(), bound={rule!r})"
+            )
+        if bound is None:
+            raise ValueError("NormBounding needs bound, the L2 norm bound M > 0; e.g. NormBounding(FedAvg(), bound=3.0)")
+        rule = FedAvg() if rule is None else rule
+        check_rule(rule)
+        try:
+            value = check_nonnegative_finite("bound", bound)
+        except ValueError:
+            value = -1.0
+        if value <= 0 or isinstance(bound, bool):
+            raise ValueError(
+                f"bound must be a finite number > 0 (an L2 norm bound), got {bound!r}; "
+                f"to aggregate without clipping use the rule itself"
+            )
+        self.rule = rule
+        self.bound = value
+        self._clip = ClipAndNoise(rule, clip_norm=value)
+
+    def aggregate_validated(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self._done(self._clip.aggregate_validated(updates, weights, agent_ids))
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self._done(self._clip.aggregate_checking_finite(updates, weights, agent_ids))
+
+    def _done(self, out: Tensor) -> Tensor:
+        clip_telemetry = self._clip.telemetry
+        self.telemetry = {"n_clipped": clip_telemetry["n_clipped"], "bound": self.bound, "inner": clip_telemetry["inner"]}
+        return out
+
+    def reset(self) -> None:
+        super().reset()
+        if isinstance(self.rule, AggregationRule):
+            self.rule.reset()
+
+    def __repr__(self) -> str:
+        return f"NormBounding({self.rule!r}, bound={self.bound!r})"

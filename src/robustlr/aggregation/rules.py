@@ -8,7 +8,13 @@ from collections.abc import Hashable
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, check_finite_rows, column_chunk, deprecated_server_lr, sign_vote
+from .base import (
+    AggregationRule,
+    check_finite_rows,
+    column_chunk,
+    deprecated_server_lr,
+    sign_vote,
+)
 
 __all__ = ["FedAvg", "CoordinateMedian", "SignAggregation"]
 
