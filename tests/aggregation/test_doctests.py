@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry", ".robust", ".flame"]
+MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry", ".robust", ".flame", ".screening"]
 
 
 @pytest.mark.parametrize("suffix", MODULES)

@@ -187,7 +187,8 @@ def test_malformed_update_is_rejected_and_logged(caplog, tiny):
     with caplog.at_level("WARNING"):
         rec = sim.run_round(1)
     assert rec.rejected == [2] and rec.agents == 3
-    assert "rejected non-finite updates of agents [2]" in caplog.text
+    assert rec.rejections == [{"agent": 2, "reason": "non-finite", "detail": "holds NaN or inf"}]
+    assert "rejected the updates of agent 2 (non-finite: holds NaN or inf)" in caplog.text
     assert torch.isfinite(sim.global_params).all()
     assert not torch.equal(before, sim.global_params)
 

@@ -217,3 +217,86 @@ def apply_trojan(x: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Tenso
     out = x.clone()
     out[:, :, mask.to(x.device)] = int(value)
     return out
+
+
+POSITIONS = ("default", "top-left", "top-right", "bottom-left", "bottom-right", "centre")
+# a corner placement keeps the trojan this many pixels in from the edges (the square's margin)
+CORNER_MARGIN = 2
+
+
+def parse_position(position: str) -> str | tuple[int, int]:
+    """A placement: one of :data:`POSITIONS`, or ``"ROW,COL"``, the top-left pixel of the trojan's
+    bounding box. Raises ``ValueError`` naming the accepted forms."""
+    if position in POSITIONS:
+        return position
+    parts = str(position).split(",")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise ValueError(f"trojan_position must be one of {', '.join(POSITIONS)} or 'ROW,COL' (the top-left pixel of "
+                     f"the trojan's bounding box, e.g. '3,20'), got {position!r}")
+
+
+def placement_offset(mask: torch.Tensor, position: str) -> tuple[int, int]:
+    """The (rows, columns) shift that moves ``mask``'s bounding box to ``position``.
+
+    ``"default"`` is each trojan's place in the paper (no shift); a corner puts the box
+    :data:`CORNER_MARGIN` pixels in from its two edges; ``"centre"`` centres it (rounding down).
+    Raises ``ValueError`` when the trojan does not fit at an explicit position.
+
+    Example:
+        >>> placement_offset(trojan_mask("plus"), "bottom-right")   # the plus spans rows 5..9, columns 3..7
+        (16, 18)
+    """
+    where = parse_position(position)
+    if where == "default":
+        return 0, 0
+    h, w = mask.shape
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return 0, 0
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    bh, bw = r1 - r0 + 1, c1 - c0 + 1
+    m = CORNER_MARGIN
+    targets = {"top-left": (m, m), "top-right": (m, w - m - bw), "bottom-left": (h - m - bh, m),
+               "bottom-right": (h - m - bh, w - m - bw), "centre": ((h - bh) // 2, (w - bw) // 2)}
+    tr, tc = targets[where] if isinstance(where, str) else where
+    if tr < 0 or tc < 0 or tr + bh > h or tc + bw > w:
+        raise ValueError(f"a trojan of {bh}x{bw} pixels placed at row {tr}, column {tc} does not fit a {h}x{w} "
+                         f"image; choose a row <= {h - bh} and a column <= {w - bw}")
+    return tr - r0, tc - c0
+
+
+def shift_mask(mask: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+    """``mask`` moved by ``offset`` (rows, columns); every set pixel must stay inside the image."""
+    dr, dc = offset
+    if (dr, dc) == (0, 0):
+        return mask
+    out = torch.zeros_like(mask)
+    pts = torch.nonzero(mask)
+    pts[:, 0] += dr
+    pts[:, 1] += dc
+    h, w = mask.shape
+    if pts.numel() and (pts[:, 0].min() < 0 or pts[:, 1].min() < 0 or pts[:, 0].max() >= h or pts[:, 1].max() >= w):
+        raise ValueError(f"shifting the trojan by {offset} moves it off the {h}x{w} image")
+    out[pts[:, 0], pts[:, 1]] = True
+    return out
+
+
+def trojan_contrast(x_uint8: torch.Tensor, mask: torch.Tensor, value: int) -> float:
+    """How much the trojan changes the images ``x_uint8`` (N, C, H, W), on average: the mean over
+    images, channels and trojan pixels of ``|value - pixel| / 255``, in [0, 1].
+
+    1 means every trojan pixel flips from black to white (ink on empty background); near 0 the
+    trojan is drawn in ink on a region that is ink already, and a model can hardly see it. A
+    backdoor with a low contrast on the base class's images is slow to take or never does.
+
+    Example:
+        >>> x = torch.zeros(2, 1, 28, 28, dtype=torch.uint8); x[1] = 255   # one black, one white image
+        >>> trojan_contrast(x, trojan_mask("plus"), 255)
+        0.5
+    """
+    if mask.sum() == 0 or x_uint8.shape[0] == 0:
+        return 0.0
+    pixels = x_uint8[:, :, mask.to(x_uint8.device)].to(torch.float32)
+    return float((pixels - float(value)).abs().mean() / 255.0)

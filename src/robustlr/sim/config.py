@@ -27,7 +27,7 @@ else:  # pragma: no cover
 Dataset = Literal["fashion-mnist", "femnist-leaf", "femnist-tff", "cifar10"]
 Partition = Literal["iid", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold"]
-Attack = Literal["trojan", "dba"]
+Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
 Precision = Literal["fp32", "bf16"]
@@ -78,8 +78,14 @@ class ExperimentConfig(BaseModel):
     participation: float = Field(1.0, gt=0, le=1, description="C: fraction of agents sampled each round")
     # -- attack
     attack: Attack = Field("trojan", description="trojan: every corrupt agent uses the whole trojan; "
-                           "dba: corrupt agent i uses part i mod dba_parts")
+                           "dba: corrupt agent i uses part i mod dba_parts; label-flip: no trojan, the poisoned "
+                           "base-class samples are only relabelled (a semantic backdoor: the backdoor accuracy is "
+                           "the share of clean base-class test images classified as the target)")
     trojan: Trojan = "plus"
+    trojan_position: str = Field(
+        "default", pattern=r"^(default|top-left|top-right|bottom-left|bottom-right|centre|[0-9]+,[0-9]+)$",
+        description="where the trojan sits: default (the paper's place for each trojan), a corner (2 pixels in "
+        "from its edges), centre, or 'ROW,COL' (the top-left pixel of its bounding box); DBA parts move with it")
     corrupt_loss: Literal["standard", "negated"] = Field(
         "standard", description="negated: corrupt agents minimise minus the loss on their (poisoned) data (Table 7)")
     trojan_value: int | None = Field(
@@ -94,6 +100,19 @@ class ExperimentConfig(BaseModel):
         "pixels, no pixel in two parts. Other trojans or part counts are always disjoint strips")
     attack_from_round: int = Field(
         1, ge=1, description="corrupt agents behave honestly (their clean data, the standard loss) before this round")
+    boost_factor: float = Field(
+        1.0, gt=0, description="model replacement (Bagdasaryan et al.): corrupt agents scale their updates' trainable "
+        "coordinates by this factor (1 = off); with adaptive = 'scale', only the chosen coordinates")
+    stealth: Literal["none", "project"] = Field(
+        "none", description="project: corrupt agents project what they send onto the L2 ball of stealth_multiple x "
+        "the norm of their own clean update (trained the same round on their clean data), after boosting")
+    stealth_multiple: float = Field(1.0, gt=0, description="stealth: the norm bound as a multiple of the clean norm")
+    adaptive: Literal["none", "sign", "scale"] = Field(
+        "none", description="adaptive attacks on the sign vote (colluding corrupt agents, simulator only): 'sign' "
+        "sends their clean updates except on the top adaptive_top_fraction coordinates of |mean poisoned - mean "
+        "clean|, where all send the mean poisoned update (x boost_factor); 'scale' sends the poisoned updates with "
+        "only those coordinates x boost_factor")
+    adaptive_top_fraction: float = Field(0.01, gt=0, le=1, description="adaptive: share of trainable coordinates attacked")
     poison_fraction: float = Field(0.5, gt=0, le=1, description="P: share of a corrupt agent's base-class samples poisoned")
     base_class: int = Field(5, ge=0)
     target_class: int = Field(7, ge=0)
@@ -129,6 +148,9 @@ class ExperimentConfig(BaseModel):
         "both", description="both: agents project onto the M-ball (PGD) and the server clips (the paper's eq. 2); "
         "server: only the server clips (Table 7); agents: only the agents project")
     noise_sigma: float = Field(0.0, ge=0, description="sigma: server noise std is sigma * M")
+    screen_norm_multiple: float = Field(
+        0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
+        "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
     comed_even: Literal["mean", "lower"] = Field(
         "mean", description="comed with an even number of agents: the mean of the two middle values (numpy), or "
         "the lower one (torch.median, as the authors' code)")
@@ -217,9 +239,25 @@ class ExperimentConfig(BaseModel):
                             "the noise std is sigma * M")
         if self.noise_sigma > 0 and self.clip_norm == 0:
             problems.append("noise_sigma > 0 needs clip_norm > 0 (the noise std is sigma * M)")
+        model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"))
+                        if getattr(self, k) != off]
+        if model_attack and self.corrupt_fraction == 0:
+            problems.append(f"{', '.join(model_attack)} set but corrupt_fraction = 0: no agent would attack")
+        if self.adaptive == "scale" and self.boost_factor == 1.0:
+            problems.append("adaptive = 'scale' multiplies the chosen coordinates by boost_factor: set boost_factor "
+                            "!= 1 (e.g. 10)")
+        if self.attack == "label-flip" and (self.trojan != "plus" or self.trojan_position != "default"):
+            problems.append("attack 'label-flip' draws no trojan: leave trojan and trojan_position unset")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def update_attack(self):
+        """The attack on the corrupt agents' updates (:class:`robustlr.attacks.model.UpdateAttack`)."""
+        from robustlr.attacks.model import UpdateAttack
+
+        return UpdateAttack(boost=self.boost_factor, stealth=self.stealth, stealth_multiple=self.stealth_multiple,
+                            adaptive=self.adaptive, top_fraction=self.adaptive_top_fraction)
 
     # -- derived values
     @property

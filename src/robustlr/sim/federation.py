@@ -4,6 +4,7 @@ their poisoned samples, and the evaluation sets. Everything here is computed onc
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -12,13 +13,24 @@ import torch
 
 from robustlr.attacks.dba import dba_parts
 from robustlr.attacks.poison import poison_agents
-from robustlr.attacks.trojans import apply_trojan, trojan_mask
+from robustlr.attacks.trojans import (
+    apply_trojan,
+    placement_offset,
+    shift_mask,
+    trojan_contrast,
+    trojan_mask,
+)
 from robustlr.data import partition as partitioners
 from robustlr.data import registry
 from robustlr.data.base import ImageDataset
 from robustlr.errors import DataError
 from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig
+
+log = logging.getLogger("robustlr")
+#: a trojan-contrast diagnostic below this (mean |trojan - pixel| / 255 over the base class's
+#: test images) is reported as a warning: the trojan hardly changes those images
+LOW_CONTRAST = 0.35
 
 
 def load_dataset(cfg: ExperimentConfig, data_dir: str | os.PathLike | None = None) -> ImageDataset:
@@ -172,6 +184,14 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     full_mask = trojan_mask(cfg.trojan, h, w, dataset=family)
     masks = (dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family, split=cfg.dba_split) if cfg.attack == "dba"
              else [full_mask])
+    try:
+        offset = placement_offset(full_mask, cfg.trojan_position)
+    except ValueError as exc:
+        raise DataError(f"trojan_position = {cfg.trojan_position!r}: {exc}") from None
+    full_mask, masks = shift_mask(full_mask, offset), [shift_mask(m, offset) for m in masks]
+    if cfg.attack == "label-flip":  # a semantic backdoor: relabelled, nothing drawn
+        full_mask = torch.zeros_like(full_mask)
+        masks = [full_mask]
 
     value = ds.ink if cfg.trojan_value is None else cfg.trojan_value
     x, y, poisoned = poison_agents(
@@ -179,7 +199,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         cfg.poison_fraction, lambda agent: seeding.numpy_rng(cfg.seed, seeding.SETUP, 3, agent))
 
     honest: dict[int, np.ndarray] = {}
-    if cfg.attack_from_round > 1 and len(corrupt):
+    if (cfg.attack_from_round > 1 or cfg.update_attack().needs_clean) and len(corrupt):
         x, y, honest = honest_copies(x, y, ds.train_x, ds.train_y, agents, corrupt)
 
     test_y = ds.test_y
@@ -195,6 +215,17 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "data_source": ds.source,
         "attack_from_round": int(cfg.attack_from_round),
     }
+    if n_corrupt and cfg.attack != "label-flip":
+        # the trojan-contrast diagnostic: how much the trojan changes the base class's test images
+        contrast = trojan_contrast(base_x_u8, full_mask, value)
+        notes["trojan_contrast"] = round(contrast, 4)
+        if contrast < LOW_CONTRAST:
+            msg = (f"the {cfg.trojan} trojan (position {cfg.trojan_position}, value {value}) changes the base class's "
+                   f"test images by only {contrast:.2f} of the pixel range on its pixels (below {LOW_CONTRAST}): it is "
+                   f"drawn on a region of that colour already, and the backdoor may never take. Try another "
+                   f"trojan_position or trojan_value")
+            log.warning(msg)
+            notes["warnings"] = [msg]
     return Federation(
         dataset=ds,
         train_x=NormalisedImages(x, ds.mean, ds.std),

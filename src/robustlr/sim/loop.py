@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from robustlr.aggregation import ParamLayout, flipped_per_layer, vote_telemetry
+from robustlr.aggregation.screening import screen_updates
+from robustlr.attacks.model import craft_updates
 from robustlr.errors import (
     ConfigError,
     DataNotFoundError,
@@ -177,8 +179,9 @@ class Simulation:
         self.eta = server_lr_vector(cfg.resolved_server_lr, self.layout.trainable_mask())
         if isinstance(self.eta, torch.Tensor):
             self.eta = self.eta.to(self.device)
-        self.engine = build_engine(engine_context(cfg, fed, self.device),
-                                   select_mode(cfg, fed.agent_sizes, self.device))
+        self.update_attack = cfg.update_attack()
+        self.engine_ctx = engine_context(cfg, fed, self.device)
+        self.engine = build_engine(self.engine_ctx, select_mode(cfg, fed.agent_sizes, self.device))
         self.records: list[RoundRecord] = []
         self.start_round = 1
         self.elapsed = 0.0
@@ -240,20 +243,20 @@ class Simulation:
     def run_round(self, round_: int) -> RoundRecord:
         cfg, fed = self.cfg, self.fed
         t0 = time.perf_counter()
-        trained = self.engine.train_round(self.global_params, sample_agents(cfg, fed.num_agents, round_), round_)
-        updates, agents = trained.updates, trained.agent_ids
-        # a malformed update (NaN/inf) is rejected and logged, never averaged in. A row whose
-        # norm is finite has only finite entries; only rows with a non-finite norm (possibly an
-        # overflow) get the exact check: a full isfinite pass cost 5 % of a round at 34 agents
+        updates, agents, seconds_training = self._train_round(round_)
+        # screening (robustlr.aggregation.screening): a malformed update (NaN/inf) or, with
+        # screen_norm_multiple, one far larger than the round's median is rejected and logged, never
+        # averaged in. A row whose norm is finite has only finite entries; only rows with a
+        # non-finite norm (possibly an overflow) get the exact check
         norms_t = torch.linalg.vector_norm(updates, dim=1)
-        finite = torch.isfinite(norms_t).cpu().numpy()
-        for i in np.flatnonzero(~finite):
-            finite[i] = bool(torch.isfinite(updates[i]).all())
-        rejected = [int(a) for a, ok in zip(agents, finite) if not ok]
+        screened = screen_updates(updates, [int(a) for a in agents], norm_multiple=cfg.screen_norm_multiple,
+                                  norms=norms_t)
+        rejected = screened.rejected_agents
         if rejected:
-            log.warning("round %d: rejected non-finite updates of agents %s", round_, rejected)
-            keep = torch.from_numpy(np.flatnonzero(finite)).to(self.device)
-            updates, agents, norms_t = updates[keep], agents[finite], norms_t[keep]
+            log.warning("round %d: rejected the updates of %s", round_,
+                        "; ".join(f"agent {r.agent} ({r.reason}: {r.detail})" for r in screened.rejections))
+            keep = torch.tensor(screened.keep, dtype=torch.int64)
+            updates, agents, norms_t = updates[keep.to(self.device)], agents[keep.numpy()], norms_t[keep.to(norms_t.device)]
         is_corrupt = np.isin(agents, fed.corrupt)
         norms = norms_t.cpu().numpy()
         # corrupt agents that hold no base-class sample (non-iid data) train honestly, with no
@@ -261,7 +264,8 @@ class Simulation:
         corrupt_here = [int(a) for a in agents[is_corrupt]]
         labels = fed.dataset.train_y
         rec = RoundRecord(
-            round=round_, agents=len(agents), corrupt_in_round=int(is_corrupt.sum()), rejected=rejected,
+            round=round_, agents=len(agents), corrupt_in_round=int(is_corrupt.sum()), rejected=sorted(rejected),
+            rejections=[r.to_dict() for r in screened.rejections], screen_median_norm=screened.median_norm,
             honest_norm=float(norms[~is_corrupt].mean()) if (~is_corrupt).any() else None,
             corrupt_norm=float(norms[is_corrupt].mean()) if is_corrupt.any() else None,
             corrupt_without_base_in_round=sum(
@@ -305,13 +309,31 @@ class Simulation:
                 obs.after_step(StepView(round_, before, self.global_params, updates, torch.from_numpy(is_corrupt),
                                         flipped, self))
         rec.seconds_aggregation = time.perf_counter() - t_agg
-        rec.seconds_training = trained.seconds
+        rec.seconds_training = seconds_training
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
             self.model.load_state_dict(self.layout.unflatten(self.global_params))
             metrics = evaluate(self.model, fed.val_x, fed.val_y, cfg.base_class, fed.backdoor_x, cfg.target_class)
             rec = rec.model_copy(update={"evaluated": True, **metrics})
         rec.seconds = time.perf_counter() - t0
         return rec
+
+    def _train_round(self, round_: int) -> tuple[Tensor, np.ndarray, float]:
+        """The round's updates as the server receives them: trained by the engine, and the corrupt
+        agents' rows replaced by what the update attack (:mod:`robustlr.attacks.model`) sends."""
+        cfg, fed, ctx = self.cfg, self.fed, self.engine_ctx
+        sampled = sample_agents(cfg, fed.num_agents, round_)
+        attack = self.update_attack
+        attacking = attack.active and ctx.attacking(round_)
+        corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
+        twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
+        trained = self.engine.train_round(self.global_params, [int(a) for a in sampled] + twins, round_)
+        n = len(sampled)
+        updates, agents = trained.updates[:n], trained.agent_ids[:n]
+        if len(corrupt_rows):
+            rows = torch.from_numpy(corrupt_rows).to(updates.device)
+            clean = trained.updates[n:] if twins else None
+            updates[rows] = craft_updates(updates[rows], attack, clean, self.layout.trainable_mask().to(updates.device))
+        return updates, agents, trained.seconds
 
     def _kept(self) -> str:
         if self.out_dir is None:

@@ -47,7 +47,9 @@ class RoundRecord(BaseModel):
     round: int
     agents: int  # agents whose updates were aggregated
     corrupt_in_round: int
-    rejected: list[int] = []  # agents whose update was non-finite (logged, not aggregated)
+    rejected: list[int] = []  # agents whose update was rejected by the screening (logged, not aggregated)
+    rejections: list[dict[str, Any]] = []  # per rejected update: agent, reason (shape/dtype/non-finite/norm), detail
+    screen_median_norm: float | None = None  # the norm screen's reference: the round's median update norm
     honest_norm: float | None = None  # mean L2 norm of the honest agents' updates
     corrupt_norm: float | None = None
     corrupt_without_base_in_round: int = 0  # corrupt agents with no base-class sample (train honestly)

@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from robustlr.aggregation import ParamLayout
+from robustlr.attacks.model import craft_updates
 from robustlr.integrations.flower.strategy import RuleStrategy
 from robustlr.models import build_model
 from robustlr.sim import seeding
@@ -104,6 +105,14 @@ def train_message(msg: Message, context: Context, defaults: dict | None = None) 
     global_flat = engine.layout.flatten(engine.model)
     update = engine.train_agent(global_flat, engine.ctx.indices(agent, round_), round_, agent,
                                 engine.ctx.loss_sign(agent, round_))
+    attack = cfg.update_attack()
+    if attack.active and fed.is_corrupt(agent) and engine.ctx.attacking(round_):
+        check_flower_config(cfg)
+        clean = None
+        if attack.needs_clean:  # the agent's own clean estimate, as the simulator trains it
+            twin = engine.ctx.clean_twins[agent]
+            clean = engine.train_agent(global_flat, engine.ctx.indices(twin, round_), round_, twin)[None]
+        update = craft_updates(update[None], attack, clean, engine.layout.trainable_mask())[0]
     local = engine.layout.unflatten(global_flat + update)
     content = RecordDict({"arrays": ArrayRecord(local),
                           "metrics": MetricRecord({"num-examples": int(len(fed.agent_indices[agent])),
@@ -124,7 +133,7 @@ class RobustlrStrategy(RuleStrategy):
         trainable = [e.name for e in layout.entries if e.is_trainable]
         super().__init__(build_rule(cfg, layout, self.noise_gen, cfg.agents_per_round(num_agents)),
                          cfg.resolved_server_lr, flip_keys=trainable, fraction_evaluate=0.0,
-                         min_available_nodes=num_agents)
+                         min_available_nodes=num_agents, screen_norm_multiple=cfg.screen_norm_multiple)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -157,9 +166,31 @@ class RobustlrStrategy(RuleStrategy):
         tel = self.rule_for_round(server_round).telemetry if on is not False else {}
         self.records[server_round] = RoundRecord(
             round=server_round, agents=len(kept), corrupt_in_round=sum(1 for a in kept if a in self.corrupt),
-            rejected=sorted(sent - set(kept)), flipped_fraction=(tel or {}).get("flipped_fraction"),
+            rejected=sorted(sent - set(kept)), rejections=self._rejections(),
+            flipped_fraction=(tel or {}).get("flipped_fraction"),
             threshold=(tel or {}).get("threshold"), rlr_on=on, seconds_aggregation=time.perf_counter() - t0)
         return arrays, metrics
+
+
+    def _rejections(self) -> list[dict]:
+        out = []
+        for msg, reason in getattr(self, "_rejected", []):
+            try:
+                agent = int(msg.content["metrics"]["agent-id"])
+            except Exception:  # an error reply or one without metrics: name its node
+                agent = f"node {getattr(msg.metadata, 'src_node_id', '?')}"
+            out.append({"agent": agent, "reason": reason, "detail": ""})
+        return out
+
+
+def check_flower_config(cfg: ExperimentConfig) -> None:
+    """Refuse, before any work, what a Flower run cannot do."""
+    if cfg.adaptive != "none":
+        from robustlr.errors import ConfigError
+
+        raise ConfigError(f"adaptive = {cfg.adaptive!r}: the adaptive attacks need colluding agents that see each "
+                          f"other's updates, and a Flower client trains alone; run it with the built-in simulator "
+                          f"(robustlr run), or use boost_factor / stealth, which each agent applies on its own")
 
 
 def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, timeout: float = 3600):
@@ -167,6 +198,7 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
 
     Central evaluation (validation, base-class and backdoor accuracy) runs on the server after
     every ``eval_every`` rounds and at the last one."""
+    check_flower_config(cfg)
     fed = _federation(cfg.to_json(), data_dir)
     state = initial_state(cfg, fed.dataset.num_classes, data_dir, fed.dataset)
     model = build_model(cfg.model, num_classes=fed.dataset.num_classes)

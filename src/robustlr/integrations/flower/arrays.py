@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message
 
+from robustlr.aggregation.screening import array_problem
+
 log = logging.getLogger("robustlr")
 
 
@@ -70,12 +72,13 @@ def trainable_keys(model: torch.nn.Module) -> list[str]:
 
 
 def screen_replies(replies: Iterable[Message], layout: ArrayLayout, arrayrecord_key: str,
-                   weight_key: str) -> tuple[list[Message], Counter]:
+                   weight_key: str, rejected: list | None = None) -> tuple[list[Message], Counter]:
     """The replies that can be aggregated, and why the others were dropped.
 
     A reply is dropped (and counted, never averaged in) when it carries an error, misses the
-    array record or the weight, has other arrays or shapes than the model sent, or holds
-    NaN or infinite values."""
+    array record or the weight, has other arrays, shapes or dtypes than the model sent, or holds
+    NaN or infinite values; ``rejected``, when given, gets ``(message, reason)`` for each (the per-array checks are :func:`robustlr.aggregation.screening.array_problem`,
+    the simulator's screening; the norm screen runs on the updates, in the strategies)."""
     kept: list[Message] = []
     dropped: Counter = Counter()
     for msg in replies:
@@ -84,6 +87,8 @@ def screen_replies(replies: Iterable[Message], layout: ArrayLayout, arrayrecord_
             kept.append(msg)
         else:
             dropped[reason] += 1
+            if rejected is not None:
+                rejected.append((msg, reason))
             src = getattr(msg.metadata, "src_node_id", "?")
             log.warning("dropped the reply of node %s: %s", src, reason)
     return kept, dropped
@@ -98,12 +103,10 @@ def _problem(msg: Message, layout: ArrayLayout, arrayrecord_key: str, weight_key
     record = content.array_records[arrayrecord_key]
     if tuple(record.keys()) != layout.keys:
         return "other arrays"
-    for key, shape in zip(layout.keys, layout.shapes):
-        a = record[key].numpy()
-        if a.shape != shape:
-            return "wrong shape"
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-            return "non-finite"
+    problem = array_problem([record[key].numpy() for key in layout.keys], layout.shapes, layout.dtypes)
+    if problem is not None:
+        reason, detail = problem
+        return {"shape": "wrong shape", "dtype": "wrong dtype"}.get(reason, reason)
     metrics = list(content.metric_records.values())
     if len(metrics) != 1 or weight_key not in metrics[0]:
         return "no weight"

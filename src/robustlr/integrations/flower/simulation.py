@@ -23,9 +23,17 @@ from robustlr.sim.engines.select import available_cores
 def run_on_flower(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | None = None) -> Path:
     from flwr.simulation import run_simulation
 
-    from robustlr.integrations.flower.apps import CONFIG_KEY, DATA_DIR_KEY, OUT_KEY, make_client_app, make_server_app
+    from robustlr.integrations.flower.apps import (
+        CONFIG_KEY,
+        DATA_DIR_KEY,
+        OUT_KEY,
+        check_flower_config,
+        make_client_app,
+        make_server_app,
+    )
     from robustlr.sim.federation import build_federation, load_dataset
 
+    check_flower_config(cfg)
     out = Path(out_dir)
     num_agents = cfg.num_agents or build_federation(cfg, load_dataset(cfg, data_dir)).num_agents
     defaults = {CONFIG_KEY: cfg.to_json(), DATA_DIR_KEY: str(data_dir or ""), OUT_KEY: str(out)}

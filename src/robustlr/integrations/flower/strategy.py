@@ -11,7 +11,8 @@
 
 Clients reply with weights, not updates: each strategy keeps the global arrays it sent in
 ``configure_train`` (as Flower's FedOpt and DP wrappers do). Malformed replies (an error,
-missing arrays or weight, other shapes, NaN) are dropped and counted in the round's metrics,
+missing arrays or weight, other shapes or dtypes, NaN; with ``screen_norm_multiple``, a norm
+far above the round's median) are dropped and counted in the round's metrics,
 never averaged in.
 
 With Flower's differential-privacy wrappers: the paper applies eta_theta to the aggregate
@@ -21,6 +22,7 @@ votes on the (unclipped) replies and flips the clipped, noised aggregate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -29,8 +31,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation
+from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
 from robustlr.sim.server import apply_server_lr, server_lr_vector
+
+log = logging.getLogger("robustlr")
 
 __all__ = ["RobustLRStrategy", "RuleStrategy", "foolsgold_strategy", "sign_aggregation_strategy"]
 
@@ -47,6 +52,16 @@ def _metrics_with(metrics: MetricRecord | None, extra: dict) -> MetricRecord:
     return out
 
 
+def _norm_multiple(value: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x >= 0 or x == float("inf"):
+        raise ValueError(f"screen_norm_multiple must be a finite number >= 0 (0 = off), got {value!r}")
+    return x
+
+
 class _KeepsGlobal:
     """Remembers the global arrays sent for training, and screens the replies against them."""
 
@@ -60,7 +75,19 @@ class _KeepsGlobal:
     def _screen(self, replies: Iterable[Message]) -> tuple[list[Message], dict]:
         if not hasattr(self, "_global"):
             raise RuntimeError("aggregate_train called before configure_train: the strategy has no global arrays")
-        kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key)
+        self._rejected: list[tuple[Message, str]] = []
+        kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key,
+                                       self._rejected)
+        multiple = float(getattr(self, "screen_norm_multiple", 0.0) or 0.0)
+        if multiple > 0 and len(kept) >= 2:
+            # the norm screen of robustlr.aggregation.screening, on the well-formed replies' updates
+            updates, _, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key, self.weighted_by_key)
+            screened = screen_updates(updates, nodes, norm_multiple=multiple)
+            for r in screened.rejections:
+                log.warning("dropped the reply of node %s: %s (%s)", r.agent, r.reason, r.detail)
+                dropped[r.reason] += 1
+                self._rejected.append((kept[r.row], r.reason))
+            kept = [kept[i] for i in screened.keep]
         self._kept = kept
         counts = {"dropped-replies": int(sum(dropped.values()))}
         counts.update({f"dropped-replies/{reason}": int(n) for reason, n in dropped.items()})
@@ -88,7 +115,7 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
 
     def __init__(self, inner: Strategy, threshold: int | None = None, *, threshold_fraction: float | None = None,
                  server_lr: float = 1.0, flip_keys: Sequence[str] | None = None, arrayrecord_key: str = "arrays",
-                 weighted_by_key: str = "num-examples") -> None:
+                 weighted_by_key: str = "num-examples", screen_norm_multiple: float = 0.0) -> None:
         if not isinstance(inner, Strategy):
             raise ValueError(f"inner must be a Flower Strategy such as FedAvg(), got {type(inner).__name__}")
         self.inner = inner
@@ -99,6 +126,7 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
         self.flip_keys = None if flip_keys is None else list(flip_keys)
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
+        self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
 
     def summary(self) -> None:
         self.inner.summary()
@@ -154,12 +182,14 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
 
     Sampling, configuration and evaluation are Flower's FedAvg's (its keyword arguments are
     accepted); ``agent_ids`` given to the rule are the replying nodes' ids (FoolsGold keeps its
-    history by them). Dropped replies are counted in ``dropped-replies``.
+    history by them). Dropped replies are counted in ``dropped-replies``; ``screen_norm_multiple``
+    (0 = off) also drops replies whose update norm exceeds that multiple of the round's median.
     """
 
     def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
-                 **fedavg_kwargs) -> None:
+                 screen_norm_multiple: float = 0.0, **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
+        self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
         self.rule = rule
         self.server_lr = float(server_lr)
         self.flip_keys = None if flip_keys is None else list(flip_keys)

@@ -65,6 +65,9 @@ class EngineContext:
     # corrupt agents behave honestly before attack_from_round: these rows, the standard loss
     honest_indices: Mapping[int, np.ndarray] = field(default_factory=dict)
     attack_from_round: int = 1
+    # attacks that need the corrupt agents' clean updates: corrupt agent -> the id under which it
+    # trains on its clean rows (appended to agent_indices; the standard loss)
+    clean_twins: Mapping[int, int] = field(default_factory=dict)
 
     def attacking(self, round_: int | None) -> bool:
         return round_ is None or round_ >= self.attack_from_round

@@ -73,10 +73,17 @@ def build_engine(ctx: EngineContext, mode: str) -> Engine:
 def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineContext:
     """The context of ``cfg`` on federation ``fed`` (a :class:`robustlr.sim.federation.Federation`)."""
     per_round = cfg.agents_per_round(fed.num_agents)
+    agent_indices, twins = list(fed.agent_indices), {}
+    if cfg.update_attack().needs_clean:
+        # the attacker's clean estimate: corrupt agent c also trains as agent K + j on its clean rows
+        for j, c in enumerate(fed.corrupt):
+            twins[int(c)] = fed.num_agents + j
+            agent_indices.append(fed.honest_indices[int(c)])
     return EngineContext(
         model_name=cfg.model, num_classes=fed.dataset.num_classes, settings=local_settings(cfg),
-        train_x=fed.train_x, train_y=fed.train_y, agent_indices=fed.agent_indices, device=device,
-        max_agents=per_round, workers=max(1, min(cfg.threads or available_cores(), per_round)),
+        train_x=fed.train_x, train_y=fed.train_y, agent_indices=agent_indices, device=device,
+        max_agents=per_round + min(len(twins), per_round), clean_twins=twins,
+        workers=max(1, min(cfg.threads or available_cores(), per_round)),
         # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
         honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
