@@ -68,3 +68,25 @@ def test_sign_on_batch_norm_buffers_is_refused():
     assert make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign"}).buffer_aggregation == "mean"
     with pytest.raises(ValueError, match="batch-norm running statistics"):
         make_config({"dataset": "cifar10", "model": "cifar-cnn-bn", "aggregator": "sign", "buffer_aggregation": "rule"})
+
+
+@pytest.mark.parametrize("aggregator, expected", [
+    ("trimmed-mean", "TrimmedMean(beta=0.1)"), ("krum", "Krum(f=1)"), ("multikrum", "Krum(f=1, m=9)"),
+    ("bulyan", "Bulyan(f=1)"), ("rfa", "GeometricMedian"), ("flame", "Flame")])
+def test_robust_rules_come_from_the_config_with_f_from_the_corrupt_fraction(aggregator, expected):
+    cfg = make_config({"aggregator": aggregator, "num_agents": 10, "corrupt_fraction": 0.1, "rlr_threshold": 4})
+    rule = build_rule(cfg, _layout(), torch.Generator(), cfg.agents_per_round(10))
+    assert isinstance(rule, RobustLR) and repr(rule.rule).startswith(expected)
+    U = torch.randn(10, _layout().numel, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(rule(U)).all()
+
+
+def test_f_and_the_agent_count_requirements_are_checked_before_work():
+    cfg = make_config({"aggregator": "multikrum", "num_agents": 20, "corrupt_fraction": 0.3,
+                       "assumed_corrupt": 2, "multikrum_keep": 5})
+    rule = build_rule(cfg, _layout(), torch.Generator(), 20)
+    assert (rule.f, rule.m) == (2, 5)
+    with pytest.raises(ValueError, match=r"'bulyan' with f = 3 assumed corrupt agents needs n >= 4f \+ 3, i.e. at least 15"):
+        make_config({"aggregator": "bulyan", "num_agents": 10, "corrupt_fraction": 0.3})
+    with pytest.raises(ValueError, match=r"'krum' with f = 4 .* needs n > 2f \+ 2, i.e. at least 11"):
+        make_config({"aggregator": "krum", "num_agents": 10, "corrupt_fraction": 0.4})

@@ -18,6 +18,9 @@
     [notes]                  # optional: how a budget maps the paper's settings (the report prints it)
     lite = "..."
 
+    pivot = true             # optional: labels are <defense>.<attack>; the report shows one table per
+                             # metric with a row per defense and a column per attack
+
     [[figure]]               # optional: a figure of one panel per table row (the paper's Figures 2, 3)
     title = "Figure 2"
     rows = ["fedavg-clean", "rlr-attack"]
@@ -82,7 +85,7 @@ else:  # pragma: no cover
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BUDGETS = ("lite", "paper")
 SUITE_ONLY_ROW_KEYS = ("label", "rlr_from_val_acc_of", "rlr_from_val_acc_fraction")
-TOP_LEVEL_KEYS = ("name", "preset", "paper", "budget", "notes", "noise_without_clip", "figure", "row", "grid")
+TOP_LEVEL_KEYS = ("name", "preset", "paper", "budget", "notes", "noise_without_clip", "figure", "row", "grid", "pivot")
 
 
 def fmt_value(v: Any) -> str:
@@ -132,6 +135,7 @@ class Suite:
     noise_without_clip: str = "refuse"  # or "zero"
     notes: dict[str, str] = field(default_factory=dict)  # budget -> how it maps the paper's settings
     figures: list[dict[str, Any]] = field(default_factory=list)  # [[figure]]: title, rows (table rows), titles
+    pivot: bool = False  # row labels are <defense>.<attack>: the report shows defense x attack tables
 
     def runs(self, budget: str = "lite") -> list[SuiteRun]:
         if budget not in self.budgets:
@@ -254,8 +258,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
         bad += [f"budget.{name}.grid.{k}" for k, v in bgrid.items() if not isinstance(v, list) or not v]
     if bad:
         raise ConfigError(f"{path}: grid keys {bad} must be non-empty lists of values")
+    pivot = data.get("pivot", False)
+    if not isinstance(pivot, bool):
+        raise ConfigError(f"{path}: pivot must be true or false, not {pivot!r}")
+    if pivot:
+        bad_labels = [r["label"] for r in rows if r["label"].count(".") != 1]
+        if bad_labels:
+            raise ConfigError(f"{path}: with pivot = true every row label is <defense>.<attack> (one dot); "
+                              f"not: {', '.join(bad_labels)}")
     first = text.splitlines()[0] if text else ""
     return Suite(data["name"], data["preset"], first.lstrip("# ").strip() if first.startswith("#") else "",
                  data.get("budget", {"paper": {}}), rows, grid, str(data.get("paper", "")),
                  data.get("noise_without_clip", "refuse"), {k: str(v) for k, v in data.get("notes", {}).items()},
-                 figures)
+                 figures, pivot)

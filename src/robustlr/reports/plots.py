@@ -234,3 +234,43 @@ def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[str], attacks: list[str],
+               path: str | Path, title: str) -> Path:
+    """Defense x attack heatmaps, one panel per metric: ``values[metric][f"{defense}.{attack}"]`` holds
+    the mean final value (0..1, None where not run); each cell is annotated with its percent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = list(values)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(0.95 * len(attacks) * len(metrics) + 4, 0.42 * len(defenses) + 2.4),
+                             constrained_layout=True, squeeze=False)
+    for ax, key in zip(axes[0], metrics):
+        grid = np.full((len(defenses), len(attacks)), np.nan)
+        for i, d in enumerate(defenses):
+            for j, a in enumerate(attacks):
+                v = values[key].get(f"{d}.{a}")
+                if v is not None:
+                    grid[i, j] = 100 * v
+        # backdoor over its whole range; validation from 50 %, where the defenses differ
+        cmap, lo = ("Reds", 0) if key == "backdoor_acc" else ("Greens", 50)
+        ax.imshow(grid, cmap=cmap, vmin=lo, vmax=100, aspect="auto")
+        for i in range(len(defenses)):
+            for j in range(len(attacks)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if grid[i, j] > 60 else "black")
+        ax.set_xticks(range(len(attacks)))
+        ax.set_xticklabels(attacks, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(defenses)))
+        ax.set_yticklabels(defenses, fontsize=8)
+        ax.set_title(f"final {METRIC_TITLES.get(key, key)} (%)")
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -10,7 +10,9 @@ difference; grid points that share a run (the suite's aliases) get a line each, 
 the figures: training curves (validation, base-class, backdoor accuracy and RLR's flipped
 fraction per round, one colour per method, a dashed line where RLR was switched on) for suites
 of a few rows, final accuracies per grid point for larger grids, and the panels a suite asks for
-in ``[[figure]]`` (the paper's Figures 2 and 3). Reads the results store and the run folders;
+in ``[[figure]]`` (the paper's Figures 2 and 3). A suite with ``pivot = true`` (labels
+``<defense>.<attack>``, e.g. ``adversaries-iid``) gets a defense x attack table per metric and a
+heatmap instead of the long table. Reads the results store and the run folders;
 knows nothing about training.
 """
 
@@ -29,6 +31,7 @@ from robustlr.reports.plots import (
     plot_grid_finals,
     plot_influence,
     plot_panels,
+    plot_pivot,
 )
 from robustlr.reports.reference import PAPER
 from robustlr.sim.records import read_metrics
@@ -137,13 +140,49 @@ def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = 
     return header, lines
 
 
+def pivot_tables(rows: list[dict], order: list[str]) -> tuple[list[str], list[str], list[tuple[str, list[str], list[list[str]]]]]:
+    """For a suite whose labels are ``<defense>.<attack>``: the defenses and attacks in the suite's
+    order, and per metric a table with a line per defense and a column per attack (mean +- sd over
+    seeds; "-" where not run)."""
+    labels = list(order) + sorted({r["label"] for r in rows} - set(order))
+    defenses, attacks = [], []
+    for lab in labels:
+        d, _, a = lab.partition(".")
+        defenses += [d] if d not in defenses else []
+        attacks += [a] if a not in attacks else []
+    tables = []
+    for key, name in (("backdoor_acc", "backdoor %"), ("val_acc", "validation %")):
+        lines = []
+        for d in defenses:
+            cells = []
+            for a in attacks:
+                done = [r[key] for r in rows if r["label"] == f"{d}.{a}" and r["status"] == "done" and r[key] is not None]
+                cells.append(_mean_sd(done))
+            lines.append([d, *cells])
+        tables.append((name, ["defense \\ attack", *attacks], lines))
+    return defenses, attacks, tables
+
+
+def _pivot_figure(rows: list[dict], defenses: list[str], attacks: list[str], suite: str, out: Path) -> Path:
+    values: dict[str, dict[str, float | None]] = {"backdoor_acc": {}, "val_acc": {}}
+    for key in values:
+        for d in defenses:
+            for a in attacks:
+                done = [r[key] for r in rows if r["label"] == f"{d}.{a}" and r["status"] == "done" and r[key] is not None]
+                values[key][f"{d}.{a}"] = statistics.fmean(done) if done else None
+    return plot_pivot(values, defenses, attacks, out / f"{suite}.png",
+                      f"suite {suite}: final accuracy, defense x attack (mean over seeds)")
+
+
 def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str], out: Path,
-             results: Path) -> list[Path]:
+             results: Path, curves: bool = True) -> list[Path]:
     done = [r for r in srows if r["status"] == "done"]
     keys = [k for k in order if any(r["label"] == k for r in done)]
     keys += sorted({r["label"] for r in done} - set(keys))
     pngs = []
-    if len(keys) <= MAX_CURVE_ROWS:
+    if not curves:
+        pass
+    elif len(keys) <= MAX_CURVE_ROWS:
         series = {k: _per_round([r for r in done if r["label"] == k], results) for k in keys}
         switches = {}
         for k in keys:
@@ -207,8 +246,13 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         order = meta.row_keys(budget) if meta and budget else []
         budgets = sorted({json.loads(r["config"]).get("rounds") for r in srows})
         title = f"{suite}" + (f": {meta.description}" if meta and meta.description else "")
-        header, lines = suite_table(srows, setting, order, _aliases(meta, budget))
-        pngs = _figures(srows, suite, meta, order, out, results)
+        if meta is not None and meta.pivot:
+            defenses, attacks, tables = pivot_tables(srows, order)
+            pngs = [_pivot_figure(srows, defenses, attacks, suite, out)] + _figures(
+                srows, suite, meta, order, out, results, curves=False)
+        else:
+            tables = [("", *suite_table(srows, setting, order, _aliases(meta, budget)))]
+            pngs = _figures(srows, suite, meta, order, out, results)
         done = [r for r in srows if r["status"] == "done"]
         seconds = sum(r["seconds"] or 0 for r in done)
         facts = [f"Budget: {budget or 'unknown'}, {', '.join(map(str, budgets))} rounds; {len(done)} runs done"
@@ -224,17 +268,24 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         md += [f"## {title}", "", *[f + "  " for f in facts], ""]
         if mapping:
             md += [f"How the {budget} budget maps the paper's settings: " + " ".join(mapping.split()), ""]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(line) + " |" for line in lines]
-        md += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+        for name, header, lines in tables:
+            if name:
+                md += [f"Final {name}, one line per defense, one column per attack:", ""]
+            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += ["| " + " | ".join(line) + " |" for line in lines]
+            md += [""]
+        md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
         body += [f"<h2>{html.escape(title)}</h2>"] + [f"<p>{html.escape(f)}</p>" for f in facts]
         if mapping:
             body.append(f"<p>How the {html.escape(budget or '')} budget maps the paper's settings: "
                         f"{html.escape(' '.join(mapping.split()))}</p>")
-        body.append("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                    + "</tr>")
-        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines]
-        body.append("</table>")
+        for name, header, lines in tables:
+            if name:
+                body.append(f"<p>Final {html.escape(name)}, one line per defense, one column per attack:</p>")
+            body.append("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                        + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines]
+            body.append("</table>")
         for p in pngs:
             data = base64.b64encode(p.read_bytes()).decode()
             body.append(f'<p><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{data}"></p>')

@@ -26,7 +26,8 @@ else:  # pragma: no cover
 
 Dataset = Literal["fashion-mnist", "femnist-leaf", "femnist-tff", "cifar10"]
 Partition = Literal["iid", "natural", "dirichlet", "shards"]
-Aggregator = Literal["fedavg", "comed", "sign", "foolsgold"]
+Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
+                     "flame"]
 Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
@@ -148,6 +149,15 @@ class ExperimentConfig(BaseModel):
         "both", description="both: agents project onto the M-ball (PGD) and the server clips (the paper's eq. 2); "
         "server: only the server clips (Table 7); agents: only the agents project")
     noise_sigma: float = Field(0.0, ge=0, description="sigma: server noise std is sigma * M")
+    assumed_corrupt: int | None = Field(
+        None, ge=0, description="f, the corrupt agents per round krum, multikrum and bulyan guard against (None = "
+        "ceil(F x agents per round)); krum needs n > 2f + 2 agents, bulyan n >= 4f + 3")
+    multikrum_keep: int | None = Field(
+        None, ge=1, description="multikrum: how many best-scored updates are averaged (None = n - f)")
+    trim_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="trimmed-mean: the share of values cut from each end of every coordinate")
+    flame_noise_lambda: float = Field(
+        0.001, ge=0, description="flame: the noise std is lambda x the round's median update norm")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -239,6 +249,17 @@ class ExperimentConfig(BaseModel):
                             "the noise std is sigma * M")
         if self.noise_sigma > 0 and self.clip_norm == 0:
             problems.append("noise_sigma > 0 needs clip_norm > 0 (the noise std is sigma * M)")
+        if self.aggregator in ("krum", "multikrum", "bulyan") and self.num_agents is not None:
+            n = self.agents_per_round(self.num_agents)
+            f = self.resolved_assumed_corrupt(n)
+            need = 4 * f + 3 if self.aggregator == "bulyan" else 2 * f + 3
+            if n < need:
+                rule = "n >= 4f + 3" if self.aggregator == "bulyan" else "n > 2f + 2"
+                problems.append(f"aggregator {self.aggregator!r} with f = {f} assumed corrupt agents needs {rule}, i.e. "
+                                f"at least {need} agents per round, but a round has {n}: lower assumed_corrupt or "
+                                f"raise num_agents / participation")
+            if self.aggregator == "multikrum" and self.multikrum_keep is not None and self.multikrum_keep > n:
+                problems.append(f"multikrum_keep={self.multikrum_keep} exceeds the {n} agents of a round")
         model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"))
                         if getattr(self, k) != off]
         if model_attack and self.corrupt_fraction == 0:
@@ -283,6 +304,12 @@ class ExperimentConfig(BaseModel):
     def server_clip_norm(self) -> float:
         """The server's clipping bound M (0 = none)."""
         return self.clip_norm if self.clip_scope in ("both", "server") else 0.0
+
+    def resolved_assumed_corrupt(self, agents_per_round: int) -> int:
+        """f for krum, multikrum and bulyan: ``assumed_corrupt``, or ceil(F x the agents of a round)."""
+        if self.assumed_corrupt is not None:
+            return self.assumed_corrupt
+        return int(math.ceil(round(self.corrupt_fraction * agents_per_round, 9)))
 
     def num_corrupt(self, num_agents: int) -> int:
         """floor(F*K) corrupt agents (the paper's code uses the same rounding)."""

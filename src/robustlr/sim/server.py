@@ -17,11 +17,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustlr.aggregation import (AggregationRule, ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, ParamLayout,
-                                  PlainBuffers, RobustLR, SignAggregation)
+from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
+                                  GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation,
+                                  TrimmedMean)
 from robustlr.sim.config import ExperimentConfig
 
-RULES = {"fedavg": FedAvg, "comed": CoordinateMedian, "sign": SignAggregation, "foolsgold": FoolsGold}
+#: the config's ``aggregator`` -> the base rule, from the config, the round's agent count and the noise generator
+RULES = {
+    "fedavg": lambda cfg, n, gen: FedAvg(),
+    "comed": lambda cfg, n, gen: CoordinateMedian(even=cfg.comed_even),
+    "sign": lambda cfg, n, gen: SignAggregation(),
+    "foolsgold": lambda cfg, n, gen: FoolsGold(),
+    "trimmed-mean": lambda cfg, n, gen: TrimmedMean(cfg.trim_fraction),
+    "krum": lambda cfg, n, gen: Krum(cfg.resolved_assumed_corrupt(n)),
+    "multikrum": lambda cfg, n, gen: Krum(f := cfg.resolved_assumed_corrupt(n),
+                                          m=cfg.multikrum_keep if cfg.multikrum_keep is not None else n - f),
+    "bulyan": lambda cfg, n, gen: Bulyan(cfg.resolved_assumed_corrupt(n)),
+    "rfa": lambda cfg, n, gen: GeometricMedian(),
+    "flame": lambda cfg, n, gen: Flame(noise_lambda=cfg.flame_noise_lambda, generator=gen),
+}
 
 
 def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
@@ -41,11 +55,15 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
     the round would lose the honest agents' work.) A fractional ``rlr_threshold`` is already a
     share of the valid voters. Any server-side screening must follow the same rule.
 
+    Krum, multi-Krum and Bulyan guard against f = ``assumed_corrupt`` (default ceil(F x agents per
+    round)) agents; multi-Krum averages the n - f best-scored updates unless ``multikrum_keep``.
+    FLAME's noise comes from the server's seeded noise stream, as clipping and noise do.
+
     To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` and to
     the config's ``aggregator`` field.
     """
-    rule: AggregationRule = CoordinateMedian(even=cfg.comed_even) if cfg.aggregator == "comed" else \
-        RULES[cfg.aggregator]()
+    n = agents_per_round if agents_per_round is not None else (cfg.num_agents or 1)
+    rule: AggregationRule = RULES[cfg.aggregator](cfg, n, noise_gen)
     if cfg.server_clip_norm > 0 or cfg.noise_sigma > 0:
         rule = ClipAndNoise(rule, clip_norm=cfg.server_clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
     trainable = layout.trainable_mask()

@@ -8,7 +8,10 @@ takes the update back as weights - global, which may differ from the update in i
 global models after 3 rounds are
 bitwise equal (max difference 0.0). The bound is 1e-5, for the last-bit differences that other
 data could show; the accuracies must agree too. The fourth config starts from a saved model and
-attacks from round 2. Budget: about 130 s (eight 3-round runs).
+attacks from round 2; the fifth boosts the corrupt update x 20 and the norm screen rejects it (the
+same agents, for the same reason, on both); the sixth projects a boosted update onto the agent's
+clean norm under multi-Krum (measured 3.0e-8 apart here, not bitwise: the multi-Krum mean of the
+weights-minus-global rows). Budget: about 200 s (twelve 3-round runs).
 """
 
 import pytest
@@ -35,7 +38,10 @@ def _task_identity(monkeypatch):
     ["aggregator='sign'", "rlr_threshold=0", "clip_norm=4", "noise_sigma=0.001"],
     ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2"],  # 5 of 10 agents per round, RLR from round 2
     ["init_model='WARM'", "attack_from_round=2"],           # a warm start, the corrupt agent honest in round 1
-], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule", "warm-start-late-attack"])
+    ["boost_factor=20.0", "screen_norm_multiple=3.0"],      # a boosted update, rejected by the norm screen
+    ["boost_factor=10.0", "stealth='project'", "aggregator='multikrum'", "rlr_threshold=0"],
+], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule", "warm-start-late-attack", "boost-screened",
+        "stealth-multikrum"])
 def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model
@@ -55,6 +61,11 @@ def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
     print(f"max |flower - simulator| after 3 rounds: {diff:.2e}")
     assert diff <= 1e-5
     assert [r.rlr_on for r in result.robustlr_records] == [r.rlr_on for r in ours.records]
+    assert [r.rejected for r in result.robustlr_records] == [r.rejected for r in ours.records]
+    assert [[x["reason"] for x in r.rejections] for r in result.robustlr_records] == \
+        [[x["reason"] for x in r.rejections] for r in ours.records]
+    if "screen_norm_multiple=3.0" in overrides:  # the one corrupt agent of 10, boosted, every round
+        assert all([x["reason"] for x in r.rejections] == ["norm"] for r in ours.records)
     final = result.evaluate_metrics_serverapp[3]
     last = ours.evaluated[-1]
     assert final["val_acc"] == pytest.approx(last.val_acc, abs=2e-3)

@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp.strategy import FedAvg, FedMedian  # noqa: E402
 
 from robustlr.aggregation import CoordinateMedian  # noqa: E402
+from robustlr.aggregation import FedAvg as RuleFedAvg  # noqa: E402
 from robustlr.integrations.flower import (RobustLRStrategy, RuleStrategy, sign_aggregation_strategy,  # noqa: E402
                                           trainable_keys)
 
@@ -109,6 +110,7 @@ def test_our_comed_agrees_with_flowers_fedmedian():
     ({"w": np.array([np.nan, 0, 0], dtype=np.float32)}, "non-finite"),
     ({"w": np.zeros(4, dtype=np.float32)}, "wrong shape"),
     ({"v": np.zeros(3, dtype=np.float32)}, "other arrays"),
+    ({"w": np.zeros(3, dtype=np.float16)}, "wrong dtype"),
 ])
 def test_malformed_replies_are_dropped_and_counted(bad, reason):
     g = _global({"w": np.zeros(3)})
@@ -118,6 +120,25 @@ def test_malformed_replies_are_dropped_and_counted(bad, reason):
     arrays, metrics = s.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), [1.0, -2 / 3, -1.0], rtol=1e-6)  # as without it
     assert metrics["dropped-replies"] == 1 and metrics[f"dropped-replies/{reason}"] == 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RobustLRStrategy(FedAvg(min_available_nodes=3, min_train_nodes=3), threshold=2, screen_norm_multiple=3),
+    lambda: RuleStrategy(RuleFedAvg(), screen_norm_multiple=3,
+                         min_available_nodes=3, min_train_nodes=3),
+], ids=["rlr-wrapper", "rule-strategy"])
+def test_norm_screen_drops_a_reply_far_above_the_median(make):
+    g = _global({"w": np.zeros(3)})
+    s = make()
+    _configure(s, g)
+    # norms of U's rows: sqrt(14) each; the fourth reply's norm 100 > 3 x sqrt(14) (the median)
+    replies = [_reply(i + 1, {"w": U[i]}) for i in range(3)] + [_reply(9, {"w": np.array([0, 60, 80], np.float32)})]
+    arrays, metrics = s.aggregate_train(1, replies)
+    expected = [1.0, -2 / 3, -1.0] if isinstance(s, RobustLRStrategy) else U.mean(0)
+    np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-6)  # as without the big reply
+    assert metrics["dropped-replies"] == 1 and metrics["dropped-replies/norm"] == 1
+    with pytest.raises(ValueError, match="screen_norm_multiple must be a finite number >= 0"):
+        RuleStrategy(CoordinateMedian(), screen_norm_multiple=-1)
 
 
 def test_sign_aggregation_strategy_steps_by_eta():
