@@ -9,7 +9,12 @@ import robustlr.attacks.model as model_attacks
 import robustlr.attacks.trojans as trojans
 from robustlr.attacks.dba import dba_parts
 from robustlr.attacks.model import UpdateAttack, craft_updates, top_coordinates
-from robustlr.attacks.trojans import placement_offset, shift_mask, trojan_contrast, trojan_mask
+from robustlr.attacks.trojans import (
+    placement_offset,
+    shift_mask,
+    trojan_contrast,
+    trojan_mask,
+)
 
 
 @pytest.mark.parametrize("module", [model_attacks, trojans])
