@@ -141,3 +141,26 @@ def test_update_attacks_are_refused_without_corrupt_agents_and_adaptive_on_flowe
     with pytest.raises(ConfigError, match="adaptive attacks need colluding agents"):
         check_flower_config(make_config({**BASE, "adaptive": "sign"}))
     check_flower_config(make_config({**BASE, "boost_factor": 3.0, "stealth": "project"}))
+
+
+def test_rlr_threshold_follows_the_voters_left_after_screening(tiny):
+    ds = tiny()
+    # theta 4 of a full round of 5; the two boosted corrupt agents are rejected: ceil(4 x 3 / 5) = 3 votes
+    _, rec, _ = round_one(ds, boost_factor=20.0, screen_norm_multiple=3.0, rlr_threshold=4)
+    assert rec.agents == 3 and rec.threshold == 3
+    _, rec_all, _ = round_one(ds, boost_factor=20.0, rlr_threshold=4)
+    assert rec_all.agents == 5 and rec_all.threshold == 4
+
+
+def test_stealth_penalty_pulls_only_the_corrupt_updates_towards_the_global_model(tiny):
+    ds = tiny()
+    _, _, (plain, corrupt) = round_one(ds)
+    _, _, (pen, _) = round_one(ds, stealth_penalty=5.0)
+    assert torch.equal(pen[~corrupt], plain[~corrupt])
+    shrink = torch.linalg.vector_norm(pen[corrupt], dim=1) / torch.linalg.vector_norm(plain[corrupt], dim=1)
+    assert bool((shrink < 0.9).all()), shrink
+    # the processes engine (workers run the same local training) gives the same rows, bit for bit
+    _, _, (pen_p, _) = round_one(ds, stealth_penalty=5.0, train_mode="processes", threads=2)
+    assert torch.equal(pen_p, pen)
+    with pytest.raises(ConfigError, match="stealth_penalty is not implemented in the vectorized engine"):
+        make_config({**BASE, "stealth_penalty": 1.0, "train_mode": "vectorized"})

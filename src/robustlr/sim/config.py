@@ -108,6 +108,9 @@ class ExperimentConfig(BaseModel):
         "none", description="project: corrupt agents project what they send onto the L2 ball of stealth_multiple x "
         "the norm of their own clean update (trained the same round on their clean data), after boosting")
     stealth_multiple: float = Field(1.0, gt=0, description="stealth: the norm bound as a multiple of the clean norm")
+    stealth_penalty: float = Field(
+        0.0, ge=0, description="mu: corrupt agents add mu/2 ||w - w_global||^2 to their loss, so their update stays "
+        "close to the global model (an L2 anomaly-evasion term; 0 = off; not with train_mode vectorized)")
     adaptive: Literal["none", "sign", "scale"] = Field(
         "none", description="adaptive attacks on the sign vote (colluding corrupt agents, simulator only): 'sign' "
         "sends their clean updates except on the top adaptive_top_fraction coordinates of |mean poisoned - mean "
@@ -260,7 +263,11 @@ class ExperimentConfig(BaseModel):
                                 f"raise num_agents / participation")
             if self.aggregator == "multikrum" and self.multikrum_keep is not None and self.multikrum_keep > n:
                 problems.append(f"multikrum_keep={self.multikrum_keep} exceeds the {n} agents of a round")
-        model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"))
+        if self.stealth_penalty > 0 and self.train_mode == "vectorized":
+            problems.append("stealth_penalty is not implemented in the vectorized engine: use train_mode sequential, "
+                            "processes or auto")
+        model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"),
+                                         ("stealth_penalty", 0.0))
                         if getattr(self, k) != off]
         if model_attack and self.corrupt_fraction == 0:
             problems.append(f"{', '.join(model_attack)} set but corrupt_fraction = 0: no agent would attack")

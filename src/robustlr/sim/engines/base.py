@@ -10,7 +10,8 @@ of ``RoundUpdates.updates`` is agent ``agent_ids[i]``'s update, its local weight
 global ones. ``engine.close()`` releases what the engine holds (worker processes).
 
 Every engine implements the same local training, step for step: SGD with momentum,
-cross-entropy (times the agent's loss sign), gradient-norm clipping, ``E`` epochs of shuffled
+cross-entropy (times the agent's loss sign, plus a corrupt agent's proximity penalty
+``mu/2 ||w - w_global||^2`` where the config sets ``stealth_penalty``), gradient-norm clipping, ``E`` epochs of shuffled
 mini-batches from :func:`batch_plan` (the last one may be short), the PGD projection onto the
 L2 ball of radius ``clip_norm`` after every step when it is set, and dropout masks drawn
 from ``(seed, round, agent)``. So an agent's update does not depend on the engine's order of
@@ -68,6 +69,8 @@ class EngineContext:
     # attacks that need the corrupt agents' clean updates: corrupt agent -> the id under which it
     # trains on its clean rows (appended to agent_indices; the standard loss)
     clean_twins: Mapping[int, int] = field(default_factory=dict)
+    # stealth by a penalty: agent -> mu of the term mu/2 ||w - w_global||^2 added to its loss
+    penalties: Mapping[int, float] = field(default_factory=dict)
 
     def attacking(self, round_: int | None) -> bool:
         return round_ is None or round_ >= self.attack_from_round
@@ -77,6 +80,12 @@ class EngineContext:
         if not self.attacking(round_) and int(agent) in self.honest_indices:
             return self.honest_indices[int(agent)]
         return self.agent_indices[agent]
+
+    def penalty(self, agent: int, round_: int | None = None) -> float:
+        """mu of ``agent``'s proximity penalty in round ``round_`` (0: none; 0 before the attack starts)."""
+        if not self.attacking(round_):
+            return 0.0
+        return float(self.penalties.get(int(agent), 0.0))
 
     def loss_sign(self, agent: int, round_: int | None = None) -> float:
         """The sign of ``agent``'s loss in round ``round_`` (+1 before the attack starts)."""

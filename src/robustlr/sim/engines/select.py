@@ -59,7 +59,8 @@ def select_mode(cfg: ExperimentConfig, agent_sizes: np.ndarray, device: torch.de
     if cfg.train_mode != "auto":
         return cfg.train_mode
     if device.type == "cuda":
-        return "sequential" if has_batch_norm(build_model(cfg.model)) else "vectorized"
+        # the vectorized engine has no stealth penalty term
+        return "sequential" if has_batch_norm(build_model(cfg.model)) or cfg.stealth_penalty > 0 else "vectorized"
     per_round = cfg.agents_per_round(len(agent_sizes))
     work = float(np.sort(agent_sizes)[-per_round:].sum()) * cfg.local_epochs
     cores = cfg.threads or available_cores()
@@ -87,4 +88,5 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
         honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
+        penalties={int(a): cfg.stealth_penalty for a in fed.corrupt} if cfg.stealth_penalty > 0 else {},
     )

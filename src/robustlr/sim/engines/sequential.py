@@ -97,7 +97,8 @@ class SequentialEngine:
         model.train()
         opt = torch.optim.SGD(self.params, lr=self.s.lr, momentum=self.s.momentum)
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 else None
+        mu = self.ctx.penalty(agent, round_)
+        start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 or mu > 0 else None
         drop_gen = seeding.torch_generator(self.s.seed, seeding.DROPOUT, round_, agent)
         shapes = model.dropout_shapes() if hasattr(model, "dropout_shapes") else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.precision == "bf16" else nullcontext()
@@ -117,11 +118,13 @@ class SequentialEngine:
                 loss = F.cross_entropy(out.float(), yb)
                 if loss_sign != 1.0:
                     loss = loss * loss_sign
+                if mu > 0:  # stealth: stay close to the global model (start holds its parameters)
+                    loss = loss + 0.5 * mu * sum(((p - s0) ** 2).sum() for p, s0 in zip(self.params, start))
                 loss.backward()
                 if self.s.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self.params, self.s.grad_clip)
                 opt.step()
-                if start is not None:
+                if self.s.clip_norm > 0:
                     project_(self.params, start, self.s.clip_norm)
         return self.layout.flatten(model).sub_(global_flat)
 
