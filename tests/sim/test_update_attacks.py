@@ -164,3 +164,16 @@ def test_stealth_penalty_pulls_only_the_corrupt_updates_towards_the_global_model
     assert torch.equal(pen_p, pen)
     with pytest.raises(ConfigError, match="stealth_penalty is not implemented in the vectorized engine"):
         make_config({**BASE, "stealth_penalty": 1.0, "train_mode": "vectorized"})
+
+
+@pytest.mark.parametrize("aggregator", ["multikrum", "flame", "fedavg"])
+def test_the_agents_a_rule_leaves_out_are_recorded(tiny, aggregator):
+    ds = tiny()
+    sim, rec, _ = round_one(ds, aggregator=aggregator, boost_factor=50.0, corrupt_fraction=0.2, rlr_threshold=2)
+    if aggregator == "fedavg":
+        assert rec.excluded is None and rec.corrupt_excluded is None
+        return
+    corrupt = [int(a) for a in sim.fed.corrupt]
+    assert set(corrupt) <= set(rec.excluded) and rec.corrupt_excluded == len(corrupt) == 1
+    if aggregator == "multikrum":  # n - f = 4 of 5 kept: exactly the boosted one left out
+        assert rec.excluded == corrupt

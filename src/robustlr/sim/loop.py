@@ -135,6 +135,21 @@ class StepView:
     sim: "Simulation"  # for its model, layout, federation and config
 
 
+def excluded_agents(telemetry: dict, agents: list[int]) -> list[int] | None:
+    """The agents whose update the rule left out this round (Krum, multi-Krum and Bulyan: those not
+    selected; FLAME: those outside the majority cluster), from its telemetry, looking through
+    wrappers (RLR, clipping, batch-norm buffers); None for rules that leave nobody out."""
+    tel = telemetry
+    while isinstance(tel, dict):
+        if "rejected_agents" in tel and tel["rejected_agents"] is not None:
+            return sorted(int(a) for a in tel["rejected_agents"])
+        if "selected_agents" in tel and tel["selected_agents"] is not None:
+            chosen = {int(a) for a in tel["selected_agents"]}
+            return sorted(a for a in agents if a not in chosen)
+        tel = tel.get("inner")
+    return None
+
+
 class StepObserver(Protocol):
     """Something that looks at every round's server step (see :class:`StepView`)."""
 
@@ -299,6 +314,10 @@ class Simulation:
             if "flipped_fraction" in tel:
                 rec.flipped_fraction = float(tel["flipped_fraction"])
                 rec.threshold = tel.get("threshold")
+            excluded = excluded_agents(tel, [int(a) for a in agents])
+            if excluded is not None:
+                rec.excluded = excluded
+                rec.corrupt_excluded = int(np.isin(excluded, fed.corrupt).sum())
             t_tel = time.perf_counter()
             votes = vote_telemetry(updates, torch.from_numpy(is_corrupt), aggregate)
             flipped = getattr(rule, "flipped", None)

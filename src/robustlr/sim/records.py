@@ -50,6 +50,8 @@ class RoundRecord(BaseModel):
     rejected: list[int] = []  # agents whose update was rejected by the screening (logged, not aggregated)
     rejections: list[dict[str, Any]] = []  # per rejected update: agent, reason (shape/dtype/non-finite/norm), detail
     screen_median_norm: float | None = None  # the norm screen's reference: the round's median update norm
+    excluded: list[int] | None = None  # agents the rule left out (Krum family: not selected; FLAME: not admitted)
+    corrupt_excluded: int | None = None  # how many of them are corrupt
     honest_norm: float | None = None  # mean L2 norm of the honest agents' updates
     corrupt_norm: float | None = None
     corrupt_without_base_in_round: int = 0  # corrupt agents with no base-class sample (train honestly)
