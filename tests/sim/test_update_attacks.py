@@ -177,3 +177,13 @@ def test_the_agents_a_rule_leaves_out_are_recorded(tiny, aggregator):
     assert set(corrupt) <= set(rec.excluded) and rec.corrupt_excluded == len(corrupt) == 1
     if aggregator == "multikrum":  # n - f = 4 of 5 kept: exactly the boosted one left out
         assert rec.excluded == corrupt
+
+
+def test_too_few_updates_left_for_krum_stops_the_run_with_a_clear_error(tiny):
+    from robustlr.errors import TrainingError
+
+    ds = tiny()
+    # 5 agents, f = 1: Krum needs 5 > 4; the norm screen rejects both boosted corrupt agents, 3 are left
+    with pytest.raises(TrainingError, match=r"round 1: the aggregation rule refused the 3 updates left after "
+                                            r"screening \(2 rejected\): .*n > 2f \+ 2"):
+        round_one(ds, aggregator="krum", assumed_corrupt=1, boost_factor=20.0, screen_norm_multiple=3.0)

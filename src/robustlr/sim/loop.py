@@ -301,7 +301,11 @@ class Simulation:
             self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
             weights = torch.as_tensor(fed.agent_sizes[agents], dtype=torch.float32)
             rule = self.rule if rec.rlr_on is not False else self.rule.rule  # the schedule: RLR off -> its inner rule
-            aggregate = rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
+            try:
+                aggregate = rule(updates, weights=weights, agent_ids=[int(a) for a in agents])
+            except ValueError as exc:  # e.g. Krum/Bulyan with too few updates left after screening
+                raise TrainingError(f"round {round_}: the aggregation rule refused the {len(agents)} updates left "
+                                    f"after screening ({len(rejected)} rejected): {exc}. {self._kept()}") from exc
             if not bool(torch.isfinite(aggregate).all()):
                 raise TrainingError(f"round {round_}: the aggregated update is not finite. {self._kept()}")
             before = self.global_params.clone() if self.observers else None
