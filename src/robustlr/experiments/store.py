@@ -22,7 +22,8 @@ rebuilt from the run folders at any time (:func:`rebuild`).
 Two suites may hold runs of the same config (Table 10's M 0, sigma 0 rows are Table 1's runs):
 each folder has its row; ``config_hash`` finds them (``robustlr runs --where "config_hash = '...'"``).
 A store written by robustlr 0.2.0's first sweeps (keyed on the config hash alone, so such runs
-overwrote each other) is rebuilt from the run folders when it is opened.
+overwrote each other) is rebuilt from the run folders when it is opened; a store written before a
+config key was added gains its column when it is opened (NULL in the older rows).
 
 The config hash ignores keys left at their defaults (a key added in a later version does not
 rerun every finished run) and keys that cannot change the numbers
@@ -59,6 +60,11 @@ def _connect(results: Path) -> sqlite3.Connection:
     cols = ", ".join([f"{c}" for c in _FIXED]
                      + [f'"{c}"' for c in _CONFIG_COLUMNS] + ["PRIMARY KEY (suite, name)"])
     con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+    # a store written by an older robustlr lacks the columns of config keys added since: add them
+    # (NULL in the old rows, whose configs predate the key: they ran with its default)
+    have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    for c in [c for c in _FIXED + _CONFIG_COLUMNS if c not in have]:
+        con.execute(f'ALTER TABLE runs ADD COLUMN "{c}"')
     return con
 
 
