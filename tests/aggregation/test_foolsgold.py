@@ -100,3 +100,14 @@ def test_errors():
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         fg(x, agent_ids=[0, 1])
     assert fg.history == {}
+
+
+def test_resetting_a_wrapper_resets_the_wrapped_rules_history():
+    from robustlr.aggregation import ClipAndNoise, PlainBuffers, RobustLR
+
+    fg = FoolsGold()
+    wrapped = RobustLR(PlainBuffers(ClipAndNoise(fg, clip_norm=10.0), torch.tensor([True, True, False])), threshold=1)
+    wrapped(torch.tensor([[1.0, 2.0, 0.5], [2.0, 1.0, 0.5]]), agent_ids=["a", "b"])
+    assert set(fg.history) == {"a", "b"}
+    wrapped.reset()
+    assert fg.history == {} and wrapped.telemetry == {}

@@ -234,8 +234,12 @@ class AggregationRule(abc.ABC):
         """Aggregate inputs already checked by :func:`validate_inputs`."""
 
     def reset(self) -> None:
-        """Forget any state kept between calls (no-op for stateless rules)."""
+        """Forget any state kept between calls (no-op for stateless rules); a wrapper resets the
+        rule it wraps (``self.rule``) too."""
         self.telemetry = {}
+        inner = getattr(self, "rule", None)
+        if isinstance(inner, AggregationRule):
+            inner.reset()
 
     def state_dict(self) -> dict[str, Any]:
         """The state kept between calls, as tensors and plain values (what a checkpoint saves).

@@ -105,10 +105,5 @@ class PlainBuffers(AggregationRule):
         self.telemetry = inner_telemetry(self.rule)
         return out
 
-    def reset(self) -> None:
-        super().reset()
-        if isinstance(self.rule, AggregationRule):
-            self.rule.reset()
-
     def __repr__(self) -> str:
         return f"PlainBuffers({self.rule!r}, {int(self.trainable.sum())} of {self.trainable.shape[0]} trainable)"

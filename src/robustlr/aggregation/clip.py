@@ -258,10 +258,5 @@ class NormBounding(AggregationRule):
         self.telemetry = {"n_clipped": clip_telemetry["n_clipped"], "bound": self.bound, "inner": clip_telemetry["inner"]}
         return out
 
-    def reset(self) -> None:
-        super().reset()
-        if isinstance(self.rule, AggregationRule):
-            self.rule.reset()
-
     def __repr__(self) -> str:
         return f"NormBounding({self.rule!r}, bound={self.bound!r})"
