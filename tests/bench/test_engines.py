@@ -41,6 +41,38 @@ def test_ratios_are_the_ratios_of_the_reported_throughputs():
         assert out["seconds_per_round"][k] == pytest.approx(out["samples_per_round"] / v, rel=1e-12)
     # the paper's CNN on 28x28: 2 conv + 2 linear layers, ~71.6 MFLOP per training sample
     assert out["training_mflop_per_sample"] == pytest.approx(71.6, rel=0.01)
+    # every engine as a share of the floor of its own precision; the bf16 floor from the bf16 matmul
+    flops = out["training_mflop_per_sample"] * 1e6
+    assert out["floor_samples_per_s"] == pytest.approx(out["matmul_gflops"] * 1e9 / flops, rel=1e-12)
+    assert len(out["matmul_gflops_samples"]["fp32"]) == 4  # before and after the engines, twice each
+    if out["floor_samples_per_s_bf16"] is not None:
+        assert out["floor_samples_per_s_bf16"] == pytest.approx(out["matmul_gflops_bf16"] * 1e9 / flops, rel=1e-12)
+        fastest_bf16 = out["fastest_bf16_engine"]
+        assert sps[fastest_bf16] == max(v for k, v in sps.items() if k.endswith("-bf16"))
+        assert out["floor_fraction_bf16"] == pytest.approx(sps[fastest_bf16] / out["floor_samples_per_s_bf16"], rel=1e-12)
+    for k, v in sps.items():
+        own = out["floor_samples_per_s_bf16"] if k.endswith("-bf16") else out["floor_samples_per_s"]
+        if own is not None:
+            assert out["floor_share"][k] == pytest.approx(v / own, rel=1e-12)
+
+
+def test_naive_baseline_owns_a_reference_model_in_the_default_layout():
+    """The baseline must not inherit our layout or layer order: its own model, contiguous,
+    conv-ReLU-conv-ReLU-pool as reference code writes it, computing the same function."""
+    import torch
+
+    from robustlr.bench.naive import ReferenceMnistCNN, naive_model
+    from robustlr.models import build_model
+
+    ours = build_model("mnist-cnn", num_classes=10).to(memory_format=torch.channels_last).eval()
+    ref = naive_model("mnist-cnn", 10, weights=ours).eval()
+    assert type(ref) is ReferenceMnistCNN
+    assert all(p.is_contiguous() for p in ref.parameters())
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(ref.parameters(), ours.parameters()))
+    x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(ref(x), ours(x), rtol=1e-5, atol=1e-6)
+    cifar = naive_model("cifar-cnn", 10)
+    assert all(p.is_contiguous() for p in cifar.parameters())
 
 
 def test_bench_runs_on_cifar_and_noniid_presets():

@@ -9,12 +9,16 @@ the current machine and in the same process, the training throughput (samples/s)
   bit-reproducible across core counts, shown to explain the choice), ``vectorized``
   (``torch.func.vmap`` over agents: the CUDA default) and ``sequential-bf16`` (opt-in bf16
   autocast);
-- a naive reference-style loop: one ``DataLoader`` per agent over a dataset that converts and
-  normalises every sample in Python (``__getitem__``), a deep copy of the model per agent, as
-  a typical research codebase does it;
+- a naive reference-style loop (:mod:`robustlr.bench.naive`): its own model in the default
+  layout (for the paper's CNN the usual layer order), a per-sample dataset that converts and
+  normalises every image in Python, a shuffling ``DataLoader``, a deep copy of the model per
+  agent, the default SGD step, one agent after another, as a typical research codebase does it;
 
-and the compute floor: the model's training FLOPs per sample (counted by PyTorch's
-``FlopCounterMode``) divided by a large fp32 matrix product's throughput measured on the spot.
+and the compute floors: the model's training FLOPs per sample (counted by PyTorch's
+``FlopCounterMode``) divided by the throughput of a large fp32 matrix product (the fp32 floor)
+and of a large bf16 one (the bf16 floor: AMX or AVX-512 BF16 where the CPU has them), both
+measured on the spot, before and after the engines, alternately, and taken as medians. Each
+engine is reported as a share of the floor of its own precision.
 Inputs are synthetic, of the preset's model's input shape; the agents timed are the preset's
 agents per round (``round(C*K)``). Seconds per round are extrapolated from the measured
 throughput to the preset's samples per round (its dataset's nominal size, see
@@ -32,7 +36,7 @@ import torch
 
 from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
 from robustlr.bench.common import matmul_gflops, sync, training_flops_per_sample
-from robustlr.bench.naive import PerSampleDataset, naive_train
+from robustlr.bench.naive import PerSampleDataset, naive_model, naive_train
 from robustlr.data.registry import dataset_spec
 from robustlr.models import build_model, has_batch_norm, model_spec
 from robustlr.sim.config import ExperimentConfig, load_config
@@ -98,6 +102,17 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
                              max_agents=k, workers=workers)
 
     engines: dict[str, float] = {}
+    bf16_wanted = precision_bf16 and (dev.type == "cuda" or torch.backends.mkldnn.is_available())
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+
+    def measure_floors(repeats_: int = 2) -> None:
+        for _ in range(repeats_):  # alternately, so that a drift of the machine's speed hits both
+            rates["fp32"].append(matmul_gflops(dev))
+            if bf16_wanted:
+                rates["bf16"].append(matmul_gflops(dev, dtype=torch.bfloat16))
+
+    progress("measuring the compute floors (matrix products)")
+    measure_floors()
 
     def time_mode(label: str, mode: str, precision: str = "fp32", workers: int = 1, **kw) -> None:
         progress(f"timing the {label} engine")
@@ -120,7 +135,7 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         time_mode("sequential-mt", "sequential", make=lambda c: SequentialEngine(c, threads=None))
     if not has_batch_norm(model):
         time_mode("vectorized", "vectorized")
-    if precision_bf16 and (dev.type == "cuda" or torch.backends.mkldnn.is_available()):
+    if bf16_wanted:
         time_mode("sequential-bf16", "sequential", "bf16")
         if dev.type == "cpu":
             time_mode("processes-bf16", "processes", "bf16", workers=res["workers"])
@@ -128,7 +143,7 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
     progress("timing the naive reference loop")
     imgs = (torch.rand(n, *shape) * 255).to(torch.uint8).numpy()
     naive_rates = []
-    cpu_model = model.cpu()
+    cpu_model = naive_model(cfg.model, cfg.num_classes, weights=model)
     for r in range(repeats + 1):
         t = time.perf_counter()
         seen = 0
@@ -138,13 +153,15 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
             seen += naive_train(cpu_model, loader, 1, cfg.client_lr, cfg.client_momentum, steps, cfg.grad_clip)
         if r > 0:
             naive_rates.append(seen / (time.perf_counter() - t))
-    model.to(dev)
     engines["naive"] = statistics.median(naive_rates)
 
-    progress("measuring the compute floor")
+    progress("measuring the compute floors again")
+    measure_floors()
     flops = training_flops_per_sample(model, shape)
-    gflops = matmul_gflops(dev)
+    gflops = statistics.median(rates["fp32"])
     floor = gflops * 1e9 / flops
+    gflops_bf16 = statistics.median(rates["bf16"]) if rates["bf16"] else None
+    floor_bf16 = gflops_bf16 * 1e9 / flops if gflops_bf16 else None
 
     progress("timing aggregation")
     upd = torch.randn(per_round, layout.numel, device=dev)
@@ -159,7 +176,12 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
             times.append(time.perf_counter() - t)
     agg_s = statistics.median(times)
 
+    def own_floor(label: str) -> float | None:
+        return floor_bf16 if label.endswith("-bf16") else floor
+
     fp32 = {k_: v for k_, v in engines.items() if k_ in ("processes", "sequential", "vectorized")}
+    bf16 = {k_: v for k_, v in engines.items() if k_.endswith("-bf16")}
+    fastest_bf16 = max(bf16, key=bf16.get) if bf16 else None
     fastest = max(fp32, key=fp32.get)
     ours = fp32[fastest]
     round_s = samples_per_round / ours
@@ -172,6 +194,12 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         "matmul_gflops": gflops,
         "floor_samples_per_s": floor,
         "floor_fraction": ours / floor,
+        "matmul_gflops_bf16": gflops_bf16,
+        "matmul_gflops_samples": rates,
+        "floor_samples_per_s_bf16": floor_bf16,
+        "fastest_bf16_engine": fastest_bf16,
+        "floor_fraction_bf16": bf16[fastest_bf16] / floor_bf16 if fastest_bf16 and floor_bf16 else None,
+        "floor_share": {k_: v / own_floor(k_) for k_, v in engines.items() if own_floor(k_)},
         "speedup_vs_naive": ours / engines["naive"],
         "speedup_vs_sequential": ours / engines["sequential"],
         "vectorized_vs_sequential": engines.get("vectorized", float("nan")) / engines["sequential"],
@@ -187,19 +215,28 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
 def format_bench(res: dict) -> str:
     lines = [f"robustlr bench engines: preset {res['preset']} on {res['device']} ({res['threads']} threads), "
              f"{res['agents']} agents x {res['steps_per_agent']} batches of {res['batch_size']}",
-             f"{'engine':<18}{'samples/s':>12}{'s/round (extrap.)':>20}"]
+             f"{'engine':<18}{'samples/s':>12}{'s/round (extrap.)':>20}{'% of own floor':>16}"]
     for k, v in res["samples_per_s"].items():
-        lines.append(f"{k:<18}{v:>12.0f}{res['seconds_per_round'][k]:>20.1f}")
+        share = res.get("floor_share", {}).get(k)
+        lines.append(f"{k:<18}{v:>12.0f}{res['seconds_per_round'][k]:>20.1f}"
+                     f"{'' if share is None else f'{100 * share:.1f}':>16}")
+    lines.append(f"fp32 floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at {res['matmul_gflops']:.0f} GFLOP/s "
+                 f"(fp32 matmul, measured) = {res['floor_samples_per_s']:.0f} samples/s")
+    if res.get("floor_samples_per_s_bf16"):
+        lines.append(f"bf16 floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at "
+                     f"{res['matmul_gflops_bf16']:.0f} GFLOP/s (bf16 matmul, measured) = "
+                     f"{res['floor_samples_per_s_bf16']:.0f} samples/s")
     lines += [
-        f"compute floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at {res['matmul_gflops']:.0f} GFLOP/s "
-        f"(fp32 matmul, measured) = {res['floor_samples_per_s']:.0f} samples/s",
-        f"fastest fp32 engine: {res['fastest_fp32_engine']}, {100 * res['floor_fraction']:.1f} % of the floor",
+        f"fastest fp32 engine: {res['fastest_fp32_engine']}, {100 * res['floor_fraction']:.1f} % of the fp32 floor",
         f"speed-up vs naive loop: {res['speedup_vs_naive']:.2f}x; vs sequential: {res['speedup_vs_sequential']:.2f}x; "
         f"vectorized/sequential: {res['vectorized_vs_sequential']:.2f}x",
     ]
     if "sequential-mt" in res["samples_per_s"]:
         lines.append(f"sequential on {res['threads']} threads / on 1 thread: "
                      f"{res['samples_per_s']['sequential-mt'] / res['samples_per_s']['sequential']:.2f}x")
+    if res.get("floor_fraction_bf16"):
+        lines.append(f"fastest bf16 engine: {res['fastest_bf16_engine']}, "
+                     f"{100 * res['floor_fraction_bf16']:.1f} % of the bf16 floor")
     if res.get("bf16_speedup"):
         lines.append(f"bf16 autocast (opt-in) vs fp32 sequential: {res['bf16_speedup']:.2f}x")
     if res.get("bf16_fastest_vs_naive"):

@@ -55,6 +55,7 @@ class VectorizedEngine:
         self.y = ctx.train_y
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.shapes = model.dropout_shapes()
+        self._mask_dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
         self._autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if self.s.precision == "bf16" \
             else nullcontext
 
@@ -103,7 +104,7 @@ class VectorizedEngine:
                 whole = len(members) == k
                 xb = torch.stack([self.x[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
                 yb = torch.stack([self.y[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
-                masks_per = [make_dropout_masks(self.shapes, bsz, gens[i], self.device) for i in members]
+                masks_per = [make_dropout_masks(self.shapes, bsz, gens[i], self.device, self._mask_dtype) for i in members]
                 masks = [torch.stack([m[j] for m in masks_per]) for j in range(len(self.shapes))]
                 p_g = params if whole else {n: v[g_idx] for n, v in params.items()}
                 with self._autocast():
