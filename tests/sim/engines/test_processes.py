@@ -76,15 +76,31 @@ def _records(ds, **over):
         sim.engine.name
 
 
-def test_numbers_do_not_depend_on_engine_or_core_count(tiny):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_numbers_do_not_depend_on_engine_or_core_count(tiny, precision):
     ds = tiny()
     before = torch.get_num_threads()
     try:
-        seq1, name1 = _records(ds, train_mode="sequential", threads=1)
-        seq2, _ = _records(ds, train_mode="sequential", threads=2)
-        par2, name2 = _records(ds, train_mode="processes", threads=2)
+        seq1, name1 = _records(ds, train_mode="sequential", threads=1, precision=precision)
+        seq2, _ = _records(ds, train_mode="sequential", threads=2, precision=precision)
+        par2, name2 = _records(ds, train_mode="processes", threads=2, precision=precision)
     finally:
         torch.set_num_threads(before)
     assert (name1, name2) == ("sequential", "processes")
     assert seq1 == seq2 == par2
     assert all(r["evaluated"] for r in seq1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_agents_update_does_not_depend_on_agent_order_or_workers(tiny, precision):
+    """Bitwise, for one engine and precision: agent a's row is the same whichever agents come
+    before it and however many workers share the round."""
+    ds = tiny()
+    flat = _global()
+    seq = SequentialEngine(_ctx(ds, precision)).train_round(flat, [0, 1, 2], 4).updates.clone()
+    rev = SequentialEngine(_ctx(ds, precision)).train_round(flat, [2, 1, 0], 4).updates.clone()
+    assert torch.equal(rev, seq.flip(0))
+    for workers in (1, 3):
+        with ProcessesEngine(_ctx(ds, precision, workers=workers)) as par:
+            got = par.train_round(flat, [1, 2, 0], 4).updates.clone()
+        assert torch.equal(got, seq[[1, 2, 0]])
