@@ -1,4 +1,4 @@
-"""``robustlr bench engines | aggregation | scale``: speed as ratios measured in one run."""
+"""``robustlr bench engines | aggregation | scale | flower | profile | levers``: speed as ratios measured in one run."""
 
 from __future__ import annotations
 
@@ -114,3 +114,40 @@ def flower(
         print(json.dumps(res, indent=2))
     else:
         console.print(format_flower_bench(res), highlight=False)
+
+
+@app.command()
+@user_errors
+def profile(
+    preset: str = typer.Option("iid-fedavg", "--preset", help="the setting whose model and batch size to profile"),
+    steps: int = typer.Option(8, "--steps", help="batches of the profiled agent"),
+    top: int = typer.Option(14, "--top", help="operators shown per precision"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Where one agent's local training spends its time, per operator, on one thread (fp32 and bf16)."""
+    from robustlr.bench.profile import format_profile, run_profile
+
+    res = run_profile(preset, steps=steps, top=top, progress=_say(as_json))
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_profile(res), highlight=False)
+
+
+@app.command()
+@user_errors
+def levers(
+    preset: str = typer.Option("iid-fedavg", "--preset", help="the setting whose model and batch size to time"),
+    steps: int = typer.Option(6, "--steps", help="batches per timing"),
+    repeats: int = typer.Option(5, "--repeats", help="interleaved repeats (median reported)"),
+    with_compile: bool = typer.Option(False, "--compile", help="also time torch.compile (inductor; about 30 s of compilation)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Each speed lever (layout, fused SGD, bf16 masks, bf16 master weights, mask draw, torch.compile) vs the engines' step."""
+    from robustlr.bench.profile import format_levers, run_levers
+
+    res = run_levers(preset, steps=steps, repeats=repeats, with_compile=with_compile, progress=_say(as_json))
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_levers(res), highlight=False)
