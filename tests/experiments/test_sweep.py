@@ -79,6 +79,11 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     ref = tmp_path / "ref"
     state = sweep(load_suite(suite_file), ref, "lite", jobs=2, data_dir=str(data_dir))
     assert (state.done, state.failed) == (4, [])
+    from robustlr.sim.engines.select import available_cores
+
+    # each run gets its share of the cores (cores // jobs threads, at least one)
+    request = json.loads((ref / "tiny" / "tiny-fedavg-seed=0" / "sweep-request.json").read_text())
+    assert request["threads"] == max(1, available_cores() // 2)
     out = tmp_path / "killed"
     code = "import sys; from robustlr.cli import main; sys.argv = ['robustlr'] + sys.argv[1:]; main()"
     args = [sys.executable, "-c", code, "sweep", str(suite_file), "-r", str(out), "-j", "2",

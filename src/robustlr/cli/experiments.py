@@ -52,7 +52,7 @@ def sweep(
     suite: str = typer.Argument(..., help="a suite name (see `robustlr suites`) or a suite TOML file"),
     budget: str = typer.Option("lite", "--budget", help="lite (minutes on 2 cores) or paper (the paper's R, E, B)"),
     results: Path = ResultsOpt,
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once, one thread each (default: the cores)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once (default: the cores); each run gets cores // jobs threads"),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Run a suite's grid: finished runs are skipped, interrupted ones resume; results go to RESULTS/results.sqlite."""

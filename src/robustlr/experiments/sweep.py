@@ -1,9 +1,10 @@
 """``robustlr sweep SUITE``: run a suite's grid in parallel processes, skip what is done, resume
 what was interrupted, and keep the results store up to date.
 
-Each run is a child process (:mod:`robustlr.experiments.child`) with one thread (``threads = 1``,
-a key that cannot change the numbers), and ``jobs`` of them run at once (default: the cores),
-so cores are never oversubscribed. A run whose folder holds a finished run of the same config is
+Each run is a child process (:mod:`robustlr.experiments.child`) with ``cores // jobs`` threads
+(``threads``, a key that cannot change the numbers: one thread each at the default, two
+training workers each at ``-j 1`` on two cores), and ``jobs`` of them run at once (default: the
+cores), so cores are never oversubscribed. A run whose folder holds a finished run of the same config is
 skipped; one that was interrupted resumes from its checkpoint. Only this process writes the
 results store, after a run's files are atomically in place. Killing the sweep kills every run
 and every run's workers (each level dies with its parent); SIGTERM stops the runs cleanly.
@@ -75,6 +76,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
     base = results / suite.name
     base.mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or available_cores())
+    threads = max(1, available_cores() // jobs)  # each run's share of the cores
     state = SweepState(total=len(runs))
     pending: list[tuple[SuiteRun, Path]] = [(run, base / run.config.name) for run in runs]
     done_names: set[str] = set()
@@ -129,7 +131,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
                         state.failed.append(run.config.name)
                         failed_names.add(run.config.name)
                         continue
-                    cfg = cfg.model_copy(update={"threads": 1})
+                    cfg = cfg.model_copy(update={"threads": threads})
                     request = folder / "sweep-request.json"
                     atomic_write_text(request, cfg.to_json())
                     log = open(folder / "sweep.log", "a")
