@@ -14,6 +14,9 @@ reported apart), the fused SGD step, bf16 dropout masks under autocast, bf16 wei
 master copies instead of autocast, and a cheaper mask draw (one random byte per 8 mask
 entries). Variants that are not what the engines do are here only to be measured: their
 ratios are why they were (not) adopted (see ``docs/speed.md``).
+
+Both run with the allocator tuned as the engines run (:mod:`robustlr.sim.engines.allocator`);
+that lever is measured across processes: the same command with ``ROBUSTLR_MALLOC_TUNING=0``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch.nn import functional as F
 from robustlr.bench.common import matmul_gflops, training_flops_per_sample
 from robustlr.models import build_model, model_spec
 from robustlr.sim.config import load_config
+from robustlr.sim.engines.allocator import tune_allocator
 
 
 def _one_thread(fn: Callable[[], object]) -> object:
@@ -51,6 +55,7 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
     from robustlr.sim.engines.sequential import SequentialEngine
 
     cfg = load_config(preset)
+    tuned = tune_allocator()
     shape = model_spec(cfg.model).input_shape
     b = cfg.batch_size
     n = steps * b
@@ -59,7 +64,7 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
     rows = np.arange(n)
     flops = training_flops_per_sample(build_model(cfg.model, num_classes=cfg.num_classes), shape)
     res: dict = {"preset": preset, "model": cfg.model, "batch_size": b, "steps": steps,
-                 "training_mflop_per_sample": flops / 1e6, "precisions": {}}
+                 "training_mflop_per_sample": flops / 1e6, "allocator_tuned": tuned, "precisions": {}}
 
     def measure(prec: str) -> dict:
         settings = LocalSettings(epochs=1, batch_size=b, lr=cfg.client_lr, momentum=cfg.client_momentum,
@@ -184,6 +189,7 @@ def run_levers(preset: str = "iid-fedavg", steps: int = 6, repeats: int = 5, wit
                progress=print) -> dict:
     """Each lever's samples/s and its ratio to the engines' step of the same precision, one thread."""
     cfg = load_config(preset)
+    tuned = tune_allocator()
     shape = model_spec(cfg.model).input_shape
     b = cfg.batch_size
     torch.manual_seed(0)
@@ -215,12 +221,14 @@ def run_levers(preset: str = "iid-fedavg", steps: int = 6, repeats: int = 5, wit
     base = {"fp32": med["fp32 (engines)"], "bf16": med["bf16 autocast, bf16 masks (engines)"]}
     rows = [{"lever": k, "precision": chosen[k]["prec"], "samples_per_s": steps * b / med[k],
              "vs_engines": base[chosen[k]["prec"]] / med[k], "first_call_s": out["setup"][k]} for k in chosen]
-    return {"preset": preset, "model": cfg.model, "batch_size": b, "steps": steps, "repeats": repeats, "rows": rows}
+    return {"preset": preset, "model": cfg.model, "batch_size": b, "steps": steps, "repeats": repeats,
+            "allocator_tuned": tuned, "rows": rows}
 
 
 def format_levers(res: dict) -> str:
     lines = [f"robustlr bench levers: {res['model']}, {res['steps']} batches of {res['batch_size']} per timing, one "
-             f"thread, {res['repeats']} interleaved repeats (medians); ratio to the engines' step of the same precision",
+             f"thread, {res['repeats']} interleaved repeats (medians); ratio to the engines' step of the same precision; "
+             f"allocator {'tuned' if res['allocator_tuned'] else 'not tuned'}",
              f"{'lever':<38}{'samples/s':>11}{'vs engines':>12}{'first call s':>14}"]
     for r in res["rows"]:
         lines.append(f"{r['lever']:<38}{r['samples_per_s']:>11.0f}{r['vs_engines']:>11.3f}x{r['first_call_s']:>14.1f}")

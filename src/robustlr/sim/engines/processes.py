@@ -36,6 +36,7 @@ import torch.multiprocessing as tmp
 from robustlr.aggregation import ParamLayout
 from robustlr.errors import EngineError
 from robustlr.models import build_model
+from robustlr.sim.engines.allocator import tune_allocator
 from robustlr.sim.engines.base import EngineContext, RoundUpdates
 from robustlr.sim.engines.sequential import SequentialEngine
 from robustlr.sim.lifecycle import die_with_parent
@@ -94,6 +95,7 @@ class ProcessesEngine:
             raise EngineError(f"workers must be >= 1, got {ctx.workers}")
         self.ctx = ctx
         self.workers = ctx.workers
+        tune_allocator()  # this process evaluates; the workers build a SequentialEngine, which tunes theirs
         numel = ParamLayout.from_module(build_model(ctx.model_name, num_classes=ctx.num_classes)).numel
         # shared memory: the data once, the global weights and the output rows reused every round
         ctx.train_x.share_memory_()

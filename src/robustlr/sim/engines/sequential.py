@@ -26,6 +26,7 @@ from robustlr.errors import EngineError
 from robustlr.models import build_model
 from robustlr.models.common import make_dropout_masks
 from robustlr.sim import seeding
+from robustlr.sim.engines.allocator import tune_allocator
 from robustlr.sim.engines.base import EngineContext, RoundUpdates, batch_plan
 
 
@@ -46,6 +47,8 @@ class SequentialEngine:
         self.device = ctx.device
         if self.s.precision == "bf16" and self.device.type not in ("cpu", "cuda"):
             raise EngineError(f"precision 'bf16' needs a CPU or CUDA device, not {self.device}")
+        if self.device.type == "cpu":
+            tune_allocator()  # keep activation buffers between steps (robustlr.sim.engines.allocator)
         model = build_model(ctx.model_name, num_classes=ctx.num_classes)
         # channels-last activations: oneDNN's convolutions run about 1.4x faster on the CPU
         self.model = model.to(device=self.device, memory_format=torch.channels_last)
