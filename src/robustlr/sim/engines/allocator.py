@@ -45,3 +45,8 @@ def tune_allocator() -> bool:
     _done = all(mallopt(k, v) == 1 for k, v in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
                                                 (M_TOP_PAD, TOP_PAD)))
     return _done
+
+
+def is_tuned() -> bool:
+    """Whether :func:`tune_allocator` has put its settings in force in this process."""
+    return bool(_done)
