@@ -30,7 +30,7 @@ def engines(
     agents: Optional[int] = typer.Option(None, "--agents", help="agents per timed round (default: the preset's agents per round)"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Local-training engines vs a naive per-client DataLoader loop and vs the compute floor."""
+    """Local-training engines vs a naive reference-style DataLoader loop and vs the fp32 and bf16 compute floors."""
     from robustlr.bench.engines import format_bench, run_bench
 
     res = run_bench(preset=preset, device=device, steps=steps, repeats=repeats, agents=agents, progress=_say(as_json))
