@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustlr.bench.common import matmul_gflops, training_flops_per_sample
-from robustlr.models import build_model, model_spec
+from robustlr.models import build_model, make_dropout_masks, model_spec
 from robustlr.sim.config import load_config
 from robustlr.sim.engines.allocator import tune_allocator
 
@@ -113,18 +113,15 @@ def format_profile(res: dict) -> str:
 # -- levers
 
 def _masks(shapes, b: int, g: torch.Generator, dtype: torch.dtype, packed: bool) -> list[torch.Tensor]:
+    if not packed:
+        return make_dropout_masks(shapes, b, g, dtype=dtype)  # what the engines draw
     out = []
-    for shape, p in shapes:
+    for shape, p in shapes:  # one random byte per 8 entries, unpacked to bits (a different draw)
         size = (b, *shape)
-        keep = 1.0 - p
-        if packed:  # one random byte per 8 entries, unpacked to bits (a different draw than the engines')
-            n = int(np.prod(size))
-            r = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8)
-            bits = (r.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
-            m = bits.view(-1)[:n].view(size).to(dtype)  # keep probability 1/2 per entry
-        else:
-            m = torch.randint(0, 2, size, generator=g, dtype=dtype)
-        out.append(m.mul_(1.0 / keep))
+        n = int(np.prod(size))
+        r = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8)
+        bits = (r.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
+        out.append(bits.view(-1)[:n].view(size).to(dtype).mul_(1.0 / (1.0 - p)))  # keep probability 1/2
     return out
 
 

@@ -42,9 +42,6 @@ class MnistCNN(nn.Module):
         x = F.relu(self.conv1(x))
         # max-pool before ReLU: the two commute (both monotone), with identical outputs and
         # gradients, and the ReLU then runs on a 4x smaller tensor
-        # then back to the standard (contiguous) layout: flatten needs it anyway, and the ReLU,
-        # the dropout mask and their backward passes run several times faster on it than on
-        # channels-last activations beside a contiguous mask (same values either way)
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         x = self.drop1(x) if dropout_masks is None or not self.training else x * dropout_masks[0]
         x = torch.flatten(x, 1)
