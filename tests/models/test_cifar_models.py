@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -23,6 +24,55 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def conv_params(c_in: int, c_out: int, k: int = 3, bias: bool = True) -> int:
+    return c_out * (c_in * k * k + bias)
+
+
+def linear_params(n_in: int, n_out: int) -> int:
+    return n_out * (n_in + 1)
+
+
+def reference_forward(model: CifarCNN, x: torch.Tensor, masks=None, bn_batch_stats: bool = False) -> torch.Tensor:
+    """The forward pass the docstring documents, written out with torch.nn.functional and plain
+    arithmetic (batch norm by its formula, not F.batch_norm): conv 3x3 (stride 1, no padding)
+    [-> batch norm] -> ReLU -> 2x2 max pool, three times; flatten; [mask] fc1 ReLU [mask] fc2 ReLU
+    [mask] fc3. ``bn_batch_stats``: normalise with the batch's mean and biased variance (training)
+    instead of the running statistics (eval)."""
+    sd = model.state_dict()
+    h = x
+    for i in (1, 2, 3):
+        h = F.conv2d(h, sd[f"conv{i}.weight"], sd.get(f"conv{i}.bias"), stride=1, padding=0)
+        if model.batch_norm:
+            if bn_batch_stats:
+                mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+            else:
+                mean, var = sd[f"bn{i}.running_mean"], sd[f"bn{i}.running_var"]
+            shape = (1, -1, 1, 1)
+            h = (h - mean.view(shape)) / torch.sqrt(var.view(shape) + 1e-5)
+            h = h * sd[f"bn{i}.weight"].view(shape) + sd[f"bn{i}.bias"].view(shape)
+        h = F.max_pool2d(torch.clamp(h, min=0), kernel_size=2, stride=2)
+    h = h.reshape(h.shape[0], -1)
+    for i in (1, 2, 3):
+        if masks is not None:
+            h = h * masks[i - 1]
+        h = h @ sd[f"fc{i}.weight"].T + sd[f"fc{i}.bias"]
+        if i < 3:
+            h = torch.clamp(h, min=0)
+    return h
+
+
+def randomise_batch_norm(model: CifarCNN, seed: int) -> None:
+    """Non-trivial BN affine parameters and running statistics, so that a BN skipped or misplaced shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i, c in ((1, 64), (2, 128), (3, 256)):
+            bn = getattr(model, f"bn{i}")
+            bn.weight.copy_(0.5 + torch.rand(c, generator=g, dtype=bn.weight.dtype))
+            bn.bias.copy_(0.3 * torch.randn(c, generator=g, dtype=bn.bias.dtype))
+            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g, dtype=bn.running_mean.dtype))
+            bn.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=bn.running_var.dtype))
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 @pytest.mark.parametrize("num_classes", [10, 3])
 def test_output_shape(batch_norm, num_classes):
@@ -30,6 +80,84 @@ def test_output_shape(batch_norm, num_classes):
     model = CifarCNN(num_classes, batch_norm=batch_norm)
     out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, num_classes) and out.dtype == torch.float32
+
+
+def test_parameter_count_of_every_layer_is_the_documented_one():
+    # the docstring's table, and the same numbers from the layer sizes: conv out*(in*3*3 + 1), linear out*(in + 1)
+    documented = {"conv1": 1_792, "conv2": 73_856, "conv3": 295_168, "fc1": 131_200, "fc2": 33_024, "fc3": 2_570}
+    formula = {"conv1": conv_params(3, 64), "conv2": conv_params(64, 128), "conv3": conv_params(128, 256),
+               "fc1": linear_params(256 * 2 * 2, 128), "fc2": linear_params(128, 256), "fc3": linear_params(256, 10)}
+    assert formula == documented and sum(documented.values()) == 537_610
+    model = CifarCNN()
+    assert {name: n_params(getattr(model, name)) for name in documented} == documented
+    # the head follows num_classes: 3 classes -> 256 * 3 + 3
+    assert n_params(CifarCNN(3).fc3) == 771 and n_params(CifarCNN(3)) == 537_610 - 2_570 + 771
+    bn = CifarCNN(batch_norm=True)
+    assert {f"conv{i}": n_params(getattr(bn, f"conv{i}")) for i in (1, 2, 3)} == {
+        "conv1": conv_params(3, 64, bias=False), "conv2": conv_params(64, 128, bias=False),
+        "conv3": conv_params(128, 256, bias=False)}
+    assert [n_params(getattr(bn, f"bn{i}")) for i in (1, 2, 3)] == [2 * 64, 2 * 128, 2 * 256]
+
+
+def test_intermediate_shapes_are_the_documented_ones():
+    model = CifarCNN().eval()
+    seen = {}
+    hooks = [getattr(model, name).register_forward_hook(
+        lambda mod, inp, out, name=name: seen.__setitem__(name, (tuple(inp[0].shape), tuple(out.shape))))
+        for name in ("conv1", "conv2", "conv3", "fc1", "fc2", "fc3")]
+    model(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    # each conv's input is the previous conv's output after a 2x2 max pool (30 -> 15, 13 -> 6, 4 -> 2)
+    assert seen == {
+        "conv1": ((2, 3, 32, 32), (2, 64, 30, 30)),
+        "conv2": ((2, 64, 15, 15), (2, 128, 13, 13)),
+        "conv3": ((2, 128, 6, 6), (2, 256, 4, 4)),
+        "fc1": ((2, 1024), (2, 128)),
+        "fc2": ((2, 128), (2, 256)),
+        "fc3": ((2, 256), (2, 10)),
+    }
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("num_classes", [10, 3])
+def test_eval_forward_equals_the_documented_computation(batch_norm, num_classes):
+    torch.manual_seed(5)
+    model = CifarCNN(num_classes, batch_norm=batch_norm).double()
+    if batch_norm:
+        randomise_batch_norm(model, seed=6)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    out = model(x)
+    expected = reference_forward(model, x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(model(x), out)  # eval mode: no dropout, the same output every time
+    # the reference is not trivially close to everything: another seed's model differs
+    torch.manual_seed(8)
+    other = CifarCNN(num_classes, batch_norm=batch_norm).double().eval()
+    assert (other(x) - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_train_forward_with_masks_equals_the_documented_computation(batch_norm):
+    torch.manual_seed(9)
+    model = CifarCNN(batch_norm=batch_norm).double().train()
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 3, 32, 32, generator=g, dtype=torch.float64)
+    # masks holding 0 or 1 / (1 - p) = 2, each layer's mask at its own position
+    masks = [2.0 * (torch.rand(6, *shape, generator=g, dtype=torch.float64) < 0.5) for shape, _ in model.dropout_shapes()]
+    expected = reference_forward(model, x, masks, bn_batch_stats=True)
+    out = model(x, masks)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    # the masks matter: without them (all kept) the output is another one
+    assert (reference_forward(model, x, None, bn_batch_stats=True) - expected).abs().max() > 1e-3
+    if batch_norm:
+        # one training step of the running statistics (momentum 0.1, from mean 0 and variance 1; the
+        # running variance takes the unbiased batch variance), checked on the first block
+        h = F.conv2d(x, model.conv1.weight.detach())
+        torch.testing.assert_close(model.bn1.running_mean, 0.1 * h.mean(dim=(0, 2, 3)), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model.bn1.running_var, 0.9 + 0.1 * h.var(dim=(0, 2, 3), unbiased=True),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_plain_layers_and_parameter_count():
