@@ -49,8 +49,8 @@ ORDER_INVARIANT = {
     "SignAggregation": lambda n: SignAggregation(),
     "FoolsGold": lambda n: FoolsGold(),
     "ClipAndNoise": lambda n: ClipAndNoise(FedAvg(), clip_norm=2.0),
-    "RobustLR(FedAvg)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2, server_lr=0.5),
-    "RobustLR(median)": lambda n: RobustLR(CoordinateMedian(), threshold_fraction=0.6),
+    "RobustLR(FedAvg)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2),
+    "RobustLR(median)": lambda n: RobustLR(CoordinateMedian(), threshold=0.6),
     "TrimmedMean": lambda n: TrimmedMean(0.2),
 }
 
@@ -69,12 +69,12 @@ def test_agent_order_does_not_matter(data, perm_seed, name):
 
 
 @FAST
-@given(data=with_weights(), lr=st.sampled_from([1.0, 0.5, 2.0]))
-def test_threshold_zero_is_the_plain_rule(data, lr):
+@given(data=with_weights())
+def test_threshold_zero_is_the_plain_rule(data):
     U, w = data
-    for inner in (FedAvg(), CoordinateMedian(), SignAggregation(server_lr=1.0)):
-        rlr = RobustLR(inner, threshold=0, server_lr=lr)
-        assert torch.equal(rlr(U, weights=w), inner(U, weights=w) * lr)
+    for inner in (FedAvg(), CoordinateMedian(), SignAggregation()):
+        rlr = RobustLR(inner, threshold=0)
+        assert torch.equal(rlr(U, weights=w), inner(U, weights=w))
         assert rlr.telemetry["n_flipped"] == 0
 
 
@@ -85,12 +85,12 @@ def test_unanimous_coordinates_are_never_flipped(U, col, sign, data):
     col %= d
     U[:, col] = sign * (U[:, col].abs() + 0.25)
     theta = data.draw(st.integers(0, n))
-    rlr = RobustLR(FedAvg(), threshold=theta, server_lr=0.5)
+    rlr = RobustLR(FedAvg(), threshold=theta)
     out = rlr(U)
-    assert out[col] == 0.5 * FedAvg()(U)[col]
+    assert out[col] == FedAvg()(U)[col]
     # and the whole output is the plain one up to sign flips where the vote falls short
     vote = torch.sign(U).sum(0).abs()
-    expected = torch.where(vote >= theta, 0.5, -0.5) * FedAvg()(U)
+    expected = torch.where(vote >= theta, 1.0, -1.0) * FedAvg()(U)
     assert torch.equal(out, expected)
     assert rlr.telemetry["n_flipped"] == int((vote < theta).sum())
 
@@ -165,7 +165,7 @@ def test_rlr_with_layout_never_flips_buffers(channels, n_agents, seed, data):
     g = torch.Generator().manual_seed(seed)
     U = torch.randn(n_agents, layout.numel, generator=g)
     theta = data.draw(st.integers(0, n_agents))
-    rlr = RobustLR(FedAvg(), threshold=theta, server_lr=2.0, layout=layout)
+    rlr = RobustLR(FedAvg(), threshold=theta, layout=layout)
     out = rlr(U)
     plain = FedAvg()(U)
     trainable = layout.trainable_mask()
@@ -175,5 +175,5 @@ def test_rlr_with_layout_never_flips_buffers(channels, n_agents, seed, data):
             assert torch.equal(out[sl], plain[sl]), name
             assert name not in rlr.telemetry["per_layer"]
     vote = torch.sign(U).sum(0).abs()
-    expected = torch.where(vote >= theta, 2.0, -2.0) * plain
+    expected = torch.where(vote >= theta, 1.0, -1.0) * plain
     assert torch.equal(out[trainable], expected[trainable])

@@ -12,6 +12,7 @@ from robustlr.aggregation import (
     ParamLayout,
     RobustLR,
     SignAggregation,
+    Threshold,
     threshold_range,
 )
 
@@ -30,9 +31,9 @@ def test_issue_example(paper_U):
 def test_vote_equal_to_threshold_keeps_positive_rate(paper_U):
     # threshold 1: votes 3, 1, 1 all reach it
     assert torch.equal(RobustLR(FedAvg(), threshold=1)(paper_U), FedAvg()(paper_U))
-    # threshold 3: only the first coordinate (vote 3 == 3) keeps +lr
-    out = RobustLR(FedAvg(), threshold=3, server_lr=2.0)(paper_U)
-    assert torch.equal(out, torch.tensor([2.0, -4.0 / 3.0, -2.0]))
+    # threshold 3: only the first coordinate (vote 3 == 3) keeps its sign
+    out = RobustLR(FedAvg(), threshold=3)(paper_U)
+    assert torch.equal(out, torch.tensor([1.0, -2.0 / 3.0, -1.0]))
 
 
 def test_zero_updates_do_not_vote():
@@ -43,9 +44,9 @@ def test_zero_updates_do_not_vote():
     assert rlr.telemetry["n_flipped"] == 2
 
 
-def test_threshold_zero_is_plain_rule_times_lr(paper_U):
-    rlr = RobustLR(FedAvg(), threshold=0, server_lr=0.5)
-    assert torch.equal(rlr(paper_U), 0.5 * FedAvg()(paper_U))
+def test_threshold_zero_is_the_plain_rule(paper_U):
+    rlr = RobustLR(FedAvg(), threshold=0)
+    assert torch.equal(rlr(paper_U), FedAvg()(paper_U))
     assert rlr.telemetry["n_flipped"] == 0 and rlr.telemetry["flipped_fraction"] == 0.0
 
 
@@ -58,7 +59,7 @@ def test_weights_go_to_the_rule_not_the_vote(paper_U):
     "inner, expected",
     [
         (CoordinateMedian(), [1.0, -2.0, -3.0]),
-        (SignAggregation(server_lr=1.0), [1.0, -1.0, -1.0]),
+        (SignAggregation(), [1.0, -1.0, -1.0]),
     ],
 )
 def test_over_other_rules(paper_U, inner, expected):
@@ -82,34 +83,60 @@ def test_telemetry_of_stateful_inner_rule():
 
 def test_threshold_fraction_is_ceil_of_share():
     U = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, 1.0]])
-    rlr = RobustLR(FedAvg(), threshold_fraction=0.5)
+    rlr = RobustLR(FedAvg(), threshold=0.5)
     rlr(U)  # ceil(2.5) = 3; votes 3, 3
     assert rlr.telemetry["threshold"] == 3 and rlr.telemetry["n_flipped"] == 0
-    rlr = RobustLR(FedAvg(), threshold_fraction=0.7)
+    assert (rlr.threshold, rlr.threshold_fraction) == (None, 0.5)
+    rlr = RobustLR(FedAvg(), threshold=0.7)
     rlr(U)  # ceil(3.5) = 4
     assert rlr.telemetry["threshold"] == 4 and rlr.telemetry["n_flipped"] == 2
-    rlr = RobustLR(FedAvg(), threshold_fraction=0.2)
+    rlr = RobustLR(FedAvg(), threshold=0.2)
     rlr(U)  # 0.2 * 5 = 1.0000000000000002 in floats: still 1
     assert rlr.telemetry["threshold"] == 1
+    rlr = RobustLR(FedAvg(), threshold=Threshold(fraction=1.0))  # unanimity: 5 of 5
+    rlr(U)
+    assert rlr.telemetry["threshold"] == 5 and rlr.telemetry["n_flipped"] == 2
+
+
+def test_threshold_has_one_form():
+    # integers and integral floats are counts, floats in (0, 1) fractions; validated once
+    assert Threshold.of(4) == Threshold.of(4.0) == Threshold(count=4)
+    assert Threshold.of(0.4) == Threshold(fraction=0.4)
+    assert Threshold.of(0).off and Threshold.of(0.0).off and not Threshold.of(1).off
+    assert RobustLR(FedAvg(), threshold=4.0).threshold == 4
+    # a count of a full round scales with the voters left: ceil(theta * n / full)
+    t = Threshold.of(4, full_round=10)
+    assert [t.for_round(n) for n in (10, 9, 8, 5, 3, 1)] == [4, 4, 4, 2, 2, 1]
+    t = Threshold.of(7, full_round=10)
+    assert [t.for_round(n) for n in (10, 9, 7, 3)] == [7, 7, 5, 3]
+    assert Threshold.of(Threshold.of(3), full_round=6) == Threshold(count=3, full_round=6)
+    for bad, msg in [(2.5, "integer count"), (-1, "count of agents >= 0"), (float("nan"), "count of agents"),
+                     ("4", "count of agents"), (True, "count of agents")]:
+        with pytest.raises(ValueError, match=msg):
+            Threshold.of(bad)
+    with pytest.raises(ValueError, match="exceeds the 10 agents"):
+        Threshold.of(11, full_round=10)
+    with pytest.raises(ValueError, match="exactly one"):
+        Threshold(count=1, fraction=0.1)
 
 
 def test_threshold_out_of_range():
-    with pytest.raises(ValueError, match=r"threshold=-1 is outside the range 0\.\.n_agents"):
+    with pytest.raises(ValueError, match=r"threshold=-1 must be a count of agents >= 0"):
         RobustLR(FedAvg(), threshold=-1)
     rlr = RobustLR(FedAvg(), threshold=4)
     with pytest.raises(ValueError, match=r"threshold=4 is outside the range 0\.\.3"):
         rlr(torch.ones(3, 2))
     RobustLR(FedAvg(), threshold=3)(torch.ones(3, 2))  # == n_agents is allowed
-    with pytest.raises(ValueError, match=r"threshold_fraction=1.5 is outside the range \[0, 1\]"):
-        RobustLR(FedAvg(), threshold_fraction=1.5)
-    with pytest.raises(ValueError, match="exactly one"):
-        RobustLR(FedAvg())
-    with pytest.raises(ValueError, match="exactly one"):
-        RobustLR(FedAvg(), threshold=1, threshold_fraction=0.1)
+    with pytest.raises(ValueError, match=r"threshold=1.5: use an integer count"):
+        RobustLR(FedAvg(), threshold=1.5)
+    with pytest.raises(TypeError):
+        RobustLR(FedAvg())  # theta is required
     with pytest.raises(ValueError, match="integer"):
         RobustLR(FedAvg(), threshold=2.5)
     with pytest.raises(ValueError, match="rule"):
-        RobustLR(None, threshold=1)
+        RobustLR("fedavg", threshold=1)
+    with pytest.raises(ValueError, match="no rule to wrap"):
+        RobustLR(None, threshold=1)(torch.ones(3, 2))
 
 
 def test_threshold_range():
@@ -127,9 +154,9 @@ def test_threshold_range():
 
 def test_mask_leaves_other_coordinates_unchanged(paper_U):
     mask = torch.tensor([True, False, True])
-    rlr = RobustLR(FedAvg(), threshold=2, server_lr=2.0, mask=mask)
-    # coordinate 2 is outside the mask: the plain mean 2/3, no lr, no flip
-    assert torch.equal(rlr(paper_U), torch.tensor([2.0, 2.0 / 3.0, -2.0]))
+    rlr = RobustLR(FedAvg(), threshold=2, mask=mask)
+    # coordinate 2 is outside the mask: the plain mean 2/3, no flip
+    assert torch.equal(rlr(paper_U), torch.tensor([1.0, 2.0 / 3.0, -1.0]))
     assert rlr.telemetry["n_flipped"] == 1 and rlr.telemetry["n_coords"] == 2
     assert rlr.telemetry["flipped_fraction"] == 0.5
     with pytest.raises(ValueError, match="covers 3 coordinates but updates have 4"):
@@ -152,7 +179,7 @@ def test_layout_default_never_flips_buffers():
     layout = ParamLayout.from_module(model)
     g = torch.Generator().manual_seed(0)
     U = torch.randn(5, layout.numel, generator=g)
-    rlr = RobustLR(FedAvg(), threshold=5, server_lr=3.0, layout=layout)
+    rlr = RobustLR(FedAvg(), threshold=5, layout=layout)
     out = rlr(U)
     plain = FedAvg()(U)
     for name, sl in layout.slices().items():
@@ -195,7 +222,7 @@ def test_non_finite_rejected_before_stateful_inner_rule_records():
     assert fg.history == {}
 
 
-@pytest.mark.parametrize("inner", [FedAvg(), CoordinateMedian(), SignAggregation(server_lr=0.1)])
+@pytest.mark.parametrize("inner", [FedAvg(), CoordinateMedian(), SignAggregation()])
 def test_blockwise_inner_rule_matches_reference_over_many_blocks(inner):
     # column-separable rules run block by block inside the vote's pass; compare with the
     # formula applied to the whole matrix at once
@@ -203,13 +230,33 @@ def test_blockwise_inner_rule_matches_reference_over_many_blocks(inner):
     U = torch.randn(6, 500_003, generator=g)
     U[:, ::11] = 0.0
     w = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0, 5.0])
-    rlr = RobustLR(inner, threshold=4, server_lr=0.5)
+    rlr = RobustLR(inner, threshold=4)
     out = rlr(U, weights=w)
     vote = torch.sign(U).sum(0).abs()
-    expected = torch.where(vote >= 4, 0.5, -0.5) * inner(U, weights=w)
+    expected = torch.where(vote >= 4, 1.0, -1.0) * inner(U, weights=w)
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-7)
     assert rlr.telemetry["n_flipped"] == int((vote < 4).sum())
     bad = U.clone()
     bad[4, 400_000] = float("nan")
     with pytest.raises(ValueError, match=r"rows \[4\]"):
         rlr(bad, weights=w)
+
+
+def test_flip_votes_on_the_updates_and_flips_an_aggregate_computed_elsewhere(paper_U):
+    # the Flower wrapper's path: the inner strategy aggregated; RLR only votes and flips
+    rlr = RobustLR(None, threshold=2)
+    median = CoordinateMedian()(paper_U)  # [1, 2, 3]
+    assert torch.equal(rlr.flip(paper_U, median), torch.tensor([1.0, -2.0, -3.0]))
+    assert torch.equal(rlr.flipped, torch.tensor([False, True, True]))
+    assert (rlr.telemetry["n_flipped"], rlr.telemetry["threshold"], rlr.telemetry["inner"]) == (2, 2, {})
+    # per array of a (name, numel) layout: a 1-element and a 2-element array
+    assert rlr.flipped_per_entry([("a", 1), ("b", 2)]) == {"a": 0.0, "b": 1.0}
+    masked = RobustLR(None, threshold=2, mask=torch.tensor([True, False, True]))
+    assert torch.equal(masked.flip(paper_U, median), torch.tensor([1.0, 2.0, -3.0]))
+    assert masked.flipped_per_entry([("a", 1), ("b", 2)]) == {"a": 0.0, "b": 1.0}  # b: 1 of its 1 masked coordinate
+    with pytest.raises(ValueError, match=r"aggregate must be a tensor of shape \(3,\)"):
+        rlr.flip(paper_U, torch.zeros(2))
+    bad = paper_U.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        rlr.flip(bad, median)

@@ -73,15 +73,17 @@ def test_sign_aggregation_with_ties(paper_U):
     assert torch.equal(out, torch.tensor([0.0, -1.0, 0.0, 1.0]))
 
 
-def test_server_lr_arguments_still_work_with_a_deprecation_warning(paper_U):
-    from robustlr.aggregation import FedAvg, RobustLR
+def test_the_rules_take_no_server_lr_in_0_3(paper_U):
+    """The ``server_lr`` arguments deprecated in 0.2 are gone: eta lives in the server step only."""
+    from robustlr.aggregation import FedAvg, RobustLR, apply_server_lr
 
-    with pytest.warns(DeprecationWarning, match=r"SignAggregation\(server_lr=...\) is deprecated"):
-        sign = SignAggregation(server_lr=0.5)
-    assert torch.equal(sign(paper_U), torch.full((3,), 0.5))
-    with pytest.warns(DeprecationWarning, match=r"RobustLR\(server_lr=...\) is deprecated"):
-        rlr = RobustLR(FedAvg(), threshold=2, server_lr=2.0)
-    assert torch.allclose(rlr(paper_U), 2.0 * RobustLR(FedAvg(), threshold=2)(paper_U))
+    with pytest.raises(TypeError, match="server_lr"):
+        SignAggregation(server_lr=0.5)
+    with pytest.raises(TypeError, match="server_lr"):
+        RobustLR(FedAvg(), threshold=2, server_lr=2.0)
+    # the 0.2 result of SignAggregation(server_lr=0.5) is the server step with eta 0.5
+    g = torch.zeros(3)
+    assert torch.equal(apply_server_lr(g, SignAggregation()(paper_U), 0.5), torch.full((3,), 0.5))
 
 
 def test_sign_vote_counts_zero_as_no_vote():
@@ -167,11 +169,6 @@ def test_rejects_other_bad_inputs():
 def test_finite_rows_whose_sum_overflows_are_accepted():
     U = torch.tensor([[3e38, 3e38], [1.0, 1.0]])
     assert torch.isfinite(CoordinateMedian()(U)).all()
-
-
-def test_sign_aggregation_rejects_negative_lr():
-    with pytest.raises(ValueError, match="server_lr"):
-        SignAggregation(server_lr=-1.0)
 
 
 def test_large_weights_in_half_precision_do_not_overflow():

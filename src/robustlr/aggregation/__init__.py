@@ -23,13 +23,14 @@ wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMea
 tensor([ 1.0000, -0.6667, -1.0000])
 """
 
-from .base import AggregationRule, sign_vote, validate_inputs
+from .base import AggregationRule, FusedCheckRule, sign_vote, validate_inputs
 from .buffers import PlainBuffers
 from .clip import ClipAndNoise, NormBounding, clip_updates
 from .flame import Flame
 from .foolsgold import FoolsGold, foolsgold_weights
 from .layout import LayoutEntry, ParamLayout
-from .rlr import RobustLR, threshold_range
+from .rlr import RobustLR, Threshold, threshold_range
+from .step import apply_server_lr, server_lr_vector
 from .robust import Bulyan, GeometricMedian, Krum, TrimmedMean
 from .rules import CoordinateMedian, FedAvg, SignAggregation
 from .telemetry import flipped_per_layer, vote_telemetry
@@ -49,6 +50,8 @@ __all__ = [
     "NormBounding",
     "PlainBuffers",
     "RobustLR",
+    "Threshold",
+    "FusedCheckRule",
     "ParamLayout",
     "LayoutEntry",
     "threshold_range",
@@ -58,4 +61,6 @@ __all__ = [
     "validate_inputs",
     "vote_telemetry",
     "flipped_per_layer",
+    "apply_server_lr",
+    "server_lr_vector",
 ]

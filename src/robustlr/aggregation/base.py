@@ -13,7 +13,8 @@ FoolsGold need them). The result is an ``(n_params,)`` tensor with the dtype and
 Validation happens once, in :meth:`AggregationRule.__call__`. Wrappers (``RobustLR``,
 ``ClipAndNoise``) call the wrapped rule's :meth:`AggregationRule.aggregate_validated`, so a
 stack of wrappers checks the update matrix only once, and each rule fuses that check into a
-pass it makes anyway where it can (the sign vote, the clipping norms, FedAvg's output).
+pass it makes anyway where it can (the sign vote, the clipping norms, FedAvg's output); the
+wrappers do so through one hook, :meth:`FusedCheckRule.aggregate_fused`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AggregationRule", "sign_vote", "validate_inputs", "check_finite_rows", "column_chunk"]
+__all__ = ["AggregationRule", "FusedCheckRule", "sign_vote", "validate_inputs", "check_finite_rows", "column_chunk"]
 
 # Column blocks of about this many elements (4 MiB of float32) keep a block of the update
 # matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
@@ -259,6 +260,33 @@ class AggregationRule(abc.ABC):
         return f"{type(self).__name__}()"
 
 
+class FusedCheckRule(AggregationRule):
+    """A rule that checks finiteness in a pass it makes anyway: the one hook for that.
+
+    Subclasses (the wrappers ``RobustLR``, ``ClipAndNoise``, ``NormBounding``, ``PlainBuffers``)
+    implement :meth:`aggregate_fused`; :meth:`aggregate_validated` calls it with
+    ``check_finite=False`` and :meth:`aggregate_checking_finite` with ``check_finite=True``.
+    With ``check_finite`` the rule must reject non-finite rows (``ValueError`` naming them, see
+    :func:`check_finite_rows`) before it changes any state.
+    """
+
+    def aggregate_validated(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self.aggregate_fused(updates, weights, agent_ids, check_finite=False)
+
+    def aggregate_checking_finite(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    ) -> Tensor:
+        return self.aggregate_fused(updates, weights, agent_ids, check_finite=True)
+
+    @abc.abstractmethod
+    def aggregate_fused(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
+    ) -> Tensor:
+        """Aggregate validated inputs; with ``check_finite``, reject non-finite rows first."""
+
+
 def call_inner(
     rule: AggregationRule | Callable[..., Tensor],
     updates: Tensor,
@@ -287,20 +315,6 @@ def check_rule(rule: Any) -> None:
             f"rule must be an aggregation rule such as FedAvg(), got {rule!r}; "
             f"wrappers take the rule they wrap as their first argument"
         )
-
-
-def deprecated_server_lr(rule: str, server_lr: Any) -> float:
-    """The ``server_lr`` argument of a rule, kept for one release: warn, and return it validated."""
-    import warnings
-
-    warnings.warn(
-        f"{rule}(server_lr=...) is deprecated and will be removed in robustlr 0.3: rules are pure, and the "
-        f"simulator applies the server learning rate once (robustlr.sim.server.apply_server_lr); "
-        f"scale the rule's output yourself",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return check_nonnegative_finite("server_lr", server_lr)
 
 
 def check_nonnegative_finite(name: str, value: Any) -> float:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .base import (
     AggregationRule,
+    FusedCheckRule,
     call_inner,
     check_finite_rows,
     check_rule,
@@ -35,7 +36,7 @@ from .rules import FedAvg
 __all__ = ["PlainBuffers"]
 
 
-class PlainBuffers(AggregationRule):
+class PlainBuffers(FusedCheckRule):
     """``rule`` on the coordinates where ``trainable`` is True, the weighted mean elsewhere.
 
     Args:
@@ -74,15 +75,7 @@ class PlainBuffers(AggregationRule):
             self._index[device] = (mask.nonzero().flatten(), (~mask).nonzero().flatten())
         return self._index[device]
 
-    def aggregate_validated(self, updates: Tensor, weights: Tensor | None,
-                            agent_ids: list[Hashable] | None) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=False)
-
-    def aggregate_checking_finite(self, updates: Tensor, weights: Tensor | None,
-                                  agent_ids: list[Hashable] | None) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=True)
-
-    def _aggregate(self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None,
+    def aggregate_fused(self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None,
                    check_finite: bool) -> Tensor:
         if updates.shape[1] != self.trainable.shape[0]:
             raise ValueError(f"trainable has {self.trainable.shape[0]} entries but updates have {updates.shape[1]} "

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .base import (
     AggregationRule,
+    FusedCheckRule,
     call_inner,
     check_finite_rows,
     check_nonnegative_finite,
@@ -86,7 +87,7 @@ def clip_updates(updates: Tensor, clip_norm: float) -> tuple[Tensor, int]:
     return updates * scale.unsqueeze(1), n_clipped
 
 
-class ClipAndNoise(AggregationRule):
+class ClipAndNoise(FusedCheckRule):
     r"""Clip every update to an L2 ball, aggregate with ``rule``, add Gaussian noise.
 
     .. math::
@@ -146,17 +147,7 @@ class ClipAndNoise(AggregationRule):
         ``noise_sigma`` when clipping is disabled."""
         return self.noise_sigma * (self.clip_norm if self.clip_norm > 0 else 1.0)
 
-    def aggregate_validated(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
-    ) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=False)
-
-    def aggregate_checking_finite(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
-    ) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=True)
-
-    def _aggregate(
+    def aggregate_fused(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
     ) -> Tensor:
         norms = None
@@ -190,7 +181,7 @@ class ClipAndNoise(AggregationRule):
         )
 
 
-class NormBounding(AggregationRule):
+class NormBounding(FusedCheckRule):
     r"""Norm bounding (Sun et al. 2019, "Can you really backdoor federated learning?").
 
     Clip every update to L2 norm at most ``bound``, then aggregate with ``rule``:
@@ -243,15 +234,10 @@ class NormBounding(AggregationRule):
         self.bound = value
         self._clip = ClipAndNoise(rule, clip_norm=value)
 
-    def aggregate_validated(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+    def aggregate_fused(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
     ) -> Tensor:
-        return self._done(self._clip.aggregate_validated(updates, weights, agent_ids))
-
-    def aggregate_checking_finite(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
-    ) -> Tensor:
-        return self._done(self._clip.aggregate_checking_finite(updates, weights, agent_ids))
+        return self._done(self._clip.aggregate_fused(updates, weights, agent_ids, check_finite))
 
     def _done(self, out: Tensor) -> Tensor:
         clip_telemetry = self._clip.telemetry

@@ -49,14 +49,10 @@ def _cosine_from_gram(gram: Tensor) -> Tensor:
 
 
 def _hdbscan_class() -> Any:
-    try:
-        from sklearn.cluster import HDBSCAN
-    except ImportError:
-        raise ImportError(
-            "Flame clusters the updates with scikit-learn's HDBSCAN (scikit-learn >= 1.3), which is "
-            "not installed; install it with: pip install 'robustlr[flame]'"
-        ) from None
-    return HDBSCAN
+    from robustlr._optional import require
+
+    return require("sklearn.cluster", extra="flame",
+                   feature="Flame (it clusters the updates with scikit-learn >= 1.3's HDBSCAN)").HDBSCAN
 
 
 class Flame(AggregationRule):

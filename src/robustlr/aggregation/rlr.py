@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,16 +13,16 @@ from torch import Tensor
 
 from .base import (
     AggregationRule,
+    FusedCheckRule,
     call_inner,
     check_finite_rows,
     check_rule,
-    deprecated_server_lr,
     inner_telemetry,
     sign_vote,
 )
 from .layout import ParamLayout
 
-__all__ = ["RobustLR", "threshold_range"]
+__all__ = ["RobustLR", "Threshold", "threshold_range"]
 
 # Products such as 10 * 0.1 or 40 * 0.3 land a hair off the integer in binary floating point;
 # round them before floor/ceil so that the integer case is exact.
@@ -67,7 +68,94 @@ def threshold_range(n_agents: int, corrupt_fraction: float) -> tuple[int, int]:
     return lo, hi
 
 
-class RobustLR(AggregationRule):
+@dataclass(frozen=True)
+class Threshold:
+    """theta, in its one form: a count of agents, or a fraction of the round's voters.
+
+    Build it with :meth:`of`, which validates once: an integer (or a float with an integer
+    value) ``>= 0`` is a **count**, a float in (0, 1) a **fraction**. ``for_round(n)`` is the
+    count used in a round of ``n`` voters:
+
+    - a count ``theta`` is used as is; with ``full_round`` (the agents of a full round), a round
+      with fewer voters (some updates rejected) uses ``ceil(theta * n / full_round)``, so theta
+      keeps its meaning as the share of the round that must agree;
+    - a fraction ``f`` gives ``ceil(f * n)``.
+
+    ``Threshold(fraction=1.0)`` asks for unanimity (``of(1.0)`` is the count 1).
+
+    >>> Threshold.of(4).for_round(10), Threshold.of(4, full_round=10).for_round(9)
+    (4, 4)
+    >>> Threshold.of(4, full_round=10).for_round(5), Threshold.of(0.25).for_round(10)
+    (2, 3)
+    """
+
+    count: int | None = None
+    fraction: float | None = None
+    full_round: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.count is None) == (self.fraction is None):
+            raise ValueError("a Threshold is a count of agents or a fraction of the round, exactly one of them")
+        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, numbers.Integral)
+                                       or self.count < 0):
+            raise ValueError(f"threshold count must be an integer >= 0, got {self.count!r}")
+        if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"threshold fraction must lie in [0, 1], got {self.fraction!r}")
+        if self.full_round is not None:
+            if isinstance(self.full_round, bool) or not isinstance(self.full_round, numbers.Integral) \
+                    or self.full_round < 1:
+                raise ValueError(f"full_round must be an integer >= 1 (agents in a full round), got {self.full_round!r}")
+            if self.count is not None and self.count > self.full_round:
+                raise ValueError(
+                    f"threshold={self.count} exceeds the {self.full_round} agents of a round; no coordinate "
+                    f"could reach it. Lower it (threshold_range(K, F) gives the paper's range) or use a fraction")
+
+    @classmethod
+    def of(cls, value: "Threshold | int | float", full_round: int | None = None) -> "Threshold":
+        """theta from a count or a fraction (see the class); a :class:`Threshold` passes through,
+        gaining ``full_round`` when it has none."""
+        if isinstance(value, Threshold):
+            if full_round is not None and value.full_round is None and value.count is not None:
+                return cls(count=value.count, full_round=full_round)
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"threshold must be a count of agents (an integer, e.g. 4) or a fraction of the "
+                             f"round's agents (a float in (0, 1), e.g. 0.4), got {value!r}")
+        x = float(value)
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"threshold={value!r} must be a count of agents >= 0 or a fraction in (0, 1)")
+        if isinstance(value, numbers.Integral) or x >= 1 or x == 0:
+            if not x.is_integer():
+                raise ValueError(f"threshold={value!r}: use an integer count of agents or a fraction in (0, 1)")
+            return cls(count=int(x), full_round=full_round)
+        return cls(fraction=x)
+
+    @property
+    def off(self) -> bool:
+        """theta 0: the robust learning rate does nothing."""
+        return self.count == 0 or self.fraction == 0.0
+
+    def for_round(self, n_agents: int) -> int:
+        """The count of agents that must agree in a round of ``n_agents`` voters."""
+        if self.fraction is not None:
+            return _ceil(self.fraction * n_agents)
+        theta = int(self.count)  # type: ignore[arg-type]
+        if self.full_round is not None and n_agents != self.full_round:
+            return -(-theta * n_agents // self.full_round)  # ceil, in exact integers
+        if theta > n_agents:
+            raise ValueError(
+                f"threshold={theta} is outside the range 0..{n_agents} (the number of agents "
+                f"in this round); no coordinate could reach it. Lower it, or use a fraction; "
+                f"threshold_range(K, F) gives the paper's sensible range")
+        return theta
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"{self.fraction:g} of the round"
+        return f"{self.count}" + (f" of {self.full_round}" if self.full_round is not None else "")
+
+
+class RobustLR(FusedCheckRule):
     r"""Robust learning rate: flip the server's learning rate where too few agents agree.
 
     For every coordinate ``i`` in the mask (all coordinates by default),
@@ -79,22 +167,23 @@ class RobustLR(AggregationRule):
         \qquad g(\Delta)_i = s_{\theta,i} \cdot \mathrm{rule}(\Delta)_i
 
     (paper eq. 5-6, where the server's learning rate is ``eta_{theta,i} = eta * s_{theta,i}``;
-    ``eta`` itself is applied once, by the simulator's server step,
-    :func:`robustlr.sim.server.apply_server_lr`). ``sgn(0) = 0``, so an agent whose update is
+    ``eta`` itself is applied once, by the server step,
+    :func:`robustlr.aggregation.step.apply_server_lr`). ``sgn(0) = 0``, so an agent whose update is
     exactly zero on a coordinate does not vote there; a vote exactly equal to ``theta`` keeps
     the sign; ``theta = 0`` gives ``rule(...)``. The vote is unweighted (one agent, one vote) even when weights
     are given; the weights are passed to ``rule``. Coordinates outside the mask get
-    ``rule(...)`` **unchanged** (no server learning rate, no flip): they are meant for
-    buffers such as batch-norm running statistics, which should be averaged plainly.
+    ``rule(...)`` **unchanged** (no flip): they are meant for buffers such as batch-norm running
+    statistics, which should be averaged plainly.
 
     Args:
-        rule: the aggregation rule wrapped, e.g. ``FedAvg()`` or ``ClipAndNoise(FedAvg(), 4)``.
-        threshold: ``theta`` as a count of agents, an integer in ``0..n_agents`` (checked at
-            each call against the agents of the round). See :func:`threshold_range`.
-        server_lr: deprecated (one release): ``eta`` applied here, on the masked coordinates.
-        threshold_fraction: alternative to ``threshold``, a float in [0, 1] resolved at each
-            call as ``theta = ceil(threshold_fraction * n_agents)``; useful when the number of
-            agents per round varies. Give exactly one of the two.
+        rule: the aggregation rule wrapped, e.g. ``FedAvg()`` or ``ClipAndNoise(FedAvg(), 4)``;
+            or None for a vote that flips an aggregate computed elsewhere (:meth:`flip`, as the
+            Flower wrapper does with its inner strategy's aggregate).
+        threshold: ``theta``, validated once by :meth:`Threshold.of`: an integer count of agents
+            (checked at each call against the agents of the round; see :func:`threshold_range`),
+            a float in (0, 1), a share of the round's agents resolved as ``ceil(f * n_agents)``,
+            or a :class:`Threshold` (e.g. a count of a full round that scales when updates are
+            rejected).
         mask: a bool tensor ``(n_params,)``, True where the robust learning rate applies.
         layout: a :class:`ParamLayout` of the model. Without ``mask`` or ``param_names`` the
             mask is then ``layout.trainable_mask()``: trainable parameters only, so buffers
@@ -103,10 +192,11 @@ class RobustLR(AggregationRule):
         param_names: names or module prefixes (e.g. ``["conv1", "fc2.weight"]``) resolved to a
             mask through ``layout``; requires ``layout``.
 
-    After each call ``flipped`` holds the bool mask of the coordinates flipped (None for theta 0).
+    After each call ``flipped`` holds the bool mask of the coordinates flipped (None for theta 0)
+    and :meth:`flipped_per_entry` counts them per array of a layout.
     Telemetry after each call: ``n_flipped`` and ``flipped_fraction`` (over the masked
     coordinates; 0.0 when none are masked), ``n_coords`` (masked coordinates), ``threshold``
-    (the count used), ``n_agents``, ``server_lr``, ``inner`` (the wrapped rule's telemetry),
+    (the count used), ``n_agents``, ``inner`` (the wrapped rule's telemetry),
     and with a layout ``per_layer``: ``{name: (n_flipped, n_coords)}`` for every entry with
     masked coordinates.
 
@@ -119,46 +209,24 @@ class RobustLR(AggregationRule):
         tensor([ 1.0000, -0.6667, -1.0000])
         >>> rlr.telemetry["n_flipped"], rlr.telemetry["flipped_fraction"]
         (2, 0.6666666666666666)
+        >>> RobustLR(FedAvg(), threshold=0.5)(U)       # a fraction: ceil(0.5 * 3) = 2 agents
+        tensor([ 1.0000, -0.6667, -1.0000])
     """
 
     def __init__(
         self,
-        rule: AggregationRule | Callable[..., Tensor],
-        threshold: int | None = None,
-        server_lr: float | None = None,
-        threshold_fraction: float | None = None,
+        rule: AggregationRule | Callable[..., Tensor] | None,
+        threshold: Threshold | int | float,
+        *,
         mask: Tensor | None = None,
         layout: ParamLayout | None = None,
         param_names: str | Iterable[str] | None = None,
     ) -> None:
         super().__init__()
-        check_rule(rule)
+        if rule is not None:
+            check_rule(rule)
         self.rule = rule
-        if (threshold is None) == (threshold_fraction is None):
-            raise ValueError(
-                "give exactly one of threshold (a count of agents, e.g. threshold=4) or "
-                "threshold_fraction (a share of the round's agents, e.g. threshold_fraction=0.4)"
-            )
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Integral):
-                raise ValueError(
-                    f"threshold must be an integer count of agents, got {threshold!r}; "
-                    f"use threshold_fraction for a share of the round's agents"
-                )
-            if threshold < 0:
-                raise ValueError(
-                    f"threshold={threshold} is outside the range 0..n_agents; it is a count of "
-                    f"agents that must agree in sign (see threshold_range)"
-                )
-            threshold = int(threshold)
-        if threshold_fraction is not None:
-            f = float(threshold_fraction)
-            if not 0.0 <= f <= 1.0:
-                raise ValueError(f"threshold_fraction={threshold_fraction!r} is outside the range [0, 1]")
-            threshold_fraction = f
-        self.threshold = threshold
-        self.threshold_fraction = threshold_fraction
-        self.server_lr = 1.0 if server_lr is None else deprecated_server_lr("RobustLR", server_lr)
+        self.theta = Threshold.of(threshold)
 
         if param_names is not None and layout is None:
             raise ValueError("param_names needs a layout to resolve them; pass layout=ParamLayout.from_module(model)")
@@ -178,23 +246,23 @@ class RobustLR(AggregationRule):
         self.layout = layout
         self.mask = mask
         self._mask_on: dict[torch.device, Tensor] = {}
-        self._base_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._all_masked = mask is None or bool(mask.all())
         self._n_masked = None if mask is None else int(mask.sum())
+        self.flipped: Tensor | None = None
+
+    @property
+    def threshold(self) -> int | None:
+        """theta as a count (None when it is a fraction)."""
+        return self.theta.count
+
+    @property
+    def threshold_fraction(self) -> float | None:
+        """theta as a fraction of the round (None when it is a count)."""
+        return self.theta.fraction
 
     def resolve_threshold(self, n_agents: int) -> int:
         """The threshold count used for a round of ``n_agents`` agents (validated)."""
-        if self.threshold is not None:
-            theta = self.threshold
-            if theta > n_agents:
-                raise ValueError(
-                    f"threshold={theta} is outside the range 0..{n_agents} (the number of agents "
-                    f"in this round); no coordinate could reach it. Lower it, or use "
-                    f"threshold_fraction; threshold_range(K, F) gives the paper's sensible range"
-                )
-            return theta
-        assert self.threshold_fraction is not None
-        return math.ceil(round(self.threshold_fraction * n_agents, 9))
+        return self.theta.for_round(n_agents)
 
     def _mask_for_device(self, device: torch.device) -> Tensor:
         assert self.mask is not None
@@ -204,28 +272,29 @@ class RobustLR(AggregationRule):
             self._mask_on[device] = cached
         return cached
 
-    def _base_scale(self, out: Tensor) -> Tensor:
-        """``lr`` on masked coordinates, 1 elsewhere, in the dtype and on the device of ``out``."""
-        key = (out.device, out.dtype)
-        cached = self._base_on.get(key)
-        if cached is None:
-            mask = self._mask_for_device(out.device)
-            cached = torch.where(mask, self.server_lr, 1.0).to(out.dtype)
-            self._base_on[key] = cached
-        return cached
+    def flip(self, updates: Tensor, aggregate: Tensor) -> Tensor:
+        """Flip ``aggregate`` (computed elsewhere from ``updates``) where the vote is below theta.
 
-    def aggregate_validated(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
-    ) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=False)
+        ``updates`` is validated here (finite rows only); telemetry and :attr:`flipped` are set
+        as by a call."""
+        from .base import validate_inputs
 
-    def aggregate_checking_finite(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
+        updates, _, _ = validate_inputs(updates, check_finite=False)
+        if not isinstance(aggregate, Tensor) or aggregate.shape != updates.shape[1:]:
+            raise ValueError(f"aggregate must be a tensor of shape ({updates.shape[1]},), got "
+                             f"{getattr(aggregate, 'shape', type(aggregate).__name__)}")
+        return self._aggregate(updates, None, None, check_finite=True, given=aggregate)
+
+    def aggregate_fused(
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
     ) -> Tensor:
-        return self._aggregate(updates, weights, agent_ids, check_finite=True)
+        if self.rule is None:
+            raise ValueError("this RobustLR has no rule to wrap (rule=None): use flip(updates, aggregate)")
+        return self._aggregate(updates, weights, agent_ids, check_finite)
 
     def _aggregate(
-        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool
+        self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool,
+        given: Tensor | None = None,
     ) -> Tensor:
         n_agents, n_params = updates.shape
         if self.mask is not None and self.mask.shape[0] != n_params:
@@ -236,13 +305,13 @@ class RobustLR(AggregationRule):
             )
         theta = self.resolve_threshold(n_agents)
         mask = None if self._all_masked else self._mask_for_device(updates.device)
-        lr = self.server_lr
 
         # The vote comes before any stateful inner rule (FoolsGold) runs: it also checks
         # finiteness, in the same pass, and that must happen before the rule records anything.
         # Column-separable rules (FedAvg, median, sign) run block by block inside the vote's
         # pass, so the matrix is read from memory once.
-        fused = theta > 0 and isinstance(self.rule, AggregationRule) and self.rule.column_separable
+        fused = (given is None and theta > 0 and isinstance(self.rule, AggregationRule)
+                 and self.rule.column_separable)
         if theta == 0:
             flipped = None
             if check_finite:
@@ -263,19 +332,15 @@ class RobustLR(AggregationRule):
             flipped = vote.abs_() < theta
             if mask is not None:
                 flipped &= mask
-        if not fused:
+        if given is not None:
+            out = given
+        elif not fused:
             out = call_inner(self.rule, updates, weights, agent_ids)
-        # scale = lr where kept, -lr where flipped, 1 outside the mask; built with arithmetic
+        # the sign: -1 where flipped, +1 elsewhere (outside the mask too); built with arithmetic
         # on a float copy of `flipped`, which measured 3x faster than torch.where here.
-        if flipped is None:
-            if lr != 1.0:
-                out = out * (lr if mask is None else self._base_scale(out))
-        else:
+        if flipped is not None:
             scale = flipped.to(out.dtype)
-            if mask is None:
-                scale.mul_(-2.0 * lr).add_(lr)
-            else:
-                scale = torch.add(self._base_scale(out), scale, alpha=-2.0 * lr)
+            scale.mul_(-2.0).add_(1.0)
             out = out * scale
 
         n_coords = n_params if self._n_masked is None else self._n_masked
@@ -286,13 +351,26 @@ class RobustLR(AggregationRule):
             "n_coords": n_coords,
             "threshold": theta,
             "n_agents": n_agents,
-            "server_lr": lr,
-            "inner": inner_telemetry(self.rule),
+            "inner": inner_telemetry(self.rule) if given is None else {},
         }
         if self.layout is not None:
             telemetry["per_layer"] = self._per_layer(flipped)
         self.telemetry = telemetry
         self.flipped = flipped  # the last call's flip mask (None when theta is 0), for vote telemetry
+        return out
+
+    def flipped_per_entry(self, sizes: Iterable[tuple[str, int]]) -> dict[str, float]:
+        """The last call's flipped fraction per array, for arrays given as ``(name, numel)`` in
+        the order of the flat vector; only arrays with coordinates in the mask are listed (0.0
+        where nothing was flipped)."""
+        out, offset = {}, 0
+        for name, n in sizes:
+            stop = offset + int(n)
+            in_mask = n if self.mask is None else int(self.mask[offset:stop].sum())
+            if in_mask:
+                n_flipped = 0 if self.flipped is None else int(torch.count_nonzero(self.flipped[offset:stop]))
+                out[name] = n_flipped / in_mask
+            offset = stop
         return out
 
     def _per_layer(self, flipped: Tensor | None) -> dict[str, tuple[int, int]]:
@@ -312,10 +390,6 @@ class RobustLR(AggregationRule):
         return {name: (f, c) for name, f, c in zip(layout.names, flips, coords) if c > 0}
 
     def __repr__(self) -> str:
-        theta = (
-            f"threshold={self.threshold}"
-            if self.threshold is not None
-            else f"threshold_fraction={self.threshold_fraction}"
-        )
-        lr = "" if self.server_lr == 1.0 else f", server_lr={self.server_lr!r}"
-        return f"RobustLR({self.rule!r}, {theta}{lr})"
+        t = self.theta
+        theta = f"threshold={t.count}" if t.fraction is None else f"threshold={t.fraction}"
+        return f"RobustLR({self.rule!r}, {theta})"

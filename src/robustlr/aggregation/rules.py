@@ -12,7 +12,6 @@ from .base import (
     AggregationRule,
     check_finite_rows,
     column_chunk,
-    deprecated_server_lr,
     sign_vote,
 )
 
@@ -142,10 +141,9 @@ class SignAggregation(AggregationRule):
     with ``sgn(0) = 0``: a tied vote gives 0. Weights are ignored (one agent, one vote).
     The rule is pure: the step size ``eta`` of eq. 4 (the paper uses 1e-3, the config's
     default for ``aggregator = "sign"``) is the server learning rate, applied by the
-    simulator (:func:`robustlr.sim.server.apply_server_lr`). Telemetry: none.
-
-    Args:
-        server_lr: deprecated (one release): multiplies the result by ``eta`` here.
+    simulator (:func:`robustlr.aggregation.step.apply_server_lr`). Telemetry: none. (The
+    ``server_lr`` argument deprecated in 0.2 is gone in 0.3: scale the output, or let the
+    server step do it.)
 
     Example:
         >>> import torch
@@ -157,10 +155,6 @@ class SignAggregation(AggregationRule):
     """
 
     column_separable = True
-
-    def __init__(self, server_lr: float | None = None) -> None:
-        super().__init__()
-        self.server_lr = 1.0 if server_lr is None else deprecated_server_lr("SignAggregation", server_lr)
 
     def aggregate_validated(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
@@ -178,10 +172,7 @@ class SignAggregation(AggregationRule):
         return self._from_vote(vote, updates.dtype)
 
     def _from_vote(self, vote: Tensor, dtype: torch.dtype) -> Tensor:
-        out = torch.sign(vote)
-        if self.server_lr != 1.0:
-            out.mul_(self.server_lr)
-        return out.to(dtype)
+        return torch.sign(vote).to(dtype)
 
     def __repr__(self) -> str:
-        return "SignAggregation()" if self.server_lr == 1.0 else f"SignAggregation(server_lr={self.server_lr!r})"
+        return "SignAggregation()"

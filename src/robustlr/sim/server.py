@@ -20,6 +20,7 @@ from torch import Tensor
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation,
                                   TrimmedMean)
+from robustlr.aggregation.step import apply_server_lr, server_lr_vector  # noqa: F401  (re-exported)
 from robustlr.sim.config import ExperimentConfig
 
 #: the config's ``aggregator`` -> the base rule, from the config, the round's agent count and the noise generator
@@ -80,26 +81,6 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
             kw = {"threshold_fraction": cfg.rlr_threshold}
         rule = RobustLR(rule, layout=layout if cfg.rlr_scope == "trainable" else None, **kw)
     return rule
-
-
-def server_lr_vector(eta: float, trainable: Tensor) -> float | Tensor:
-    """``eta`` where ``trainable`` is True, 1 elsewhere; a plain float when every coordinate is trainable."""
-    if bool(trainable.all()):
-        return float(eta)
-    return torch.where(trainable, float(eta), 1.0)
-
-
-def apply_server_lr(global_params: Tensor, aggregate: Tensor, eta: float | Tensor) -> Tensor:
-    """The server step, in place: ``global_params += eta * aggregate``; returns ``global_params``.
-
-    ``eta`` is a float or a per-coordinate tensor (see :func:`server_lr_vector`).
-    """
-    if isinstance(eta, Tensor):
-        eta = eta.to(device=aggregate.device, dtype=aggregate.dtype)
-    elif eta == 1.0:
-        return global_params.add_(aggregate)
-    # multiply, then add (not a fused add with alpha): the same rounding as the rule's own scaling
-    return global_params.add_(aggregate * eta)
 
 
 def rlr_on(cfg: ExperimentConfig, round_: int, records) -> bool | None:

@@ -5,7 +5,7 @@
   updates (reply weights minus the global weights it sent), takes the per-coordinate sign vote
   of :class:`robustlr.aggregation.RobustLR`, flips the inner aggregate's update where fewer
   than theta agents agree, and applies the server step of the simulator
-  (:func:`robustlr.sim.server.apply_server_lr`), so eta stays in one place.
+  (:func:`robustlr.aggregation.step.apply_server_lr`), so eta stays in one place.
 - :class:`RuleStrategy` aggregates with any robustlr rule; :func:`sign_aggregation_strategy`
   and :func:`foolsgold_strategy` are the two Flower lacks.
 
@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation
 from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
-from robustlr.sim.server import apply_server_lr, server_lr_vector
+from robustlr.aggregation.step import apply_server_lr, server_lr_vector
 
 log = logging.getLogger("robustlr")
 
