@@ -476,19 +476,76 @@ def test_clip_and_noise_over_trimmed_mean():
     assert rlr.telemetry["n_flipped"] == 1
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RobustLR(Bulyan(f=1), threshold=3),
-    lambda: RobustLR(GeometricMedian(), threshold=3),
-    lambda: RobustLR(Flame(generator=torch.Generator().manual_seed(0)), threshold=3),
-    lambda: RobustLR(NormBounding(Krum(f=2, m=3), bound=1.0), threshold=3),
-    lambda: ClipAndNoise(Bulyan(f=1), clip_norm=1.0, noise_sigma=1e-3, generator=torch.Generator().manual_seed(0)),
-    lambda: ClipAndNoise(Flame(noise_lambda=0.0), clip_norm=1.0),
-    lambda: ClipAndNoise(GeometricMedian(), clip_norm=1.0),
-])
-def test_wrappers_compose_with_every_rule(make):
+def test_wrappers_transform_their_inner_rules_output_exactly():
+    # RobustLR, theta 2 of 4: column 0 signs + + + - (|sum| 2, kept), column 1 + - + - (0, flipped)
+    U = torch.tensor([[1.0, 2.0], [2.0, -1.0], [4.0, 6.0], [-3.0, -3.0]])
+    # FedAvg: (1 + 2 + 4 - 3) / 4 = 1, (2 - 1 + 6 - 3) / 4 = 1 -> [1, -1]
+    assert torch.equal(RobustLR(FedAvg(), threshold=2)(U), torch.tensor([1.0, -1.0]))
+    # median, even count: column 0 sorted -3 1 2 4 -> 1.5; column 1 sorted -3 -1 2 6 -> 0.5 -> [1.5, -0.5]
+    assert torch.equal(RobustLR(CoordinateMedian(), threshold=2)(U), torch.tensor([1.5, -0.5]))
+    # ClipAndNoise at M = 5: norms 5, 10, 5, 1, so only row 1 is scaled (by 1/2) to [3, 4]
+    V = torch.tensor([[3.0, 4.0], [6.0, 8.0], [0.0, -5.0], [-1.0, 0.0]])
+    # FedAvg of the clipped rows: (3 + 3 + 0 - 1) / 4 = 1.25, (4 + 4 - 5 + 0) / 4 = 0.75 (unclipped: 2, 1.75)
+    torch.testing.assert_close(ClipAndNoise(FedAvg(), clip_norm=5.0)(V), torch.tensor([1.25, 0.75]), rtol=0, atol=1e-7)
+    # median of the clipped rows: column 0 sorted -1 0 3 3 -> 1.5; column 1 sorted -5 0 4 4 -> 2
+    assert torch.equal(ClipAndNoise(CoordinateMedian(), clip_norm=5.0)(V), torch.tensor([1.5, 2.0]))
+    # with noise: the median plus sigma * M = 0.1 * 5 times the seeded generator's two standard normals
+    noisy = ClipAndNoise(CoordinateMedian(), clip_norm=5.0, noise_sigma=0.1, generator=torch.Generator().manual_seed(3))
+    draws = torch.randn(2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(noisy(V), torch.tensor([1.5, 2.0]) + 0.5 * draws, rtol=0, atol=1e-6)
+
+
+def _reference_rlr(inner_out: torch.Tensor, U: torch.Tensor, theta: int) -> torch.Tensor:
+    """Paper eq. 5-6 written out: keep the inner rule's coordinate where |sum_k sgn(u_ki)| >= theta, else negate it."""
+    votes = torch.sign(U).sum(dim=0).abs()
+    return torch.where(votes >= theta, inner_out, -inner_out)
+
+
+def _reference_clip(U: torch.Tensor, M: float) -> torch.Tensor:
+    """Every row scaled to L2 norm at most M: u / max(1, ||u|| / M)."""
+    return U / torch.clamp(torch.linalg.vector_norm(U, dim=1, keepdim=True) / M, min=1.0)
+
+
+WRAPPED = {
+    # name: (wrapper, the inner rule's factory, noise sigma for ClipAndNoise)
+    "rlr-bulyan": ("rlr", lambda: Bulyan(f=1), 0.0),
+    "rlr-geomed": ("rlr", lambda: GeometricMedian(), 0.0),
+    "rlr-flame": ("rlr", lambda: Flame(generator=torch.Generator().manual_seed(0)), 0.0),
+    "rlr-normbounding-multikrum": ("rlr", lambda: NormBounding(Krum(f=2, m=3), bound=1.0), 0.0),
+    "clip-noise-bulyan": ("clip", lambda: Bulyan(f=1), 1e-3),
+    "clip-flame": ("clip", lambda: Flame(noise_lambda=0.0), 0.0),
+    "clip-geomed": ("clip", lambda: GeometricMedian(), 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPED))
+def test_wrappers_compose_with_every_rule(name):
+    """The wrapper's output is its inner rule's own output, transformed as the wrapper documents
+    (computed here apart: the sign vote, the clipping, the seeded noise), and it differs from the
+    same wrapper over FedAvg, so a wrapper that ignored its rule would fail."""
+    kind, make_inner, sigma = WRAPPED[name]
     U = torch.randn(8, 50, generator=torch.Generator().manual_seed(1))
-    out = make()(U)
-    assert out.shape == (50,) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    if kind == "rlr":
+        rule = RobustLR(make_inner(), threshold=3)
+        expected = _reference_rlr(make_inner()(U), U, 3)
+        over_fedavg = _reference_rlr(FedAvg()(U), U, 3)
+    else:
+        gen = torch.Generator().manual_seed(0) if sigma else None
+        rule = ClipAndNoise(make_inner(), clip_norm=1.0, noise_sigma=sigma, generator=gen)
+        clipped = _reference_clip(U, 1.0)
+        noise = sigma * 1.0 * torch.randn(50, generator=torch.Generator().manual_seed(0)) if sigma else 0.0
+        expected = make_inner()(clipped) + noise
+        over_fedavg = clipped.mean(0) + noise
+    out = rule(U)
+    assert out.shape == (50,) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert (expected - over_fedavg).abs().max() > 1e-3  # the inner rule matters on this matrix
+    if kind == "rlr":
+        flipped = int((torch.sign(U).sum(0).abs() < 3).sum())  # |sum of 8 signs| is 0 or 2 here
+        assert 0 < flipped < 50 and rule.telemetry["n_flipped"] == flipped
+    else:
+        assert rule.telemetry["n_clipped"] == 8  # every row of 50 standard normals has norm about 7 > 1
+        assert rule.telemetry["noise_std"] == sigma
 
 
 # ---------------------------------------------------------------- common behaviour
