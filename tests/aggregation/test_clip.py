@@ -18,10 +18,20 @@ def test_weighted_fedavg_folding_matches_clipped_copy():
     g = torch.Generator().manual_seed(0)
     U = torch.randn(6, 50, generator=g) * torch.arange(1, 7).unsqueeze(1)
     w = torch.tensor([1.0, 2.0, 3.0, 0.0, 5.0, 1.0])
-    clipped, n = clip_updates(U, 5.0)
-    assert n > 0
-    assert torch.allclose(ClipAndNoise(FedAvg(), 5.0)(U, weights=w), FedAvg()(clipped, weights=w), atol=1e-6)
-    assert torch.allclose(ClipAndNoise(CoordinateMedian(), 5.0)(U), CoordinateMedian()(clipped))
+    norms = torch.linalg.vector_norm(U, dim=1)
+    over = norms > 10.0
+    assert 0 < int(over.sum()) < 6  # rows k of 50 normals times k: norms about 7k, some under 10, some over
+    clipped, n = clip_updates(U, 10.0)
+    assert n == int(over.sum())
+    # rows over the bound: the same direction at norm exactly the bound; the others untouched
+    torch.testing.assert_close(torch.linalg.vector_norm(clipped[over], dim=1), torch.full((n,), 10.0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(clipped[over], U[over] * (10.0 / norms[over]).unsqueeze(1), rtol=1e-6, atol=1e-7)
+    assert torch.equal(clipped[~over], U[~over])
+    # the weighted mean written out: sum_k w_k c_k / sum_k w_k
+    expected = (w.unsqueeze(1) * clipped).sum(0) / w.sum()
+    torch.testing.assert_close(ClipAndNoise(FedAvg(), 10.0)(U, weights=w), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ClipAndNoise(FedAvg(), 10.0)(U, weights=w), FedAvg()(clipped, weights=w), atol=1e-6)
+    assert torch.allclose(ClipAndNoise(CoordinateMedian(), 10.0)(U), CoordinateMedian()(clipped))
 
 
 def test_bound_equal_to_norm_is_not_clipped():
@@ -43,6 +53,8 @@ def test_noise_std_and_reproducibility():
     rule = ClipAndNoise(FedAvg(), clip_norm=4.0, noise_sigma=0.5, generator=torch.Generator().manual_seed(7))
     a = rule(U)
     assert rule.telemetry["noise_std"] == 2.0
+    # zero updates: the output is the noise alone, std noise_sigma * clip_norm = 2 times the seeded draws
+    assert torch.equal(a, 2.0 * torch.randn(200_000, generator=torch.Generator().manual_seed(7)))
     assert a.std().item() == pytest.approx(2.0, rel=0.01)
     assert abs(a.mean().item()) < 0.02
     again = ClipAndNoise(FedAvg(), clip_norm=4.0, noise_sigma=0.5, generator=torch.Generator().manual_seed(7))
@@ -54,10 +66,13 @@ def test_noise_std_and_reproducibility():
     assert torch.allclose(bare(U), a / 4.0)
 
 
-def test_noise_keeps_dtype():
-    U = torch.zeros(2, 10, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_keeps_dtype(dtype):
+    U = torch.zeros(2, 10, dtype=dtype)
     out = ClipAndNoise(FedAvg(), 1.0, 0.1, torch.Generator().manual_seed(0))(U)
-    assert out.dtype == torch.float64 and out.abs().sum() > 0
+    # drawn in the updates' precision (float64 for float64) from the seeded generator, times sigma * M = 0.1
+    draws = torch.randn(10, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    assert out.dtype == dtype and torch.equal(out, 0.1 * draws)
 
 
 def test_errors():
