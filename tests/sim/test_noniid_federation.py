@@ -1,8 +1,10 @@
 """Non-iid (Federated EMNIST) code paths: the paper's presets, the missing-file error, the
 per-round count of corrupt agents without base-class samples, and the scale benchmark on a
-tiny synthetic file. Science (does RLR stop the backdoor) is in test_science_noniid.py."""
+tiny synthetic file. Science (does RLR stop the backdoor) is in tests/science/test_table1.py."""
 
 import json
+import resource
+import sys
 
 import pytest
 
@@ -83,9 +85,44 @@ def test_corrupt_without_base_in_round_counts_corrupt_agents_lacking_the_base_cl
     assert rec2.corrupt_without_base_in_round <= rec2.corrupt_in_round <= 3 and rec2.agents == 3
 
 
+def _getrusage_peak_mib() -> float:
+    """ru_maxrss in MiB, read here (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (the kernel's own accounting, not getrusage), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_peak_rss_is_in_mib_and_sees_an_allocation():
+    import numpy as np
+
+    from robustlr.bench.scale import peak_rss_mb
+
+    # the same quantity as the kernel's high-water mark of resident memory, VmHWM: in MiB (a unit
+    # off by 1024, KiB or bytes taken for MiB, would miss by far); a few MiB of slack for the
+    # kernel's batched page counters
+    assert peak_rss_mb() == pytest.approx(_proc_status_mib("VmHWM"), abs=4)
+    block = np.ones(96 * 2**20, dtype=np.uint8)  # 96 MiB, every page written
+    assert int(block[::4096].sum()) == 96 * 2**20 // 4096
+    resident = _proc_status_mib("VmRSS")
+    assert resident > 96  # the block is resident now
+    assert peak_rss_mb() >= resident - 4  # so the peak covers it
+    assert peak_rss_mb() == pytest.approx(_proc_status_mib("VmHWM"), abs=4)
+    del block
+
+
 def test_bench_scale_runs_on_a_tiny_synthetic_file(tmp_path):
     from robustlr.bench.scale import format_scale_bench, run_scale_bench
 
+    peak_before = _getrusage_peak_mib()
     res = run_scale_bench(writers=20, samples=10, test_samples=3, rounds=2, participation=0.2, rlr_threshold=2,
                           threads=1, data_folder=tmp_path)
     assert res["setting"]["writers"] == 20 and res["setting"]["agents_per_round"] == 4
@@ -93,7 +130,16 @@ def test_bench_scale_runs_on_a_tiny_synthetic_file(tmp_path):
     assert [r["round"] for r in res["rounds"]] == [1, 2]
     assert all(r["agents"] == 4 and r["seconds"] >= r["seconds_training"] > 0 for r in res["rounds"])
     assert 0 < res["overhead_share"] < 1 and res["overhead_share_at_paper_epochs"] < res["overhead_share"]
-    assert res["peak_rss_mb"] > 0 and res["seconds_evaluation"] is not None
+    peak_after = _getrusage_peak_mib()
+    # the peak resident size after each documented stage: the process's ru_maxrss, which never
+    # decreases, so the stages are bracketed by getrusage read here before and after the call
+    stages = res["peak_rss_mb_by_stage"]
+    assert list(stages) == ["start", "after writing the files", "after loading", "after building the federation",
+                            "after setting up the simulation", "after the rounds", "after one evaluation"]
+    values = list(stages.values())
+    assert peak_before <= values[0] and values == sorted(values) and values[-1] <= peak_after
+    assert res["peak_rss_mb"] == values[-1]
+    assert res["seconds_evaluation"] is not None
     assert "SYNTHETIC" in res["setting"]["data_source"]
     text = format_scale_bench(res)
     assert "peak memory" in text and "overhead outside local training" in text
@@ -103,6 +149,9 @@ def test_bench_scale_runs_on_a_tiny_synthetic_file(tmp_path):
     again = run_scale_bench(writers=20, samples=10, test_samples=3, rounds=1, participation=0.2, rlr_threshold=2,
                             threads=1, data_folder=tmp_path, evaluate_once=False)
     assert again["seconds_write_files"] == 0.0 and again["seconds_evaluation"] is None
+    assert list(again["peak_rss_mb_by_stage"]) == ["start", "after finding the files", "after loading",
+                                                   "after building the federation", "after setting up the simulation",
+                                                   "after the rounds"]
 
 
 def test_bench_scale_cli(tmp_path):
