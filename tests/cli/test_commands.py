@@ -4,6 +4,7 @@ one line and exit 2; any other exception is a bug and keeps its traceback."""
 import dataclasses
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from robustlr.cli import app
@@ -80,14 +81,54 @@ def test_run_writes_the_run_folder_and_resumes(tmp_path, data_dir):
     assert other.exit_code == 2 and "different config" in other.output
 
 
-def test_demo_runs_three_runs_and_plots(tmp_path, data_dir):
+def test_demo_runs_three_runs_and_plots(tmp_path, data_dir, monkeypatch):
+    import matplotlib.figure
+    import numpy as np
+    from PIL import Image
+
+    figures = []  # every figure saved, kept to inspect what was drawn
+    savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
     res = runner.invoke(app, ["demo", "--setting", "iid", "--set", "rounds=1", "--set", "train_limit=300",
                               "--set", "threads=1", "--out", str(tmp_path), "--data-dir", str(data_dir)])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["runs"]) == {"fedavg_clean", "fedavg_attack", "rlr_attack"}
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "FedAvg + RLR, attack" in res.output
+
+    # the file: 11 x 4.2 inches at 110 dpi (reports.plots.plot_runs) is 1210 x 462 pixels
+    with Image.open(tmp_path / "demo.png") as im:
+        assert im.format == "PNG" and im.size == (1210, 462)
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(c) for c in p) for p in np.unique(pixels, axis=0)}
+    assert len(colours) > 20  # text, grid, three coloured series, antialiasing: far from a blank image
+    non_white = (pixels < 250).any(axis=1).mean()
+    assert 0.01 < non_white < 0.5, non_white  # mostly background, but something drawn
+    # the three runs take the first three colours of matplotlib's default cycle (tab:blue, tab:orange,
+    # tab:green); each appears in the image (markers and legend)
+    for hex_colour in ("1f77b4", "ff7f0e", "2ca02c"):
+        rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (0, 2, 4)])
+        assert (np.abs(pixels.astype(int) - rgb).max(axis=1) <= 8).sum() >= 10, hex_colour
+
+    # the figure behind it: two panels, one line per run holding that run's accuracy in percent
+    assert len(figures) == 1
+    fig = figures[0]
+    assert tuple(fig.get_size_inches() * 110) == pytest.approx((1210, 462))
+    backdoor_ax, val_ax = fig.axes
+    assert (backdoor_ax.get_title(), val_ax.get_title()) == ("backdoor accuracy", "validation accuracy")
+    labels = {"fedavg_clean": "FedAvg, no attack", "fedavg_attack": "FedAvg, attack", "rlr_attack": "FedAvg + RLR, attack"}
+    for ax, metric in ((backdoor_ax, "backdoor_acc"), (val_ax, "val_acc")):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == set(labels.values())
+        for key, label in labels.items():
+            assert list(lines[label].get_xdata()) == [1]  # one round, evaluated
+            assert list(lines[label].get_ydata()) == pytest.approx([100 * summary["runs"][key][metric]])
+    assert [t.get_text() for t in backdoor_ax.get_legend().get_texts()] == list(labels.values())
     bad = runner.invoke(app, ["demo", "--setting", "moon"])
     assert bad.exit_code == 2 and "unknown setting" in bad.output
 
