@@ -158,16 +158,43 @@ def test_every_rule_averages_batch_norm_buffers_plainly(tiny, kw):
                 assert bool((state[name] > 0).all())
 
 
-def test_buffer_aggregation_rule_lets_the_rule_see_the_buffers(tiny):
+def test_buffer_aggregation_rule_lets_the_rule_see_the_buffers(tiny, monkeypatch):
     """The contrast that makes the test above bite: with ``buffer_aggregation = "rule"`` the median,
     not the mean, sets the buffers."""
+    import numpy as np
+
+    from robustlr.aggregation import CoordinateMedian
+
     sim = _sim(tiny, aggregator="comed", buffer_aggregation="rule")
     trainable = sim.layout.trainable_mask()
+    seen = []
+    aggregate = CoordinateMedian.aggregate_validated
+
+    def spy(rule, updates, weights, agent_ids):
+        out = aggregate(rule, updates, weights, agent_ids)
+        seen.append((updates.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(CoordinateMedian, "aggregate_validated", spy)
     before, updates, _ = _round_with_updates(sim)
-    median = updates.median(dim=0).values  # 4 agents: comed_even = "mean" takes the middle two's mean
-    middle = updates.sort(dim=0).values[1:3].mean(0)
-    torch.testing.assert_close(sim.global_params[~trainable], before[~trainable] + middle[~trainable])
-    assert not torch.allclose(middle[~trainable], updates.mean(0)[~trainable]) and median.shape == middle.shape
+    # what the rule saw: every agent's whole update, buffer coordinates included (no PlainBuffers
+    # wrapper taking them away)
+    assert len(seen) == 1
+    saw, produced = seen[0]
+    assert saw.shape == updates.shape and torch.equal(saw[:, ~trainable], updates[:, ~trainable])
+    # what it produced there: numpy's median (4 agents, even: the mean of the middle two, which is
+    # comed_even = "mean"), computed apart, and it is what the global buffers moved by
+    reference = torch.from_numpy(np.median(updates[:, ~trainable].double().numpy(), axis=0)).to(updates.dtype)
+    torch.testing.assert_close(produced[~trainable], reference)
+    torch.testing.assert_close(sim.global_params[~trainable], before[~trainable] + reference)
+    # the median of the buffers is neither their mean nor torch's lower median
+    assert not torch.allclose(reference, updates[:, ~trainable].mean(0))
+    assert not torch.allclose(reference, updates[:, ~trainable].median(dim=0).values)
+    # num_batches_tracked: every agent ran ceil(60 / 16) = 4 batches, so the median is exactly 4
+    state, start = sim.layout.unflatten(sim.global_params), sim.layout.unflatten(before)
+    for name in _buffer_names(sim.layout):
+        if name.endswith("num_batches_tracked"):
+            assert int(state[name]) - int(start[name]) == 4
 
 
 def test_clipping_norms_and_noise_leave_the_buffers_out():
