@@ -88,9 +88,9 @@ def test_foolsgold_history_survives_the_checkpoint(tmp_path, tiny):
     cfg = cfg_of(rounds=3, aggregator="foolsgold", rlr_threshold=0)
     _crash_after(cfg, ds, tmp_path, done=2)
     resumed = Simulation(cfg, build_federation(cfg, ds), tmp_path)
-    assert sorted(resumed.rule.history) == [0, 1, 2, 3]
+    assert sorted(resumed.server.rule.history) == [0, 1, 2, 3]
     fresh = Simulation(cfg, build_federation(cfg, ds))
-    assert fresh.rule.history == {}
+    assert fresh.server.rule.history == {}
 
 
 def test_restart_without_checkpoint_starts_over_without_duplicate_rounds(tmp_path, tiny):

@@ -9,7 +9,8 @@ import torch
 from robustlr.errors import ResumeError, TrainingError
 from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation
-from robustlr.sim.loop import NEUTRAL_KEYS, Simulation, run_experiment
+from robustlr.sim.config import NEUTRAL_KEYS
+from robustlr.sim.loop import Simulation, run_experiment
 
 BASE = {"rounds": 3, "num_agents": 4, "corrupt_fraction": 0.25, "local_epochs": 1, "batch_size": 16,
         "rlr_threshold": 2, "seed": 3, "checkpoint_every": 1, "train_mode": "sequential", "threads": 1}
@@ -33,7 +34,7 @@ def test_rounds_without_any_valid_update_stop_the_run(tmp_path, tiny, monkeypatc
     sim = Simulation(cfg, build_federation(cfg, tiny()), tmp_path)
     real = sim.engine.train_agent
     monkeypatch.setattr(sim.engine, "train_agent", lambda *a, **k: real(*a, **k).fill_(float("nan")))
-    with pytest.raises(TrainingError, match="non-finite in 2 consecutive rounds"):
+    with pytest.raises(TrainingError, match=r"rejected \(non-finite, or over the norm screen\) in 2 consecutive rounds"):
         sim.run()
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["round"], r["agents"], r["rejected"]) for r in recs] == [(1, 0, [0, 1, 2, 3])]

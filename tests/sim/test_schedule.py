@@ -75,7 +75,7 @@ def test_clip_scope_separates_agent_projection_and_server_clipping(tiny, scope, 
     cfg = cfg_of(clip_norm=0.05, clip_scope=scope, rlr_threshold=0, rounds=1)
     sim = Simulation(cfg, build_federation(cfg, tiny()))
     assert sim.engine.s.clip_norm == (0.05 if agents_project else 0.0)
-    assert isinstance(sim.rule, ClipAndNoise) == server_clips
+    assert isinstance(sim.server.rule, ClipAndNoise) == server_clips
     rec = sim.run_round(1)
     # unprojected updates of this tiny model are far larger than 0.05
     assert (rec.honest_norm <= 0.05 * (1 + 1e-5)) == agents_project
@@ -90,7 +90,7 @@ def test_noise_needs_the_server_to_clip():
 
 def test_comed_lower_median_for_the_authors_code(tiny):
     cfg = cfg_of(aggregator="comed", comed_even="lower")
-    rule = Simulation(cfg, build_federation(cfg, tiny())).rule
+    rule = Simulation(cfg, build_federation(cfg, tiny())).server.rule
     assert isinstance(rule, RobustLR) and isinstance(rule.rule, CoordinateMedian) and rule.rule.even == "lower"
     U = torch.randn(6, 50)
     assert torch.equal(rule.rule(U), torch.median(U, 0).values)

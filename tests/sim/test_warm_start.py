@@ -99,7 +99,7 @@ def test_pretrained_model_of_another_dataset_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLR_CACHE_DIR", str(tmp_path))
     cfg = make_config({"init_model": "pretrained:cifar-pretrain"})  # a fashion-mnist run
     with pytest.raises(ConfigError, match="trains cifar-cnn on cifar10, but this run is mnist-cnn on fashion-mnist"):
-        pretrain_mod.resolve_init_model(cfg, build=False)
+        pretrain_mod.resolve_init_model(cfg)  # no builder: refused before any training
 
 
 def test_corrupt_agents_are_honest_before_attack_from_round(tiny):

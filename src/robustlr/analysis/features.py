@@ -24,7 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from robustlr._optional import require
 from robustlr.errors import ConfigError, DataError
+
+#: the feature named when captum is missing
+_EXPLAIN = "Gradient SHAP (robustlr explain)"
 
 __all__ = ["gradient_shap", "explain_runs", "Explanation"]
 
@@ -43,7 +47,7 @@ def gradient_shap(model: torch.nn.Module, x: Tensor, target: int, baselines: Ten
                   stdevs: float = 0.05, seed: int = 0) -> tuple[Tensor, float]:
     """The Gradient SHAP map of ``model``'s logit ``target`` at ``x`` (one image, ``(C, H, W)``) and
     its relative completeness error."""
-    from captum.attr import GradientShap
+    GradientShap = require("captum.attr", extra="attribution", feature=_EXPLAIN).GradientShap
 
     model = model.eval()
     torch.manual_seed(seed)
@@ -57,7 +61,7 @@ def gradient_shap(model: torch.nn.Module, x: Tensor, target: int, baselines: Ten
 
 
 def _load_model(run_dir: Path):
-    from robustlr.sim.loop import read_run_config
+    from robustlr.sim.rundir import read_run_config
 
     if not (run_dir / "config.json").exists():
         raise DataError(f"{run_dir} holds no config.json: give the folder of a run (written by `robustlr run` or "
@@ -74,6 +78,7 @@ def explain_runs(clean: str | Path, attack: str | Path, rlr: str | Path, out: st
                  data_dir: str | None = None) -> dict[str, Any]:
     """Figure 5 for three finished runs of one setting: writes ``out/explain.png`` and
     ``out/explain.json`` and returns the JSON document."""
+    require("captum.attr", extra="attribution", feature=_EXPLAIN)  # before minutes of loading
     from robustlr.models import build_model
     from robustlr.sim.federation import build_federation, load_dataset
 
@@ -141,9 +146,7 @@ def _share_on(attr: Tensor, fed, cfg) -> float:
 
 
 def _plot(image: Tensor, exps: list[Explanation], classes, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", extra="sim", feature="robustlr explain's figure").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 1 + len(exps), figsize=(3.3 * (1 + len(exps)), 3.8), constrained_layout=True)

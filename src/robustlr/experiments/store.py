@@ -115,7 +115,7 @@ def query(results: Path, where: str | None = None) -> list[dict[str, Any]]:
 
 def rebuild(results: Path) -> int:
     """Rebuild the store from the run folders below ``results``; returns the number of runs."""
-    from robustlr.sim.loop import read_run_config
+    from robustlr.sim.rundir import read_run_config
 
     db = results / DB_NAME
     if db.exists():

@@ -26,7 +26,7 @@ from robustlr.sim.checkpoint import atomic_write_text
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines.select import available_cores
 from robustlr.sim.lifecycle import sigterm_raises
-from robustlr.sim.loop import read_run_config
+from robustlr.sim.rundir import read_run_config
 from robustlr.sim.records import RecordError, read_summary
 
 

@@ -47,7 +47,7 @@ def run_demo(setting: str, out_dir: str | Path, data_dir: str | None = None, ext
     first if it is not cached; that time is reported apart (``pretrain_seconds``)."""
     from robustlr.reports.plots import plot_runs
     from robustlr.sim.federation import load_dataset
-    from robustlr.sim.loop import run_experiment
+    from robustlr.sim.loop import pretrain, run_experiment
     from robustlr.sim.pretrain import resolve_init_model
 
     out = Path(out_dir)
@@ -57,7 +57,8 @@ def run_demo(setting: str, out_dir: str | Path, data_dir: str | None = None, ext
     first = next(iter(cfgs.values()))
     dataset = load_dataset(first, data_dir)
     t_pre = time.perf_counter()
-    init = resolve_init_model(first, data_dir, dataset=dataset)
+    init = resolve_init_model(first, data_dir, dataset=dataset,
+                              build=lambda pcfg, d, ds: pretrain(pcfg, d, dataset=ds))
     pretrain_seconds = time.perf_counter() - t_pre
     t0 = time.perf_counter()
     results, curves = {}, {}

@@ -5,7 +5,7 @@
 - a ``model.pt`` (a state dict, as every run writes at its end);
 - a run folder: its final ``model.pt``;
 - ``pretrained:PRESET`` (or ``pretrained:path/to/config.toml``): the final model of a *clean* run
-  of that config, built once by :func:`pretrain` (``robustlr pretrain PRESET``) and cached in
+  of that config, built once by :func:`robustlr.sim.loop.pretrain` (``robustlr pretrain PRESET``) and cached in
   ``<cache>/pretrained/<name>-<config hash>/`` (``<cache>`` is ``~/.cache/robustlr`` or
   ``$ROBUSTLR_CACHE_DIR``). The cached folder is an ordinary run folder (config, round records,
   summary, model), so an interrupted pretraining resumes from its checkpoint, and a config
@@ -88,19 +88,22 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def pretrain(cfg: ExperimentConfig, data_dir: str | None = None, on_round: Callable | None = None,
-             dataset=None) -> Path:
-    """Train ``cfg`` (a clean config) into the cache unless it is there; return its ``model.pt``."""
-    from robustlr.sim.loop import run_experiment
-
+def pretrain_into_cache(cfg: ExperimentConfig, train: Callable[[Path], object]) -> Path:
+    """``cfg``'s cached ``model.pt``, trained by ``train(folder)`` into its cache folder unless it is
+    there (under a lock, so two processes never build it at once). The training itself is the
+    simulator's (:func:`robustlr.sim.loop.pretrain`); this module only finds and caches."""
     folder = pretrained_dir(cfg)
     model = folder / "model.pt"
     with _locked(folder):
         if model.is_file() and (folder / "summary.json").is_file():
             return model
         log.info("pretraining %s into %s", cfg.name, folder)
-        run_experiment(cfg, folder, data_dir=data_dir, on_round=on_round, dataset=dataset)
+        train(folder)
     return model
+
+
+#: builds a pretrained model that is not cached: ``build(pretrain_cfg, data_dir, dataset) -> model.pt``
+Builder = Callable[[ExperimentConfig, "str | None", object], Path]
 
 
 def _model_file(spec: str) -> Path:
@@ -131,10 +134,12 @@ def _same_data(a: ExperimentConfig, b: ExperimentConfig) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
-def resolve_init_model(cfg: ExperimentConfig, data_dir: str | None = None, build: bool = True,
+def resolve_init_model(cfg: ExperimentConfig, data_dir: str | None = None, build: Builder | None = None,
                        dataset=None) -> InitModel | None:
-    """Where ``cfg.init_model``'s weights are (pretraining them first if ``build`` and not cached;
-    ``dataset``, the run's loaded data, is reused when the pretraining reads the same)."""
+    """Where ``cfg.init_model``'s weights are; a ``pretrained:`` model that is not cached yet is
+    built by ``build`` (the simulator passes :func:`robustlr.sim.loop.pretrain`), or refused when
+    ``build`` is None. ``dataset``, the run's loaded data, is reused when the pretraining reads the
+    same."""
     spec = cfg.init_model
     if spec is None:
         return None
@@ -145,10 +150,10 @@ def resolve_init_model(cfg: ExperimentConfig, data_dir: str | None = None, build
                               f"{cfg.model} on {cfg.dataset}; pretrain a config of the same dataset and model")
         path = pretrained_dir(pcfg) / "model.pt"
         if not path.is_file():
-            if not build:
+            if build is None:
                 raise ConfigError(f"init_model={spec!r} is not pretrained yet; run `robustlr pretrain "
                                   f"{spec[len(PREFIX):]}`")
-            path = pretrain(pcfg, data_dir, dataset=dataset if _same_data(pcfg, cfg) else None)
+            path = build(pcfg, data_dir, dataset if _same_data(pcfg, cfg) else None)
         return InitModel(spec, path, file_sha256(path), config_hash(pcfg))
     path = _model_file(spec)
     return InitModel(spec, path, file_sha256(path))

@@ -164,7 +164,7 @@ def robustlr_commit() -> str | None:
 def provenance() -> dict[str, Any]:
     import torch
 
-    from robustlr import __version__
+    from robustlr._version import __version__
 
     return {"machine": machine_info(), "torch_version": torch.__version__, "robustlr_version": __version__,
             "robustlr_commit": robustlr_commit()}

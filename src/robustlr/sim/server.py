@@ -1,27 +1,53 @@
-"""The server: the aggregation rule a config asks for, and the one place ``eta`` is applied.
+"""The server side of a round, in one place: :class:`Server`.
+
+The built-in simulator (:mod:`robustlr.sim.loop`) and the Flower ServerApp
+(:mod:`robustlr.integrations.flower.apps`) both call :meth:`Server.step` with the round's
+updates; it screens them, aggregates with the config's rule (RLR on or off by its schedule),
+checks that the result is finite, applies the server learning rate, and returns the round
+record's server fields, vote telemetry included. It also holds the initial model
+(:func:`initial_model`), the rule's state for checkpoints, and builds the run summary.
 
 A round's server step is ``global += eta_vec * rule(updates)``: the rule is pure (FedAvg,
 median, sign vote, FoolsGold, optionally clipped and noised, optionally wrapped in the robust
 learning rate, which flips signs but does not scale), and ``eta_vec`` is the server learning
 rate ``eta`` on trainable parameters and 1 on buffers (batch-norm running statistics and
-``num_batches_tracked`` are averaged plainly, never scaled). :func:`apply_server_lr` is that
-step, written so that an integration (Flower) can call it on its own arrays.
+``num_batches_tracked`` are averaged plainly, never scaled);
+:func:`robustlr.aggregation.step.apply_server_lr` is that step.
 
 With clipping and noise, eq. 2 of the paper puts the noise inside the server's step:
 ``eta * (rule(clipped) + N(0, sigma^2 M^2))``, so its scale is ``eta * sigma * M``; with sign
-aggregation that is ``eta * (sign vote + noise)``, as in the authors' code.
+aggregation that is ``eta * (sign vote + noise)``, as in the authors' code. The noise of round
+``r`` comes from its own stream, seeded from ``(seed, NOISE, r)``.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation,
-                                  TrimmedMean)
-from robustlr.aggregation.step import apply_server_lr, server_lr_vector  # noqa: F401  (re-exported)
+                                  Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
+from robustlr.aggregation.screening import screen_updates
+from robustlr.aggregation.step import apply_server_lr, server_lr_vector
+from robustlr.errors import TrainingError
+from robustlr.models import build_model
+from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig
+from robustlr.sim.pretrain import InitModel, load_init_state
+from robustlr.sim.records import RoundRecord, RunSummary, provenance
+
+log = logging.getLogger("robustlr")
+
+__all__ = ["RULES", "Server", "ServerStep", "apply_server_lr", "build_base_rule", "build_rule", "excluded_agents",
+           "initial_model", "rlr_on", "rlr_threshold", "run_summary", "server_lr_vector"]
 
 #: the config's ``aggregator`` -> the base rule, from the config, the round's agent count and the noise generator
 RULES = {
@@ -39,22 +65,11 @@ RULES = {
 }
 
 
-def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
-               agents_per_round: int | None = None) -> AggregationRule:
-    """The server's rule for ``cfg``: base rule, optionally clip + noise, optionally RLR around it.
-
-    A model with buffers (batch norm) has them averaged plainly (:class:`PlainBuffers` around
-    the rule and its clipping and noise) unless ``buffer_aggregation = "rule"``; RLR flips
-    trainable coordinates only unless ``rlr_scope = "all"``.
-
-    The RLR threshold when updates are rejected: an integer ``rlr_threshold`` counts agents of
-    a full round of ``agents_per_round``; when some updates are rejected (non-finite) theta
-    scales with the voters left, ``ceil(theta * valid / sampled)``, so it keeps its meaning as
-    the share of the round's voters that must agree. (A fixed theta with fewer voters would flip
-    more coordinates than the defense intends, up to every one when theta exceeds the voters
-    left; clamping it to the voters left would make a unanimous vote of a few enough; skipping
-    the round would lose the honest agents' work.) A fractional ``rlr_threshold`` is already a
-    share of the valid voters. Any server-side screening must follow the same rule.
+def build_base_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
+                    agents_per_round: int | None = None) -> AggregationRule:
+    """The server's rule for ``cfg`` without the robust learning rate: the base rule, optionally
+    clip + noise, and batch-norm buffers averaged plainly (:class:`PlainBuffers`) unless
+    ``buffer_aggregation = "rule"``.
 
     Krum, multi-Krum and Bulyan guard against f = ``assumed_corrupt`` (default ceil(F x agents per
     round)) agents; multi-Krum averages the n - f best-scored updates unless ``multikrum_keep``.
@@ -71,25 +86,259 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
     if cfg.buffer_aggregation == "mean" and not bool(trainable.all()):
         # batch-norm buffers: the plain size-weighted mean; the rule, clipping and noise see parameters only
         rule = PlainBuffers(rule, trainable)
-    if cfg.rlr_threshold > 0:
-        if cfg.rlr_threshold >= 1 and agents_per_round is None:
-            kw = {"threshold": int(cfg.rlr_threshold)}
-        elif cfg.rlr_threshold >= 1:
-            # theta of a full round, as a share of its agents (see above); exact for a full round
-            kw = {"threshold_fraction": min(1.0, int(cfg.rlr_threshold) / agents_per_round)}
-        else:
-            kw = {"threshold_fraction": cfg.rlr_threshold}
-        rule = RobustLR(rule, layout=layout if cfg.rlr_scope == "trainable" else None, **kw)
     return rule
 
 
-def rlr_on(cfg: ExperimentConfig, round_: int, records) -> bool | None:
+def rlr_threshold(cfg: ExperimentConfig, agents_per_round: int | None = None) -> Threshold | None:
+    """The config's ``rlr_threshold`` in its one form (:class:`robustlr.aggregation.Threshold`),
+    None when it is 0 (no robust learning rate).
+
+    An integer counts agents of a full round of ``agents_per_round``; when some updates are
+    rejected (non-finite, or by the norm screen) it scales with the voters left,
+    ``ceil(theta * valid / sampled)``, so it keeps its meaning as the share of the round's voters
+    that must agree. (A fixed theta with fewer voters would flip more coordinates than the defense
+    intends, up to every one when theta exceeds the voters left; clamping it to the voters left
+    would make a unanimous vote of a few enough; skipping the round would lose the honest agents'
+    work.) A value in (0, 1) is already a share of the valid voters.
+    """
+    if cfg.rlr_threshold == 0:
+        return None
+    return Threshold.of(cfg.rlr_threshold, full_round=agents_per_round)
+
+
+def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
+               agents_per_round: int | None = None) -> AggregationRule:
+    """The server's whole rule for ``cfg``: :func:`build_base_rule`, wrapped in
+    :class:`RobustLR` when ``rlr_threshold > 0`` (RLR flips trainable coordinates only unless
+    ``rlr_scope = "all"``; theta as :func:`rlr_threshold` says)."""
+    base = build_base_rule(cfg, layout, noise_gen, agents_per_round)
+    theta = rlr_threshold(cfg, agents_per_round)
+    if theta is None:
+        return base
+    return RobustLR(base, theta, layout=layout if cfg.rlr_scope == "trainable" else None)
+
+
+def rlr_on(cfg: ExperimentConfig, round_: int, records: Iterable[RoundRecord]) -> bool | None:
     """The RLR schedule for ``round_``: None without RLR; else on from ``rlr_from_round``, or
     from the round after the first evaluated one (in ``records``, the rounds so far) whose
-    validation accuracy reached ``rlr_from_val_acc``. Off, the server uses the wrapped rule."""
+    validation accuracy reached ``rlr_from_val_acc``. Off, the server uses the base rule."""
     if cfg.rlr_threshold == 0:
         return None
     if cfg.rlr_from_val_acc is not None:
         return any(r.evaluated and r.val_acc is not None and r.val_acc >= cfg.rlr_from_val_acc
                    for r in records if r.round < round_)
     return round_ >= cfg.rlr_from_round
+
+
+def excluded_agents(telemetry: dict, agents: list[int]) -> list[int] | None:
+    """The agents whose update the rule left out this round (Krum, multi-Krum and Bulyan: those not
+    selected; FLAME: those outside the majority cluster), from its telemetry, looking through
+    wrappers (RLR, clipping, batch-norm buffers); None for rules that leave nobody out."""
+    tel = telemetry
+    while isinstance(tel, dict):
+        if "rejected_agents" in tel and tel["rejected_agents"] is not None:
+            return sorted(int(a) for a in tel["rejected_agents"])
+        if "selected_agents" in tel and tel["selected_agents"] is not None:
+            chosen = {int(a) for a in tel["selected_agents"]}
+            return sorted(a for a in agents if a not in chosen)
+        tel = tel.get("inner")
+    return None
+
+
+def initial_model(cfg: ExperimentConfig, num_classes: int, init: InitModel | None = None) -> torch.nn.Module:
+    """The global model at round 0: built under the seed ``(seed, INIT)``, then replaced by the
+    warm start ``init`` (a resolved ``init_model``, see :func:`robustlr.sim.pretrain.resolve_init_model`)."""
+    torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
+    model = build_model(cfg.model, num_classes=num_classes)
+    if init is not None:
+        model.load_state_dict(load_init_state(init, model))
+    return model
+
+
+@dataclass
+class ServerStep:
+    """What one :meth:`Server.step` did: the round record's server fields, and what an observer
+    of the round may look at (the updates aggregated, which of them are corrupt, the aggregate
+    and RLR's flip mask)."""
+
+    record: RoundRecord
+    updates: Tensor  # (n_kept, n_params): the updates aggregated (screened ones removed)
+    agents: list[int]  # their agents, in row order
+    corrupt: Tensor  # (n_kept,) bool
+    aggregate: Tensor | None  # the rule's output (None when every update was rejected)
+    flipped: Tensor | None  # RLR's flip mask (None without RLR in this round)
+    rejections: list = field(default_factory=list)
+
+
+class Server:
+    """The server of a federated run of ``cfg``: rule, RLR schedule, noise, screening, eta.
+
+    Args:
+        cfg: the run's config.
+        layout: the model's :class:`ParamLayout` (which coordinates are trainable, layer names).
+        num_agents: agents in the federation (a full round is ``cfg.agents_per_round(num_agents)``).
+        agent_sizes: per agent, its number of training samples (the rule's weights).
+        corrupt: the corrupt agents' ids (for the record: who is who, never for the rule).
+        without_base: corrupt agents that hold no base-class sample (they train honestly).
+        unpoisoned: corrupt agents with no poisoned sample.
+        device: where the global parameters live.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, layout: ParamLayout, *, num_agents: int,
+                 agent_sizes: Sequence[int] | np.ndarray, corrupt: Iterable[int] = (),
+                 without_base: Iterable[int] = (), unpoisoned: Iterable[int] = (),
+                 device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.num_agents = int(num_agents)
+        self.agent_sizes = np.asarray(agent_sizes)
+        self.corrupt = np.asarray(sorted(int(a) for a in corrupt), dtype=np.int64)
+        self.without_base = frozenset(int(a) for a in without_base)
+        self.unpoisoned = frozenset(int(a) for a in unpoisoned)
+        self.device = torch.device(device)
+        self.noise_gen = torch.Generator(device="cpu")
+        full_round = cfg.agents_per_round(self.num_agents)
+        self.base_rule = build_base_rule(cfg, layout, self.noise_gen, full_round)
+        theta = rlr_threshold(cfg, full_round)
+        self.rlr: RobustLR | None = None if theta is None else RobustLR(
+            self.base_rule, theta, layout=layout if cfg.rlr_scope == "trainable" else None)
+        eta = server_lr_vector(cfg.resolved_server_lr, layout.trainable_mask())
+        self.eta = eta.to(self.device) if isinstance(eta, Tensor) else eta
+
+    @classmethod
+    def for_federation(cls, cfg: ExperimentConfig, fed, layout: ParamLayout,
+                       device: torch.device | str = "cpu") -> "Server":
+        """The server of ``cfg`` on federation ``fed`` (:class:`robustlr.sim.federation.Federation`)."""
+        labels = fed.dataset.train_y
+        corrupt = [int(a) for a in fed.corrupt]
+        without_base = [a for a in corrupt
+                        if not bool((labels[torch.from_numpy(fed.agent_indices[a])] == cfg.base_class).any())]
+        unpoisoned = [a for a in corrupt if fed.poisoned_per_agent.get(a, 0) == 0]
+        return cls(cfg, layout, num_agents=fed.num_agents, agent_sizes=fed.agent_sizes, corrupt=corrupt,
+                   without_base=without_base, unpoisoned=unpoisoned, device=device)
+
+    @property
+    def rule(self) -> AggregationRule:
+        """The whole rule (RLR around the base rule, when the config has RLR)."""
+        return self.rlr if self.rlr is not None else self.base_rule
+
+    def rule_for(self, on: bool | None) -> AggregationRule:
+        """The rule of a round whose RLR schedule says ``on`` (see :func:`rlr_on`)."""
+        return self.base_rule if on is False else self.rule
+
+    # -- checkpoints: the rule's state (FoolsGold's histories)
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state)
+
+    # -- one round
+    def step(self, round_: int, global_params: Tensor, updates: Tensor, agents: Sequence[int],
+             records: Sequence[RoundRecord], *, rejections: Sequence = (),
+             norms: Tensor | None = None) -> ServerStep:
+        """The server side of round ``round_``, applied to ``global_params`` in place.
+
+        ``updates`` are the agents' updates in the order of ``agents`` (ids); ``records`` the
+        rounds before this one (the RLR schedule and the stop rule read them); ``rejections``
+        the :class:`robustlr.aggregation.screening.Rejection` of updates refused before they could
+        be stacked (Flower: malformed replies); ``norms`` the updates' L2 norms if already known.
+
+        Screening rejects non-finite updates and, with ``screen_norm_multiple``, those far larger
+        than the round's median, and logs them; the rule aggregates the rest (RLR on or off by its
+        schedule) with the round's seeded noise; a non-finite aggregate or model stops the run
+        (:class:`TrainingError`), as do ``max_rounds_without_updates`` rounds with no update left.
+        """
+        cfg = self.cfg
+        agents = [int(a) for a in agents]
+        if norms is None:
+            norms = torch.linalg.vector_norm(updates, dim=1)
+        # a malformed update (NaN/inf) or, with screen_norm_multiple, one far larger than the round's
+        # median is rejected and logged, never averaged in. A row whose norm is finite has only finite
+        # entries; only rows with a non-finite norm (possibly an overflow) get the exact check
+        screened = screen_updates(updates, agents, norm_multiple=cfg.screen_norm_multiple, norms=norms)
+        all_rejections = list(rejections) + list(screened.rejections)
+        if screened.rejections:
+            log.warning("round %d: rejected the updates of %s", round_,
+                        "; ".join(f"agent {r.agent} ({r.reason}: {r.detail})" for r in screened.rejections))
+            keep = torch.tensor(screened.keep, dtype=torch.int64)
+            updates, norms = updates[keep.to(updates.device)], norms[keep.to(norms.device)]
+            agents = [agents[i] for i in screened.keep]
+        is_corrupt = np.isin(np.asarray(agents, dtype=np.int64), self.corrupt)
+        norms_np = norms.cpu().numpy()
+        corrupt_here = [a for a, c in zip(agents, is_corrupt) if c]
+        rec = RoundRecord(
+            round=round_, agents=len(agents), corrupt_in_round=int(is_corrupt.sum()),
+            rejected=sorted(int(r.agent) for r in all_rejections if isinstance(r.agent, (int, np.integer))),
+            rejections=[r.to_dict() for r in all_rejections], screen_median_norm=screened.median_norm,
+            honest_norm=float(norms_np[~is_corrupt].mean()) if (~is_corrupt).any() else None,
+            corrupt_norm=float(norms_np[is_corrupt].mean()) if is_corrupt.any() else None,
+            # corrupt agents that hold no base-class sample (non-iid data) train honestly, with no
+            # trojan; 'unpoisoned' also counts those whose floor(P * n_base) is 0
+            corrupt_without_base_in_round=sum(1 for a in corrupt_here if a in self.without_base),
+            corrupt_unpoisoned_in_round=sum(1 for a in corrupt_here if a in self.unpoisoned),
+            rlr_on=rlr_on(cfg, round_, records),
+        )
+        corrupt_t = torch.from_numpy(is_corrupt)
+        t_agg = time.perf_counter()
+        if not agents:
+            empty = 1 + next((i for i, r in enumerate(reversed(records)) if r.agents), len(records))
+            if empty >= cfg.max_rounds_without_updates:
+                raise TrainingError(
+                    f"round {round_}: every agent's update was rejected (non-finite, or over the norm screen) in {empty} "
+                    f"consecutive rounds "
+                    f"(max_rounds_without_updates = {cfg.max_rounds_without_updates}); local training diverges "
+                    f"(client_lr = {cfg.client_lr}?).")
+            rec.seconds_aggregation = time.perf_counter() - t_agg
+            return ServerStep(rec, updates, agents, corrupt_t, None, None, all_rejections)
+        self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
+        weights = torch.as_tensor(self.agent_sizes[agents], dtype=torch.float32)
+        rule = self.rule_for(rec.rlr_on)
+        try:
+            aggregate = rule(updates, weights=weights, agent_ids=agents)
+        except ValueError as exc:  # e.g. Krum/Bulyan with too few updates left after screening
+            raise TrainingError(f"round {round_}: the aggregation rule refused the {len(agents)} updates left "
+                                f"after screening ({len(all_rejections)} rejected): {exc}.") from exc
+        if not bool(torch.isfinite(aggregate).all()):
+            raise TrainingError(f"round {round_}: the aggregated update is not finite.")
+        apply_server_lr(global_params, aggregate, self.eta)
+        if not bool(torch.isfinite(global_params).all()):
+            raise TrainingError(f"round {round_}: the global model became non-finite after the server step "
+                                f"(server_lr = {cfg.resolved_server_lr}).")
+        tel = rule.telemetry or {}
+        if "flipped_fraction" in tel:
+            rec.flipped_fraction = float(tel["flipped_fraction"])
+            rec.threshold = tel.get("threshold")
+        excluded = excluded_agents(tel, agents)
+        if excluded is not None:
+            rec.excluded = excluded
+            rec.corrupt_excluded = int(np.isin(excluded, self.corrupt).sum())
+        t_tel = time.perf_counter()
+        votes = vote_telemetry(updates, corrupt_t, aggregate)
+        flipped = rule.flipped if isinstance(rule, RobustLR) else None
+        rec = rec.model_copy(update={
+            **votes, "flipped_per_layer": None if flipped is None else flipped_per_layer(flipped, self.layout),
+            "seconds_telemetry": time.perf_counter() - t_tel})
+        rec.seconds_aggregation = time.perf_counter() - t_agg
+        return ServerStep(rec, updates, agents, corrupt_t, aggregate, flipped, all_rejections)
+
+    # -- the run record
+    def summary(self, records: Sequence[RoundRecord], *, seconds: float, engine: str, federation: dict,
+                init: InitModel | None = None) -> RunSummary:
+        """The run summary of this server's run (:func:`run_summary`)."""
+        return run_summary(self.cfg, records, seconds=seconds, engine=engine, federation=federation, init=init)
+
+
+def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, seconds: float, engine: str,
+                federation: dict, init: InitModel | None = None) -> RunSummary:
+    """The run summary: the last evaluated round's metrics, the RLR switch round, the cost and
+    what produced the numbers (machine, versions)."""
+    final = next((r for r in reversed(records) if r.evaluated), None)
+    return RunSummary(
+        name=cfg.name, rounds=cfg.rounds,
+        **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
+        rlr_switch_round=next((r.round for r in records if r.rlr_on), None),
+        seconds=seconds, seconds_per_round=seconds / max(1, cfg.rounds),
+        engine=engine, federation=dict(federation),
+        init_model=init.record() if init is not None else None, **provenance(),
+    )

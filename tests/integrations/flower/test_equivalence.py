@@ -95,3 +95,34 @@ def test_a_node_that_does_not_reply_is_recorded_and_the_round_goes_on(data_dir):
     assert grid.failed == 2  # agent 3 in each of the 2 rounds
     assert [(r.round, r.agents, r.rejected) for r in result.robustlr_records] == [(1, 9, [3]), (2, 9, [3])]
     assert result.train_metrics_clientapp[2]["replies"] == 9
+
+
+TIMING = {"seconds", "seconds_training", "seconds_aggregation", "seconds_telemetry"}
+
+
+@pytest.mark.parametrize("overrides", [
+    [],                                                     # FedAvg + RLR theta 4 of 10: flips, vote telemetry
+    ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2", "boost_factor=20.0", "screen_norm_multiple=3.0"],
+], ids=["fedavg-rlr", "schedule-boost-screened"])
+def test_one_server_step_the_same_records_and_model_on_flower(data_dir, overrides):
+    """Both paths call robustlr.sim.server.Server.step: after 3 rounds the global models are equal
+    bit for bit and every field of every round record (vote telemetry, flips per layer, norms,
+    rejections, evaluation) is the same, timings aside."""
+    cfg = load_config("demo-iid", ["rounds=3", "train_limit=600", "eval_every=1", "precision=fp32",
+                                   "train_mode=sequential", "threads=1", *overrides])
+    ours = run_experiment(cfg, data_dir=str(data_dir))
+    grid = InProcessGrid(make_client_app(), num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
+                                                                      "robustlr-data-dir": str(data_dir)})
+    result = run_on_grid(grid, cfg, str(data_dir))
+    assert torch.equal(flat_of(result.arrays, cfg), ours.global_params)
+    theirs = [r.model_dump(exclude=TIMING) for r in result.robustlr_records]
+    mine = [r.model_dump(exclude=TIMING) for r in ours.records]
+    assert len(theirs) == len(mine) == 3
+    for a, b in zip(theirs, mine):
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    if not overrides:  # RLR on every round: the vote telemetry is there, on both paths
+        assert all(r["flipped_fraction"] > 0 and r["flipped_per_layer"] and r["honest_agreement"] is not None
+                   for r in theirs)
+    else:  # RLR from round 2; the boosted corrupt update is screened out in every round it is sampled
+        assert [r["rlr_on"] for r in theirs] == [False, True, True]
+        assert any(r["rejections"] and r["rejections"][0]["reason"] == "norm" for r in theirs)

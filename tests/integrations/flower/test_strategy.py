@@ -156,5 +156,12 @@ def test_trainable_keys_leave_out_batch_norm_buffers():
 
 
 def test_a_bad_threshold_is_refused_at_construction():
-    with pytest.raises(ValueError, match="exactly one of threshold"):
-        RobustLRStrategy(FedAvg())
+    with pytest.raises(TypeError, match="threshold"):
+        RobustLRStrategy(FedAvg())  # theta is required
+    with pytest.raises(ValueError, match=r"threshold=2.5: use an integer count of agents or a fraction in \(0, 1\)"):
+        RobustLRStrategy(FedAvg(), threshold=2.5)
+    with pytest.raises(ValueError, match="count of agents >= 0"):
+        RobustLRStrategy(FedAvg(), threshold=-1)
+    # one form: 0.4 is a share of the round, 4 a count
+    assert RobustLRStrategy(FedAvg(), threshold=0.4).threshold.fraction == 0.4
+    assert RobustLRStrategy(FedAvg(), threshold=4).threshold.count == 4

@@ -9,10 +9,12 @@ seeded sampling and maps agent i to the i-th node id in sorted order (an explici
 node-to-agent mapping), sending each node the agent it trains this round in the message's
 config (``agent-id``). The reply is the agent's local weights and its number of samples.
 
-The server aggregates with the rule the config asks for (:func:`robustlr.sim.server.build_rule`)
-and applies eta in the simulator's one place, so a run on Flower computes what the built-in
-simulator computes (see ``tests/integrations/flower/test_equivalence.py`` for the measured
-difference and why it is not zero).
+The server side of each round is the simulator's own :meth:`robustlr.sim.server.Server.step`
+(screening, the config's rule and RLR schedule, the seeded noise, the finite checks, eta, the
+round record with its vote telemetry), so a run on Flower computes and records what the
+built-in simulator does (``tests/integrations/flower/test_equivalence.py`` compares the two).
+The server trusts no client's word for who it is or how much data it holds: a reply's agent is
+the one the server sent to its node, and the rule's weights are the federation's own sizes.
 """
 
 from __future__ import annotations
@@ -27,21 +29,22 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from robustlr.aggregation import ParamLayout
+from robustlr.aggregation.screening import Rejection
 from robustlr.attacks.model import craft_updates
-from robustlr.integrations.flower.strategy import RuleStrategy
+from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies
 from robustlr.models import build_model
-from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig, load_config, make_config, parse_overrides
 from robustlr.sim.engines.select import engine_context
 from robustlr.sim.engines.sequential import SequentialEngine
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation, build_federation, load_dataset
-from robustlr.sim.loop import sample_agents
+from robustlr.sim.loop import pretrain, sample_agents
+from robustlr.sim.pretrain import resolve_init_model
 from robustlr.sim.records import RoundRecord
-from robustlr.sim.pretrain import load_init_state, resolve_init_model
-from robustlr.sim.server import build_rule, rlr_on
+from robustlr.sim.server import Server, initial_model, run_summary
 
 CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
@@ -79,13 +82,9 @@ def _engine(cfg_json: str, data_dir: str | None) -> SequentialEngine:
 def initial_state(cfg: ExperimentConfig, num_classes: int, data_dir: str | None = None,
                   dataset=None) -> dict[str, torch.Tensor]:
     """The global model at round 0, exactly as the built-in simulator initialises it (the
-    ``init_model`` warm start included)."""
-    torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
-    model = build_model(cfg.model, num_classes=num_classes)
-    init = resolve_init_model(cfg, data_dir, dataset=dataset)
-    if init is not None:
-        model.load_state_dict(load_init_state(init, model))
-    return model.state_dict()
+    ``init_model`` warm start included): :func:`robustlr.sim.server.initial_model`."""
+    init = resolve_init_model(cfg, data_dir, dataset=dataset, build=lambda p, d, ds: pretrain(p, d, dataset=ds))
+    return initial_model(cfg, num_classes, init).state_dict()
 
 
 def train_message(msg: Message, context: Context, defaults: dict | None = None) -> Message:
@@ -120,67 +119,89 @@ def train_message(msg: Message, context: Context, defaults: dict | None = None) 
     return Message(content, reply_to=msg)
 
 
-class RobustlrStrategy(RuleStrategy):
-    """The config's rule, robustlr's seeded agent sampling, and the node-to-agent mapping."""
+class ExperimentStrategy(FedAvg):
+    """A robustlr config as a Flower strategy: robustlr's seeded agent sampling, the
+    node-to-agent mapping, and the simulator's server step (:class:`robustlr.sim.server.Server`).
 
-    def __init__(self, cfg: ExperimentConfig, num_agents: int, layout: ParamLayout,
-                 corrupt: Iterable[int] = ()) -> None:
+    Agent ``i`` trains on the ``i``-th node in sorted order. A reply counts for the agent the
+    server sent to its node (never for an id the client names), once; replies that cannot be
+    stacked (an error, missing or other arrays, wrong shapes or dtypes, NaN) are rejected and
+    recorded, as are agents whose node did not reply. The rest go to :meth:`Server.step`, which
+    screens, aggregates and records the round as the simulator does.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, fed: Federation, layout: ParamLayout) -> None:
+        super().__init__(fraction_evaluate=0.0, min_available_nodes=fed.num_agents)
         self.cfg = cfg
-        self.num_agents = num_agents
-        self.corrupt = set(int(a) for a in corrupt)
+        self.num_agents = fed.num_agents
+        self.layout = layout
+        self.server = Server.for_federation(cfg, fed, layout)
         self.records: dict[int, RoundRecord] = {}  # the simulator's round records, built on the server
-        self.noise_gen = torch.Generator()
-        trainable = [e.name for e in layout.entries if e.is_trainable]
-        super().__init__(build_rule(cfg, layout, self.noise_gen, cfg.agents_per_round(num_agents)),
-                         cfg.resolved_server_lr, flip_keys=trainable, fraction_evaluate=0.0,
-                         min_available_nodes=num_agents, screen_norm_multiple=cfg.screen_norm_multiple)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._remember(arrays)
+        # what was sent (the global arrays and which agent each node trains) is the state the
+        # replies are read against in aggregate_train
+        self._sent_arrays = arrays
         nodes = sorted(grid.get_node_ids())
         if len(nodes) < self.num_agents:
             raise RuntimeError(f"{len(nodes)} nodes are connected but the config has {self.num_agents} agents; "
                                f"start one node per agent")
-        messages = []
-        self._sent = [int(a) for a in sample_agents(self.cfg, self.num_agents, server_round)]
-        for agent in self._sent:
-            cfg = ConfigRecord({**dict(config), "server-round": server_round, "agent-id": int(agent)})
-            messages.append(Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nodes[agent],
-                                    message_type=MessageType.TRAIN))
-        return messages
+        agents = [int(a) for a in sample_agents(self.cfg, self.num_agents, server_round)]
+        self._agent_of_node = {int(nodes[a]): a for a in agents}
+        return [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({**dict(config), "server-round": server_round,
+                                                                              "agent-id": a})}),
+                        dst_node_id=nodes[a], message_type=MessageType.TRAIN) for a in agents]
 
-    def rule_for_round(self, server_round: int):
-        return self.rule.rule if self._rlr_on is False else self.rule
-
-    def aggregate_train(self, server_round, replies):
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         t0 = time.perf_counter()
-        # the schedule of this round, from the rounds before it (read by rule_for_round)
-        on = self._rlr_on = rlr_on(self.cfg, server_round, [self.records[r] for r in sorted(self.records)])
-        # the noise of a round is drawn from its own seeded stream, as in the simulator
-        self.noise_gen.manual_seed(seeding.seed_of(self.cfg.seed, seeding.NOISE, server_round))
-        replies = sorted(replies, key=lambda m: int(m.content["metrics"]["agent-id"]) if not m.has_error() else -1)
-        sent = set(self._sent)
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        kept = [int(m.content["metrics"]["agent-id"]) for m in self._kept]
-        tel = self.rule_for_round(server_round).telemetry if on is not False else {}
-        self.records[server_round] = RoundRecord(
-            round=server_round, agents=len(kept), corrupt_in_round=sum(1 for a in kept if a in self.corrupt),
-            rejected=sorted(sent - set(kept)), rejections=self._rejections(),
-            flipped_fraction=(tel or {}).get("flipped_fraction"),
-            threshold=(tel or {}).get("threshold"), rlr_on=on, seconds_aggregation=time.perf_counter() - t0)
-        return arrays, metrics
+        sent = ArrayLayout.of(self._sent_arrays)
+        if sent.keys != tuple(self.layout.names):
+            raise RuntimeError(f"the arrays sent ({list(sent.keys)}) are not the model's state dict "
+                               f"({self.layout.names}) in its order")
+        global_flat = sent.flatten(self._sent_arrays)
+        updates, agents, rejections = self._updates_of(replies, sent, global_flat)
+        records = [self.records[r] for r in sorted(self.records)]
+        step = self.server.step(server_round, global_flat, updates, agents, records, rejections=rejections)
+        rec = step.record
+        rec.seconds_aggregation = time.perf_counter() - t0
+        self.records[server_round] = rec
+        metrics = MetricRecord({"replies": len(agents), "aggregated": rec.agents, "rejected": len(rec.rejected)})
+        if rec.flipped_fraction is not None:
+            metrics["rlr-flipped-fraction"] = float(rec.flipped_fraction)
+            metrics["rlr-threshold"] = int(rec.threshold)
+        if step.aggregate is None:
+            return None, metrics
+        return sent.unflatten(global_flat), metrics
 
-
-    def _rejections(self) -> list[dict]:
-        out = []
-        for msg, reason in getattr(self, "_rejected", []):
-            try:
-                agent = int(msg.content["metrics"]["agent-id"])
-            except Exception:  # an error reply or one without metrics: name its node
-                agent = f"node {getattr(msg.metadata, 'src_node_id', '?')}"
-            out.append({"agent": agent, "reason": reason, "detail": ""})
-        return out
+    def _updates_of(self, replies: Iterable[Message], layout: ArrayLayout, global_flat: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[int], list[Rejection]]:
+        """The replies' updates in agent order, their agents, and a rejection for every agent sent
+        whose reply cannot be used (or never came)."""
+        dropped: list[tuple[Message, str]] = []
+        kept, _ = screen_replies(replies, layout, "arrays", "num-examples", dropped)
+        rejections: list[Rejection] = []
+        by_agent: dict[int, torch.Tensor] = {}
+        for msg, reason in dropped:
+            agent = self._agent_of_node.get(int(getattr(msg.metadata, "src_node_id", -1)))
+            rejections.append(Rejection(-1, agent if agent is not None else f"node {msg.metadata.src_node_id}",
+                                        reason, ""))
+        for msg in kept:
+            node = int(msg.metadata.src_node_id)
+            agent = self._agent_of_node.get(node)
+            if agent is None or agent in by_agent:
+                what = "a second reply" if agent is not None else "a reply from a node not sent this round"
+                rejections.append(Rejection(-1, f"node {node}", "unexpected", what))
+                continue
+            by_agent[agent] = layout.flatten(msg.content.array_records["arrays"]) - global_flat
+        answered = set(by_agent) | {r.agent for r in rejections}
+        rejections += [Rejection(-1, a, "no reply", "") for a in sorted(self._agent_of_node.values())
+                       if a not in answered]
+        agents = sorted(by_agent)
+        updates = (torch.stack([by_agent[a] for a in agents]) if agents
+                   else torch.zeros(0, global_flat.numel(), dtype=global_flat.dtype))
+        return updates, agents, rejections
 
 
 def check_flower_config(cfg: ExperimentConfig) -> None:
@@ -204,7 +225,7 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
     model = build_model(cfg.model, num_classes=fed.dataset.num_classes)
     model.load_state_dict(state)
     layout = ParamLayout.from_module(model)
-    strategy = RobustlrStrategy(cfg, fed.num_agents, layout, fed.corrupt)
+    strategy = ExperimentStrategy(cfg, fed, layout)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 or (server_round % cfg.eval_every and server_round != cfg.rounds):
@@ -257,19 +278,15 @@ def write_result(out: Path, cfg: ExperimentConfig, result) -> None:
     ``metrics.jsonl`` (a round record per round, built on the server), ``summary.json``
     (engine ``flower``) and ``model.pt``; each written atomically."""
     from robustlr.sim.checkpoint import atomic_save, atomic_write_text
-    from robustlr.sim.records import RunSummary, dumps, provenance
+    from robustlr.sim.records import dumps
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.to_json())
     records = list(getattr(result, "robustlr_records", []))
     atomic_write_text(out / "metrics.jsonl", "".join(dumps(r.to_json_dict()) + "\n" for r in records))
-    final = next((r for r in reversed(records) if r.evaluated), None)
     seconds = float(getattr(result, "robustlr_seconds", 0.0))
-    summary = RunSummary(
-        name=cfg.name, rounds=cfg.rounds,
-        **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
-        seconds=seconds, seconds_per_round=seconds / max(1, cfg.rounds), engine="flower",
-        federation=dict(getattr(result, "robustlr_federation", {})), **provenance())
+    summary = run_summary(cfg, records, seconds=seconds, engine="flower",
+                          federation=dict(getattr(result, "robustlr_federation", {})))
     atomic_save(result.arrays.to_torch_state_dict(), out / "model.pt")
     atomic_write_text(out / "summary.json", dumps(summary.model_dump(), indent=2))
 
@@ -281,5 +298,5 @@ def flat_of(arrays: ArrayRecord, cfg: ExperimentConfig, num_classes: int = 10) -
     return ParamLayout.from_module(model).flatten(model)
 
 
-__all__ = ["CONFIG_KEY", "DATA_DIR_KEY", "RobustlrStrategy", "config_from_run_config", "flat_of", "initial_state",
+__all__ = ["CONFIG_KEY", "DATA_DIR_KEY", "ExperimentStrategy", "config_from_run_config", "flat_of", "initial_state",
            "make_client_app", "make_server_app", "run_on_grid", "train_message"]

@@ -25,12 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-import torch
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation
+from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation, Threshold
 from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -63,7 +63,9 @@ def _norm_multiple(value: float) -> float:
 
 
 class _KeepsGlobal:
-    """Remembers the global arrays sent for training, and screens the replies against them."""
+    """Remembers the global arrays sent for training (the one piece of state a strategy must keep
+    between ``configure_train`` and ``aggregate_train``, as Flower's FedOpt does), and screens the
+    replies against them. Everything else passes between methods as return values."""
 
     arrayrecord_key = "arrays"
     weighted_by_key = "num-examples"
@@ -72,26 +74,26 @@ class _KeepsGlobal:
         self._layout = ArrayLayout.of(arrays)
         self._global = self._layout.flatten(arrays)
 
-    def _screen(self, replies: Iterable[Message]) -> tuple[list[Message], dict]:
+    def _screen(self, replies: Iterable[Message], norm_multiple: float = 0.0
+                ) -> tuple[list[Message], dict, list[tuple[Message, str]]]:
+        """The replies kept, the round's drop counts (``dropped-replies`` and one per reason), and
+        ``(reply, reason)`` for each reply dropped."""
         if not hasattr(self, "_global"):
             raise RuntimeError("aggregate_train called before configure_train: the strategy has no global arrays")
-        self._rejected: list[tuple[Message, str]] = []
-        kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key,
-                                       self._rejected)
-        multiple = float(getattr(self, "screen_norm_multiple", 0.0) or 0.0)
-        if multiple > 0 and len(kept) >= 2:
+        rejected: list[tuple[Message, str]] = []
+        kept, dropped = screen_replies(replies, self._layout, self.arrayrecord_key, self.weighted_by_key, rejected)
+        if norm_multiple > 0 and len(kept) >= 2:
             # the norm screen of robustlr.aggregation.screening, on the well-formed replies' updates
             updates, _, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key, self.weighted_by_key)
-            screened = screen_updates(updates, nodes, norm_multiple=multiple)
+            screened = screen_updates(updates, nodes, norm_multiple=norm_multiple)
             for r in screened.rejections:
                 log.warning("dropped the reply of node %s: %s (%s)", r.agent, r.reason, r.detail)
                 dropped[r.reason] += 1
-                self._rejected.append((kept[r.row], r.reason))
+                rejected.append((kept[r.row], r.reason))
             kept = [kept[i] for i in screened.keep]
-        self._kept = kept
         counts = {"dropped-replies": int(sum(dropped.values()))}
         counts.update({f"dropped-replies/{reason}": int(n) for reason, n in dropped.items()})
-        return kept, counts
+        return kept, counts, rejected
 
 
 class RobustLRStrategy(_KeepsGlobal, Strategy):
@@ -100,8 +102,9 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
     Args:
         inner: the strategy whose aggregate is flipped (it also samples the nodes and
             aggregates the evaluation).
-        threshold: theta, a count of agents; or ``threshold_fraction``, a share of the
-            round's valid replies (resolved as ``ceil(f * n)``). Give one.
+        threshold: theta, validated once (:class:`robustlr.aggregation.Threshold`): an integer
+            count of agents, or a float in (0, 1), a share of the round's valid replies
+            (resolved as ``ceil(f * n)``).
         server_lr: eta, applied to the flippable arrays (1 on the others).
         flip_keys: the arrays the vote may flip and eta scales (default: all). An
             ``ArrayRecord`` does not mark batch-norm buffers: pass
@@ -110,23 +113,30 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
         arrayrecord_key, weighted_by_key: as in Flower's FedAvg.
 
     The round's ``MetricRecord`` gains ``rlr-flipped-fraction``, ``rlr-threshold``,
-    ``rlr-flipped-fraction/<array>`` per array, and ``dropped-replies`` (with a count per reason).
+    ``rlr-flipped-fraction/<array>`` per array (from the flip mask of the one vote), and
+    ``dropped-replies`` (with a count per reason).
     """
 
-    def __init__(self, inner: Strategy, threshold: int | None = None, *, threshold_fraction: float | None = None,
-                 server_lr: float = 1.0, flip_keys: Sequence[str] | None = None, arrayrecord_key: str = "arrays",
+    def __init__(self, inner: Strategy, threshold: int | float | Threshold, *, server_lr: float = 1.0,
+                 flip_keys: Sequence[str] | None = None, arrayrecord_key: str = "arrays",
                  weighted_by_key: str = "num-examples", screen_norm_multiple: float = 0.0) -> None:
         if not isinstance(inner, Strategy):
             raise ValueError(f"inner must be a Flower Strategy such as FedAvg(), got {type(inner).__name__}")
         self.inner = inner
-        self.threshold, self.threshold_fraction = threshold, threshold_fraction
-        RobustLR(lambda u, weights=None, agent_ids=None: u[0], threshold=threshold,
-                 threshold_fraction=threshold_fraction)  # validates theta now, not at the first round
+        self.threshold = Threshold.of(threshold)  # validated now, not at the first round
         self.server_lr = float(server_lr)
         self.flip_keys = None if flip_keys is None else list(flip_keys)
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
+        self._vote: tuple[ArrayLayout, RobustLR] | None = None
+
+    def _rlr(self) -> RobustLR:
+        """The vote for the arrays sent (one RobustLR per layout, built when the layout is first seen)."""
+        if self._vote is None or self._vote[0] != self._layout:
+            mask = self._layout.mask(self.flip_keys)
+            self._vote = (self._layout, RobustLR(None, self.threshold, mask=None if bool(mask.all()) else mask))
+        return self._vote[1]
 
     def summary(self) -> None:
         self.inner.summary()
@@ -138,7 +148,7 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept, counts = self._screen(replies)
+        kept, counts, _ = self._screen(replies, self.screen_norm_multiple)
         if not kept:
             return None, MetricRecord(counts)
         # the updates first: some inner strategies (FedMedian) consume the replies' arrays
@@ -146,28 +156,16 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
         inner_arrays, inner_metrics = self.inner.aggregate_train(server_round, kept)
         if inner_arrays is None:
             return None, _metrics_with(inner_metrics, counts)
-        inner_update = self._layout.flatten(inner_arrays) - self._global
+        rlr = self._rlr()
+        step = rlr.flip(updates, self._layout.flatten(inner_arrays) - self._global)
         mask = self._layout.mask(self.flip_keys)
-        rlr = RobustLR(lambda u, weights=None, agent_ids=None: inner_update, threshold=self.threshold,
-                       threshold_fraction=self.threshold_fraction, mask=None if bool(mask.all()) else mask)
-        step = rlr(updates)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr, mask))
         tel = rlr.telemetry
         extra = {"rlr-flipped-fraction": float(tel["flipped_fraction"]), "rlr-threshold": int(tel["threshold"]),
                  **counts}
-        extra.update(self._per_array_flips(updates, tel["threshold"], mask))
+        sizes = [(k, int(np.prod(shape))) for k, shape in zip(self._layout.keys, self._layout.shapes)]
+        extra.update({f"rlr-flipped-fraction/{k}": v for k, v in rlr.flipped_per_entry(sizes).items()})
         return self._layout.unflatten(new), _metrics_with(inner_metrics, extra)
-
-    def _per_array_flips(self, updates: torch.Tensor, theta: int, mask: torch.Tensor) -> dict:
-        vote = torch.sign(updates).sum(0).abs()
-        flipped = (vote < theta) & mask
-        out, offset = {}, 0
-        for key, shape in zip(self._layout.keys, self._layout.shapes):
-            n = int(torch.tensor(shape).prod()) if shape else 1
-            if bool(mask[offset: offset + n].any()):
-                out[f"rlr-flipped-fraction/{key}"] = float(flipped[offset: offset + n].float().mean())
-            offset += n
-        return out
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -205,7 +203,7 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept, counts = self._screen(replies)
+        kept, counts, _ = self._screen(replies, self.screen_norm_multiple)
         if not kept:
             return None, MetricRecord(counts)
         updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,

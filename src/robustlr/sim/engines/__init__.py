@@ -8,7 +8,8 @@
 """
 
 from robustlr.sim.engines.base import Engine, EngineContext, LocalSettings, RoundUpdates, batch_plan
-from robustlr.sim.engines.select import ENGINES, available_cores, build_engine, engine_context, select_mode
+from robustlr.sim.engines.select import (ENGINES, available_cores, build_engine, check_device, engine_context,
+                                         select_mode)
 
 __all__ = ["ENGINES", "Engine", "EngineContext", "LocalSettings", "RoundUpdates", "available_cores", "batch_plan",
-           "build_engine", "engine_context", "select_mode"]
+           "build_engine", "check_device", "engine_context", "select_mode"]

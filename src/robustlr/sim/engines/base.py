@@ -24,15 +24,17 @@ and implements :class:`Engine`, and an entry in :data:`robustlr.sim.engines.sele
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from robustlr.sim import seeding
+from robustlr.sim.config import Precision
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,22 @@ class LocalSettings:
     grad_clip: float  # 0 = off
     clip_norm: float  # PGD radius, 0 = off
     seed: int
-    precision: str = "fp32"  # or "bf16": autocast of the forward pass
+    precision: Precision = "fp32"  # or "bf16": autocast of the forward pass
+
+    def __post_init__(self) -> None:
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(get_args(Precision))}")
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The forward pass's autocast for this precision (bf16: ``torch.autocast``; fp32: none)."""
+        if self.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def mask_dtype(self) -> torch.dtype:
+        """The dtype of explicit dropout masks: the activations' (bf16 under autocast)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
 
 @dataclass

@@ -53,6 +53,15 @@ def local_settings(cfg: ExperimentConfig) -> LocalSettings:
     )
 
 
+def check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one, before any work starts."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from robustlr.errors import EngineError
+
+        raise EngineError(f"device={device!r} but this machine has no CUDA device (torch {torch.__version__}); "
+                          f"use device = 'cpu'")
+
+
 def select_mode(cfg: ExperimentConfig, agent_sizes: np.ndarray, device: torch.device) -> str:
     """``cfg.train_mode``, with ``auto`` resolved: vectorized on CUDA (sequential for batch-norm
     models), processes on a multi-core CPU when a round is worth spreading, else sequential."""

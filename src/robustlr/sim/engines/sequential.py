@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -106,8 +105,8 @@ class SequentialEngine:
         start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 or mu > 0 else None
         drop_gen = seeding.torch_generator(self.s.seed, seeding.DROPOUT, round_, agent)
         shapes = model.dropout_shapes() if hasattr(model, "dropout_shapes") else None
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.precision == "bf16" else nullcontext()
-        mask_dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
+        autocast = self.s.autocast(self.device)
+        mask_dtype = self.s.mask_dtype
         # models without explicit dropout masks draw from torch's default generator: seed a fork of it
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(seeding.seed_of(self.s.seed, seeding.DROPOUT, round_, agent))

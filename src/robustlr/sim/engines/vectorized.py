@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -55,9 +54,8 @@ class VectorizedEngine:
         self.y = ctx.train_y
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.shapes = model.dropout_shapes()
-        self._mask_dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
-        self._autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if self.s.precision == "bf16" \
-            else nullcontext
+        self._mask_dtype = self.s.mask_dtype
+        self._autocast = lambda: self.s.autocast(device)
 
         def loss_fn(params, xb, yb, masks, sign):
             out = functional_call(self.model, params, (xb, masks))
