@@ -39,3 +39,8 @@ class TrainingError(RobustlrError):
 
 class OutputError(RobustlrError, OSError):
     """An output folder or file that cannot be written."""
+
+
+class MissingDependencyError(RobustlrError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra
+    that brings it (``pip install 'robustlr[EXTRA]'``). Raised by :func:`robustlr._optional.require`."""

@@ -1,43 +1,32 @@
-"""The ``robustlr`` command: one module per command group.
+"""The ``robustlr`` command (``robustlr.cli:main``); the Typer app is :mod:`robustlr.cli.commands`.
 
-``run`` (run, demo, pretrain), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
-``analysis`` (attribute, explain),
-``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
+This module imports nothing optional, so that the console script of a core install (without the
+``sim`` extra) ends with one line naming the extra instead of a traceback. ``from robustlr.cli
+import app`` still gives the Typer app.
 """
 
 from __future__ import annotations
 
-import logging
+import sys
+from typing import Any
 
-import typer
+from robustlr.errors import MissingDependencyError
 
-from robustlr.cli import analysis, bench, config, data, experiments, run
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals can hold tensors of millions of values
-    help="Federated learning under backdoor attack, and the robust learning rate defense (Ozdayi et al., AAAI 2021).",
-)
-app.command("run")(run.run)
-app.command("demo")(run.demo)
-app.command("pretrain")(run.pretrain)
-app.command("config")(config.show_config)
-app.command("presets")(config.presets)
-app.command("data")(data.data)
-app.command("suites")(experiments.suites)
-app.command("sweep")(experiments.sweep)
-app.command("runs")(experiments.runs)
-app.command("report")(experiments.report)
-app.command("attribute")(analysis.attribute)
-app.command("explain")(analysis.explain)
-app.add_typer(bench.app, name="bench")
+__all__ = ["app", "main"]
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        from robustlr.cli.commands import main as _main
+    except MissingDependencyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _main()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from robustlr.cli.commands import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # the message is plain text: "pip install 'robustlr[flower]'" is no markup tag
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 

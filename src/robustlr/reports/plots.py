@@ -5,16 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from robustlr._optional import require
 from robustlr.reports.tables import RUN_LABELS
 from robustlr.sim.records import RoundRecord
 
 
-def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: str = "") -> Path:
-    """Backdoor and validation accuracy per evaluated round, one line per run, saved as a PNG."""
-    import matplotlib
-
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display); names the extra when
+    matplotlib is missing."""
+    matplotlib = require("matplotlib", extra="sim", feature="robustlr's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: str = "") -> Path:
+    """Backdoor and validation accuracy per evaluated round, one line per run, saved as a PNG."""
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for key, records in runs.items():
@@ -77,10 +85,7 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
                 switch_rounds: dict[str, int] | None = None) -> Path:
     """One panel per metric (percent per round), one line per row; a dashed vertical line where a
     row switched RLR on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 4.0), constrained_layout=True,
                              squeeze=False)
@@ -118,10 +123,7 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
 def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], path: str | Path, title: str) -> Path:
     """The paper's Figures 2 and 3: one panel per run (a method, with or without clip + noise), each
     with validation, base-class and backdoor accuracy per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = {"val_acc": "tab:green", "base_acc": "tab:blue", "backdoor_acc": "tab:red"}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), constrained_layout=True,
@@ -150,10 +152,7 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
     """Final backdoor and validation accuracy of every table row of a grid suite: x is the grid point,
     one marker series per method (a horizontal line for a row without grid point, such as the
     unattacked baseline)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points: list[str] = []
     by_method: dict[str, dict[str, dict[str, float]]] = {}
@@ -204,10 +203,7 @@ def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str)
     """The paper's Figure 4: per run (one column), the cumulative net influence (appendix B; top
     row: the printed definition, a product; bottom row: the difference reading) with the
     backdoor loss per evaluated round on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.2), constrained_layout=True,
                              squeeze=False)
@@ -240,10 +236,7 @@ def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[
                path: str | Path, title: str) -> Path:
     """Defense x attack heatmaps, one panel per metric: ``values[metric][f"{defense}.{attack}"]`` holds
     the mean final value (0..1, None where not run); each cell is annotated with its percent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     metrics = list(values)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustlr.errors import OutputError
+from robustlr._optional import require
 from robustlr.experiments import store
 from robustlr.sim.records import read_metrics
 
@@ -25,11 +25,8 @@ SCALARS = {"val_acc": ("accuracy/validation %", 100.0), "base_acc": ("accuracy/b
 
 def export_tensorboard(results: Path, out: Path) -> int:
     """Write the event files of every run in ``results``'s store below ``out``; returns the number of runs."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise OutputError("TensorBoard output needs the tensorboard package: pip install 'robustlr[tensorboard]' "
-                          f"({exc})") from None
+    SummaryWriter = require("tensorboard", "torch.utils.tensorboard", extra="tensorboard",
+                            feature="TensorBoard output (robustlr report --tensorboard)").SummaryWriter
     n = 0
     for row in store.query(results):
         metrics = results / row["path"] / "metrics.jsonl"

@@ -32,6 +32,7 @@ from typing import Iterable
 
 import numpy as np
 
+from robustlr._optional import require
 from robustlr.data import store
 from robustlr.data.base import ImageDataset
 from robustlr.data.cifar.common import CLASSES, SOURCE_JPEG_COPY, _dataset, _Found
@@ -183,7 +184,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _load_image_folder(found: _Found) -> ImageDataset:
-    from PIL import __version__ as pillow_version
+    pillow_version = require("PIL", extra="cifar-images", feature="CIFAR-10 in the image-folder layout").__version__
 
     files: list[_ImageFile] | None = None
     if found.kind == "image-archive":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robustlr._optional import require
 from robustlr.data.base import ImageDataset
 from robustlr.data.femnist.common import (
     ALL_CLASSES,
@@ -27,6 +28,9 @@ from robustlr.data.femnist.common import (
     femnist_dataset,
 )
 from robustlr.errors import DataError
+
+#: the feature named when h5py is missing
+_TFF_FILES = "FEMNIST from TensorFlow Federated's h5 files"
 
 #: Root attribute that marks a file written by
 #: :func:`~robustlr.data.femnist.synthetic.make_synthetic_tff_emnist`.
@@ -136,7 +140,7 @@ def load_tff_emnist(
         counted in ``extra["test_only_writers"]``. ``extra["synthetic"]`` is true for files
         made by :func:`make_synthetic_tff_emnist`.
     """
-    import h5py
+    h5py = require("h5py", extra="femnist", feature=_TFF_FILES)
 
     _check_min_train_samples(min_train_samples)
     keep = _label_filter(digits_only)
@@ -194,7 +198,7 @@ def write_tff_emnist_h5(
     Returns:
         ``Path(path)``.
     """
-    import h5py
+    h5py = require("h5py", extra="femnist", feature=_TFF_FILES)
 
     items = clients.items() if isinstance(clients, Mapping) else clients
     path = Path(path)

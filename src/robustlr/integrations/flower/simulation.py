@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from robustlr._optional import require
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines.select import available_cores
 
 
 def run_on_flower(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | None = None) -> Path:
-    from flwr.simulation import run_simulation
+    run_simulation = require("ray", "flwr.simulation", extra="flower",
+                             feature="Flower's simulation runtime (--engine flower)").run_simulation
 
     from robustlr.integrations.flower.apps import (
         CONFIG_KEY,

@@ -1,0 +1,44 @@
+"""The ``robustlr`` command's Typer app: every command, registered from the module of its group.
+
+``run`` (run, demo, pretrain), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
+``analysis`` (attribute, explain),
+``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
+Importing this module needs the ``sim`` extra (typer, rich, pydantic); :func:`robustlr.cli.main` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from robustlr._optional import require
+
+require("typer", "rich", "pydantic", extra="sim", feature="the robustlr command")
+
+import typer  # noqa: E402
+
+from robustlr.cli import analysis, bench, config, data, experiments, run  # noqa: E402
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold tensors of millions of values
+    help="Federated learning under backdoor attack, and the robust learning rate defense (Ozdayi et al., AAAI 2021).",
+)
+app.command("run")(run.run)
+app.command("demo")(run.demo)
+app.command("pretrain")(run.pretrain)
+app.command("config")(config.show_config)
+app.command("presets")(config.presets)
+app.command("data")(data.data)
+app.command("suites")(experiments.suites)
+app.command("sweep")(experiments.sweep)
+app.command("runs")(experiments.runs)
+app.command("report")(experiments.report)
+app.command("attribute")(analysis.attribute)
+app.command("explain")(analysis.explain)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
