@@ -5,7 +5,8 @@ The same venv first proves the lean install: torch, numpy and the wheel without 
 (`--no-deps`) pass `pip check`, run robustlr.aggregation, and the `robustlr` command says in
 one line that it needs `robustlr[sim]`; then the wheel's `sim` extra goes in for the rest.
 
-Budget: about 40-60 s on 2 cores (installing torch into the fresh venv is most of it).
+Budget: about 85 s on 2 cores with pip's cache warm, 2.5 min cold (installing torch and the
+`sim` extra into the fresh venv is most of it).
 """
 
 import json
