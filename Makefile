@@ -1,4 +1,5 @@
-# Two entry points for a fresh clone: `make demo` and `make test`. Each creates .venv if missing.
+# Entry points for a fresh clone: `make demo`, `make test` (the fast tier) and `make test-all` (every
+# tier, what CI runs). Each creates .venv if missing.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch on our machines; elsewhere any torch >= 2.2 works: make TORCH_SPEC=torch
@@ -7,7 +8,11 @@ PY := $(VENV)/bin/python
 # Tests read the datasets from ../shared/data when it exists (CI), else from the usual search order.
 SHARED_DATA := $(wildcard ../shared/data)
 
-.PHONY: demo test install bench clean-venv fashion-mnist
+# the tiers are pytest markers given in tests/conftest.py (TIER_OF); the fast tier is the rest
+SLOW_TIERS := science or multiprocess or packaging or deployment or slow
+PYTEST = $(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
+
+.PHONY: demo test test-all test-slow install bench clean-venv fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +33,17 @@ fashion-mnist: $(VENV)/.installed
 demo: fashion-mnist
 	$(VENV)/bin/robustlr demo
 
+# the fast tier: no science, multi-process, packaging, deployment or slow test (<= 8 min on 2 cores)
 test: $(VENV)/.installed
-	$(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
+	$(PYTEST) -m "not ($(SLOW_TIERS))"
+
+# every tier (CI): the fast tier and the rest
+test-all: $(VENV)/.installed
+	$(PYTEST)
+
+# only the tiers `make test` leaves out
+test-slow: $(VENV)/.installed
+	$(PYTEST) -m "$(SLOW_TIERS)"
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/robustlr bench engines

@@ -16,10 +16,74 @@ def shared_data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """Every real dataset (Fashion-MNIST, FEMNIST, CIFAR-10): ``$ROBUSTLR_DATA_DIR``, else skipped."""
     d = shared_data_dir()
     if d is None:
-        pytest.skip("real data needed: set ROBUSTLR_DATA_DIR to the folder holding fashion-mnist/, femnist-leaf/, cifar10-jpeg/")
+        pytest.skip("real data needed: set ROBUSTLR_DATA_DIR to the folder holding fashion-mnist/, femnist-leaf/, cifar10/")
     return d
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    """A folder holding real Fashion-MNIST: ``$ROBUSTLR_DATA_DIR`` when set, else where the product's
+    own search order finds it without downloading (the cache, Debian's dataset-fashion-mnist
+    package that ``make demo`` installs); skipped only when there is none."""
+    d = shared_data_dir()
+    if d is not None:
+        return d
+    from robustlr.data import DataNotFoundError, locate
+    from robustlr.data import fashion_mnist as fm
+
+    try:
+        folders = {locate(spec, allow_download=False).parent for spec in fm.DATASET_FILES.values()}
+    except DataNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not found by the search order ({exc.args[0].splitlines()[0]}); run `make demo` "
+                    f"(installs Debian's dataset-fashion-mnist) or set ROBUSTLR_DATA_DIR")
+    if len(folders) != 1:
+        pytest.skip(f"Fashion-MNIST's files are spread over several folders ({sorted(map(str, folders))})")
+    return folders.pop()
+
+
+# -- test tiers ---------------------------------------------------------------------------------
+# `make test` runs the fast tier: every test without one of the markers below. `make test-all` (CI)
+# runs every tier. The markers are given here, in one table, not in the test files: a file (or one
+# test of it) belongs to a tier by its path. `science` may also be set in a file by hand.
+TIERS = {
+    "science": "trains on the real datasets at a reduced budget and checks the paper's numbers (minutes)",
+    "multiprocess": "starts processes (worker pools, Ray, killed and resumed runs, sweeps of subprocesses)",
+    "packaging": "builds the wheel or a virtual environment",
+    "deployment": "runs Flower's SuperLink/SuperNodes as separate processes",
+    "slow": "a single-process test of the real pipeline that takes over ~20 s on 2 cores",
+}
+#: path (a file, or file::test name prefix) -> tier
+TIER_OF = {
+    "tests/science/": "science",
+    "tests/analysis/test_pipeline.py": "science",
+    "tests/sim/engines/test_processes.py": "multiprocess",
+    "tests/sim/engines/test_allocator.py": "multiprocess",
+    "tests/sim/test_faults.py": "multiprocess",
+    "tests/experiments/test_sweep.py": "multiprocess",
+    "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
+    "tests/integrations/flower/test_simulation.py": "multiprocess",
+    "tests/integrations/flower/test_deployment.py": "deployment",
+    "tests/test_packaging.py": "packaging",
+    "tests/integrations/flower/test_equivalence.py": "slow",
+}
+
+
+def pytest_configure(config):
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).resolve().parents[1]
+    for item in items:
+        rel = Path(item.fspath).resolve().relative_to(root).as_posix()
+        node = f"{rel}::{item.name}"
+        for where, tier in TIER_OF.items():
+            if node.startswith(where) or rel == where:
+                item.add_marker(getattr(pytest.mark, tier))
 
 
 def tiny_dataset(n_train: int = 240, n_test: int = 60, seed: int = 0, channels: int = 1, size: int = 28) -> ImageDataset:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from robustlr._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from robustlr.sim.config import ExperimentConfig

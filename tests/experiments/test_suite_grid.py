@@ -104,7 +104,7 @@ def test_shipped_suites_expand_and_their_paper_rows_exist():
         assert paper_rows and paper_rows <= set(suite.row_keys("paper")), name
 
 
-def test_a_sweep_resolves_the_relative_trigger_from_its_reference(tmp_path, data_dir):
+def test_a_sweep_resolves_the_relative_trigger_from_its_reference(tmp_path, fmnist_dir):
     suite = _suite(tmp_path, """name = "rel"
 preset = "demo-iid"
 [budget.lite]
@@ -122,7 +122,7 @@ label = "switch"
 rlr_from_val_acc_of = "clean"
 rlr_from_val_acc_fraction = 0.5
 """)
-    state = sweep(suite, tmp_path / "res", "lite", jobs=2, data_dir=str(data_dir))
+    state = sweep(suite, tmp_path / "res", "lite", jobs=2, data_dir=str(fmnist_dir))
     assert (state.done, state.failed) == (2, [])
     folder = tmp_path / "res" / "rel"
     ref = json.loads((folder / "rel-clean" / "summary.json").read_text())
@@ -136,7 +136,7 @@ rlr_from_val_acc_fraction = 0.5
     assert [m["rlr_on"] for m in metrics] == [m["round"] >= summary["rlr_switch_round"] for m in metrics]
     assert json.loads((folder / "rel-switch" / "suite-run.json").read_text())["after"] == "rel-clean"
     # a second sweep resolves the same value and skips both
-    again = sweep(suite, tmp_path / "res", "lite", jobs=2, data_dir=str(data_dir))
+    again = sweep(suite, tmp_path / "res", "lite", jobs=2, data_dir=str(fmnist_dir))
     assert (again.skipped, again.done) == (2, 2)
     assert {r["label"] for r in store.query(tmp_path / "res")} == {"clean", "switch"}
 

@@ -75,9 +75,9 @@ def _models(results):
     return {p.parent.name: torch.load(p, weights_only=True) for p in sorted((results / "tiny").glob("*/model.pt"))}
 
 
-def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, suite_file, data_dir):
+def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, suite_file, fmnist_dir):
     ref = tmp_path / "ref"
-    state = sweep(load_suite(suite_file), ref, "lite", jobs=2, data_dir=str(data_dir))
+    state = sweep(load_suite(suite_file), ref, "lite", jobs=2, data_dir=str(fmnist_dir))
     assert (state.done, state.failed) == (4, [])
     from robustlr.sim.engines.select import available_cores
 
@@ -87,7 +87,7 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     out = tmp_path / "killed"
     code = "import sys; from robustlr.cli import main; sys.argv = ['robustlr'] + sys.argv[1:]; main()"
     args = [sys.executable, "-c", code, "sweep", str(suite_file), "-r", str(out), "-j", "2",
-            "--data-dir", str(data_dir)]
+            "--data-dir", str(fmnist_dir)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
     while time.time() - t0 < 120:  # until the first runs are mid-way
@@ -105,7 +105,7 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     for k in left:
         os.kill(k, signal.SIGKILL)
     assert left == [], "runs outlived their sweep"
-    again = CliRunner().invoke(app, ["sweep", str(suite_file), "-r", str(out), "-j", "2", "--data-dir", str(data_dir)])
+    again = CliRunner().invoke(app, ["sweep", str(suite_file), "-r", str(out), "-j", "2", "--data-dir", str(fmnist_dir)])
     assert again.exit_code == 0, again.output
     a, b = _models(ref), _models(out)
     assert sorted(a) == sorted(b) and len(a) == 4
@@ -116,7 +116,7 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     assert {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in rows.items()} == \
         {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in refs.items()}
     # a third sweep has nothing left to do
-    third = sweep(load_suite(suite_file), out, "lite", jobs=2, data_dir=str(data_dir))
+    third = sweep(load_suite(suite_file), out, "lite", jobs=2, data_dir=str(fmnist_dir))
     assert (third.skipped, third.done) == (4, 4)
     # the store: filters, and a rebuild from the run folders gives the same rows
     assert {r["name"] for r in store.query(out, "rlr_threshold > 0")} == {"tiny-rlr-seed=0", "tiny-rlr-seed=1"}

@@ -29,9 +29,9 @@ RUN = ["run", "demo-iid", "--set", "rounds=8", "--set", "train_limit=600", "--se
        "--set", "precision=fp32"]
 
 
-def _cli(args, data_dir, **kw):
+def _cli(args, fmnist_dir, **kw):
     code = "import sys; from robustlr.cli import main; sys.argv = ['robustlr'] + sys.argv[1:]; main()"
-    env = {**os.environ, "ROBUSTLR_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    env = {**os.environ, "ROBUSTLR_DATA_DIR": str(fmnist_dir), "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -56,10 +56,10 @@ def _wait_gone(pids, timeout=10.0) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
+def reference(tmp_path_factory, fmnist_dir):
     """The uninterrupted run's final model."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    proc = _cli([*RUN, "--out", str(out)], data_dir)
+    proc = _cli([*RUN, "--out", str(out)], fmnist_dir)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     return torch.load(out / "model.pt", weights_only=True)
@@ -79,9 +79,9 @@ def _no_partial_files(out: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, data_dir, reference, sig):
+def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, fmnist_dir, reference, sig):
     out = tmp_path / "run"
-    proc = _cli([*RUN, "--out", str(out)], data_dir)
+    proc = _cli([*RUN, "--out", str(out)], fmnist_dir)
     _wait_for_round(out, 3, proc)  # workers exist from round 1 on; now mid-way through a round
     workers = child_pids(proc.pid)
     assert len(workers) >= 2, "the processes engine should have started its workers"
@@ -98,7 +98,7 @@ def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, da
         os.kill(pid, signal.SIGKILL)
     assert left == [], "worker processes outlived their run"
     _no_partial_files(out)
-    again = _cli([*RUN, "--out", str(out)], data_dir)
+    again = _cli([*RUN, "--out", str(out)], fmnist_dir)
     _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
     assert _same_model(out, reference)

@@ -8,7 +8,8 @@ from robustlr.aggregation import ClipAndNoise, ParamLayout, RobustLR, SignAggreg
 from robustlr.models import build_model
 from robustlr.sim import seeding
 from robustlr.sim.config import load_config, make_config
-from robustlr.sim.server import apply_server_lr, build_rule, server_lr_vector
+from robustlr.errors import TrainingError
+from robustlr.sim.server import Server, apply_server_lr, build_rule, server_lr_vector
 
 
 def _layout(model="mnist-cnn"):
@@ -90,3 +91,60 @@ def test_f_and_the_agent_count_requirements_are_checked_before_work():
         make_config({"aggregator": "bulyan", "num_agents": 10, "corrupt_fraction": 0.3})
     with pytest.raises(ValueError, match=r"'krum' with f = 4 .* needs n > 2f \+ 2, i.e. at least 11"):
         make_config({"aggregator": "krum", "num_agents": 10, "corrupt_fraction": 0.4})
+
+
+def _server(corrupt=(3,), **cfg):
+    """A Server over a 4-coordinate model (nn.Linear(3, 1)), 4 agents of sizes 1, 1, 2, 4."""
+    config = make_config({"num_agents": 4, "corrupt_fraction": 0.25, "rlr_threshold": 3, **cfg})
+    layout = ParamLayout.from_module(torch.nn.Linear(3, 1))
+    return Server(config, layout, num_agents=4, agent_sizes=[1, 1, 2, 4], corrupt=corrupt)
+
+
+def test_server_step_by_hand():
+    """One round of RLR(FedAvg) theta 3 of 4, eta 0.5, worked out by hand: the weighted mean,
+    the vote, the flips, eta, the record's norms and vote telemetry."""
+    server = _server(server_lr=0.5)
+    U = torch.tensor([[1.0, 1.0, -1.0, 0.0],
+                      [1.0, 1.0, -1.0, 0.0],
+                      [1.0, -1.0, 1.0, 0.0],
+                      [-1.0, -1.0, 1.0, 2.0]])  # agent 3 is corrupt
+    g = torch.zeros(4)
+    step = server.step(1, g, U, [0, 1, 2, 3], [])
+    # weights 1, 1, 2, 4 (sum 8): mean [(1+1+2-4)/8, (1+1-2-4)/8, (-1-1+2+4)/8, 8/8] = [0, -0.5, 0.5, 1];
+    # |votes| 2, 0, 0, 1 are all below 3: every coordinate flips
+    assert torch.equal(step.aggregate, torch.tensor([0.0, 0.5, -0.5, -1.0]))
+    assert torch.equal(g, 0.5 * step.aggregate) and torch.equal(step.flipped, torch.ones(4, dtype=torch.bool))
+    r = step.record
+    assert (r.agents, r.corrupt_in_round, r.rejected, r.rlr_on, r.threshold, r.flipped_fraction) == (4, 1, [], True, 3, 1.0)
+    assert r.honest_norm == pytest.approx(3 ** 0.5) and r.corrupt_norm == pytest.approx(7 ** 0.5)
+    assert r.flipped_per_layer == {"weight": 1.0, "bias": 1.0}
+    # agreement with the applied step's signs [0, +, -, -] (3 non-zero coordinates): agents 0 and 1
+    # agree on 2 of 3 (their zero entry disagrees), agents 2 and 3 on none
+    assert r.honest_agreement == pytest.approx((2 / 3 + 2 / 3 + 0.0) / 3) and r.corrupt_agreement == 0.0
+
+
+def test_server_step_rejects_a_nan_update_and_scales_theta_with_the_voters_left():
+    server = _server(rlr_threshold=4)  # 4 of 4: with 3 voters left, ceil(4 * 3 / 4) = 3
+    U = torch.ones(4, 4)
+    U[1, 2] = float("nan")
+    g = torch.zeros(4)
+    step = server.step(1, g, U, [0, 1, 2, 3], [])
+    assert step.agents == [0, 2, 3] and step.record.rejected == [1]
+    assert step.record.rejections[0]["reason"] == "non-finite" and step.record.threshold == 3
+    assert torch.equal(g, torch.ones(4))  # unanimous: nothing flipped, the plain weighted mean of ones
+
+
+def test_server_step_follows_the_rlr_schedule_and_stops_after_rounds_without_updates():
+    server = _server(rlr_from_round=2, max_rounds_without_updates=2)
+    U = torch.tensor([[1.0, 1.0, 1.0, 1.0], [-1.0, 1.0, 1.0, 1.0]])
+    g = torch.zeros(4)
+    off = server.step(1, g, U, [0, 1], [])
+    assert off.record.rlr_on is False and off.flipped is None and off.record.flipped_fraction is None
+    assert torch.equal(g, torch.tensor([0.0, 1.0, 1.0, 1.0]))  # the base rule: the plain mean
+    on = server.step(2, g, U, [0, 1], [off.record])
+    assert on.record.rlr_on is True and on.record.threshold == 2  # 3 of 4, two voters: ceil(1.5)
+    nan = torch.full((1, 4), float("nan"))
+    empty = server.step(3, g, nan, [0], [off.record, on.record])
+    assert (empty.record.agents, empty.aggregate) == (0, None)
+    with pytest.raises(TrainingError, match="rejected .* in 2 consecutive rounds"):
+        server.step(4, g, nan, [0], [off.record, on.record, empty.record])

@@ -178,7 +178,8 @@ def attribute_run(run_dir: str | Path, k: int = 100, samples: int = 256, every: 
     ``attribution.json`` there (or to ``out``): the per-round records, the settings, and whether
     the replay ended with the run's own final numbers."""
     from robustlr.sim.checkpoint import atomic_write_text
-    from robustlr.sim.loop import read_run_config, run_experiment
+    from robustlr.sim.loop import run_experiment
+    from robustlr.sim.rundir import read_run_config
     from robustlr.sim.records import read_summary
 
     run_dir = Path(run_dir)

@@ -63,7 +63,8 @@ def pretrain(
     config to a TOML file and give init_model = "pretrained:FILE.toml".
     """
     from robustlr.reports.tables import summary_table
-    from robustlr.sim.pretrain import pretrain as build, pretrain_config, pretrained_dir
+    from robustlr.sim.loop import pretrain as build
+    from robustlr.sim.pretrain import pretrain_config, pretrained_dir
     from robustlr.sim.records import read_summary
 
     cfg = pretrain_config(config, set_)
@@ -83,7 +84,8 @@ def pretrain(
 def _run_on_flower(cfg, out: Path, data_dir) -> None:
     from robustlr.errors import EngineError
     from robustlr.reports.tables import summary_table
-    from robustlr.sim.loop import check_device, check_out_dir
+    from robustlr.sim.engines import check_device
+    from robustlr.sim.rundir import check_out_dir
     from robustlr.sim.records import read_summary
 
     try:

@@ -42,7 +42,7 @@ def _wait_http(port: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
-def test_two_rounds_of_robustlr_on_a_real_superlink_and_three_supernodes(tmp_path, data_dir):
+def test_two_rounds_of_robustlr_on_a_real_superlink_and_three_supernodes(tmp_path, fmnist_dir):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(tmp_path / "home"),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     link = _free_port()
@@ -66,7 +66,7 @@ def test_two_rounds_of_robustlr_on_a_real_superlink_and_three_supernodes(tmp_pat
                    "--port", str(_free_port()), "--node-config", f"partition-id={i}"], f"supernode{i}.log")
         overrides = ("num_agents=3; corrupt_fraction=0.34; rlr_threshold=2; rounds=2; train_limit=300; "
                      "threads=1; checkpoint_every=0")
-        run_config = f"robustlr-set='{overrides}' robustlr-data-dir='{data_dir}' robustlr-out='{tmp_path / 'out'}'"
+        run_config = f"robustlr-set='{overrides}' robustlr-data-dir='{fmnist_dir}' robustlr-out='{tmp_path / 'out'}'"
         res = subprocess.run([str(BIN / "flwr"), "run", str(app), "test", "--stream", "--run-config", run_config],
                              env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr

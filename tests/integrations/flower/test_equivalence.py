@@ -42,7 +42,7 @@ def _task_identity(monkeypatch):
     ["boost_factor=10.0", "stealth='project'", "aggregator='multikrum'", "rlr_threshold=0"],
 ], ids=["fedavg-rlr", "sign-clip-noise", "participation-schedule", "warm-start-late-attack", "boost-screened",
         "stealth-multikrum"])
-def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
+def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model
 
@@ -51,10 +51,10 @@ def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
         overrides = [o.replace("WARM", str(tmp_path / "warm.pt")) for o in overrides]
     cfg = load_config("demo-iid", ["rounds=3", "train_limit=600", "eval_every=1", "precision=fp32",
                                    "train_mode=sequential", "threads=1", *overrides])
-    ours = run_experiment(cfg, data_dir=str(data_dir))
+    ours = run_experiment(cfg, data_dir=str(fmnist_dir))
     grid = InProcessGrid(make_client_app(), num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
-                                                                      "robustlr-data-dir": str(data_dir)})
-    result = run_on_grid(grid, cfg, str(data_dir))
+                                                                      "robustlr-data-dir": str(fmnist_dir)})
+    result = run_on_grid(grid, cfg, str(fmnist_dir))
     assert grid.failed == 0
     theirs = flat_of(result.arrays, cfg)
     diff = (theirs - ours.global_params).abs().max().item()
@@ -72,7 +72,7 @@ def test_flower_gives_the_simulators_model(data_dir, overrides, tmp_path):
     assert final["backdoor_acc"] == pytest.approx(last.backdoor_acc, abs=2e-2)
 
 
-def test_a_node_that_does_not_reply_is_recorded_and_the_round_goes_on(data_dir):
+def test_a_node_that_does_not_reply_is_recorded_and_the_round_goes_on(fmnist_dir):
     """A straggler (here a node whose ClientApp fails) sends no reply: the round aggregates the
     replies it has, and the round record names the missing agent as rejected."""
     from robustlr.integrations.flower import apps
@@ -90,8 +90,8 @@ def test_a_node_that_does_not_reply_is_recorded_and_the_round_goes_on(data_dir):
         return apps.train_message(msg, context)
 
     grid = InProcessGrid(client, num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
-                                                           "robustlr-data-dir": str(data_dir)})
-    result = run_on_grid(grid, cfg, str(data_dir))
+                                                           "robustlr-data-dir": str(fmnist_dir)})
+    result = run_on_grid(grid, cfg, str(fmnist_dir))
     assert grid.failed == 2  # agent 3 in each of the 2 rounds
     assert [(r.round, r.agents, r.rejected) for r in result.robustlr_records] == [(1, 9, [3]), (2, 9, [3])]
     assert result.train_metrics_clientapp[2]["replies"] == 9
@@ -104,16 +104,16 @@ TIMING = {"seconds", "seconds_training", "seconds_aggregation", "seconds_telemet
     [],                                                     # FedAvg + RLR theta 4 of 10: flips, vote telemetry
     ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2", "boost_factor=20.0", "screen_norm_multiple=3.0"],
 ], ids=["fedavg-rlr", "schedule-boost-screened"])
-def test_one_server_step_the_same_records_and_model_on_flower(data_dir, overrides):
+def test_one_server_step_the_same_records_and_model_on_flower(fmnist_dir, overrides):
     """Both paths call robustlr.sim.server.Server.step: after 3 rounds the global models are equal
     bit for bit and every field of every round record (vote telemetry, flips per layer, norms,
     rejections, evaluation) is the same, timings aside."""
     cfg = load_config("demo-iid", ["rounds=3", "train_limit=600", "eval_every=1", "precision=fp32",
                                    "train_mode=sequential", "threads=1", *overrides])
-    ours = run_experiment(cfg, data_dir=str(data_dir))
+    ours = run_experiment(cfg, data_dir=str(fmnist_dir))
     grid = InProcessGrid(make_client_app(), num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
-                                                                      "robustlr-data-dir": str(data_dir)})
-    result = run_on_grid(grid, cfg, str(data_dir))
+                                                                      "robustlr-data-dir": str(fmnist_dir)})
+    result = run_on_grid(grid, cfg, str(fmnist_dir))
     assert torch.equal(flat_of(result.arrays, cfg), ours.global_params)
     theirs = [r.model_dump(exclude=TIMING) for r in result.robustlr_records]
     mine = [r.model_dump(exclude=TIMING) for r in ours.records]

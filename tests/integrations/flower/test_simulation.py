@@ -18,12 +18,12 @@ ARGS = ["--set", "rounds=2", "--set", "train_limit=400", "--set", "precision=fp3
         "--set", "checkpoint_every=0", "--set", "eval_every=1"]
 
 
-def test_flower_engine_writes_the_run_folder_with_the_builtin_model(tmp_path, data_dir):
+def test_flower_engine_writes_the_run_folder_with_the_builtin_model(tmp_path, fmnist_dir):
     runner = CliRunner()
     flower = runner.invoke(app, ["run", "demo-iid", *ARGS, "--engine", "flower", "--out", str(tmp_path / "f"),
-                                 "--data-dir", str(data_dir)])
+                                 "--data-dir", str(fmnist_dir)])
     assert flower.exit_code == 0, flower.output
-    builtin = runner.invoke(app, ["run", "demo-iid", *ARGS, "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)])
+    builtin = runner.invoke(app, ["run", "demo-iid", *ARGS, "--out", str(tmp_path / "b"), "--data-dir", str(fmnist_dir)])
     assert builtin.exit_code == 0, builtin.output
     summary = read_summary(tmp_path / "f" / "summary.json")
     assert summary.engine == "flower" and summary.rounds == 2
