@@ -213,3 +213,18 @@ def test_the_extras_hold_what_they_say():
     assert set(extras["all"]) == union and len(extras["all"]) == len(union)  # each once, none forgotten
     assert union <= set(extras["test"])  # `make test` installs .[test]: every feature is tested
     assert {r.split(">")[0].split("<")[0] for r in set(extras["test"]) - union} == {"pytest", "hypothesis", "build"}
+
+
+def test_robustlr_run_on_flower_without_flwr_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from robustlr.cli import app
+
+    _block(monkeypatch, "flwr")
+    for name in [m for m in sys.modules if m.startswith("robustlr.integrations.flower")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, without flwr
+    res = CliRunner().invoke(app, ["run", "demo-iid", "--engine", "flower", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == ("error: robustlr.integrations.flower needs flwr, which is not "
+                                            "installed: pip install 'robustlr[flower]'")
+    assert not (tmp_path / "run").exists()

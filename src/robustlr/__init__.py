@@ -9,9 +9,13 @@ The package has one folder per concern; imports go one way, from the top of this
     sim                      config and presets, federation, engines/, server, loop, records
     aggregation, data,       rules over a stacked update matrix; datasets; trojans and
     attacks, models          poisoning; the networks
-    errors                   robustlr's own error types
+    errors, _optional        robustlr's own error types; the check that names a missing extra
 
-``robustlr.run(config)`` and ``robustlr.load_config(...)`` are the entry points for a script::
+``pip install robustlr`` (torch and numpy) is enough for :mod:`robustlr.aggregation`; the simulator,
+the command line and the rest need extras (``robustlr[sim]``, ...; see the README) and name theirs
+when it is missing.
+
+``robustlr.run(config)`` and ``robustlr.load_config(...)`` (``robustlr[sim]``) are the entry points for a script::
 
     import robustlr
     cfg = robustlr.load_config("demo-iid", ["rounds=4"])

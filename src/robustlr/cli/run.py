@@ -82,16 +82,13 @@ def pretrain(
 
 
 def _run_on_flower(cfg, out: Path, data_dir) -> None:
-    from robustlr.errors import EngineError
     from robustlr.reports.tables import summary_table
     from robustlr.sim.engines import check_device
     from robustlr.sim.rundir import check_out_dir
     from robustlr.sim.records import read_summary
 
-    try:
-        from robustlr.integrations.flower.simulation import run_on_flower
-    except ImportError as exc:
-        raise EngineError(f"--engine flower needs the Flower extra ({exc}): pip install 'robustlr[flower]'") from None
+    # without flwr (or Ray) this raises MissingDependencyError, a RobustlrError naming the `flower` extra
+    from robustlr.integrations.flower.simulation import run_on_flower
     check_device(cfg.device)
     check_out_dir(out, cfg)
     console.print(f"[bold]{cfg.name}[/] on Flower's simulation runtime: {cfg.num_agents} virtual nodes, "
