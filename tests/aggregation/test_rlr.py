@@ -114,7 +114,7 @@ def test_threshold_has_one_form():
                      ("4", "count of agents"), (True, "count of agents")]:
         with pytest.raises(ValueError, match=msg):
             Threshold.of(bad)
-    with pytest.raises(ValueError, match="exceeds the 10 agents"):
+    with pytest.raises(ValueError, match="exceeds the 10 agents in a round"):
         Threshold.of(11, full_round=10)
     with pytest.raises(ValueError, match="exactly one"):
         Threshold(count=1, fraction=0.1)

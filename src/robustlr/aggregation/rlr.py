@@ -107,8 +107,9 @@ class Threshold:
                 raise ValueError(f"full_round must be an integer >= 1 (agents in a full round), got {self.full_round!r}")
             if self.count is not None and self.count > self.full_round:
                 raise ValueError(
-                    f"threshold={self.count} exceeds the {self.full_round} agents of a round; no coordinate "
-                    f"could reach it. Lower it (threshold_range(K, F) gives the paper's range) or use a fraction")
+                    f"threshold={self.count} exceeds the {self.full_round} agents in a round; no coordinate "
+                    f"could reach it. Lower it (threshold_range(K, F) gives the paper's range K*F+1 .. K-K*F) "
+                    f"or use a fraction")
 
     @classmethod
     def of(cls, value: "Threshold | int | float", full_round: int | None = None) -> "Threshold":

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from robustlr.aggregation.rlr import Threshold
 from robustlr.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -201,8 +202,6 @@ class ExperimentConfig(BaseModel):
         problems = []
         if self.base_class == self.target_class:
             problems.append(f"base_class and target_class are both {self.base_class}: the backdoor must change the label")
-        if self.rlr_threshold >= 1 and not float(self.rlr_threshold).is_integer():
-            problems.append(f"rlr_threshold={self.rlr_threshold}: use an integer count of agents or a fraction in (0, 1)")
         if self.dataset in ("femnist-leaf", "femnist-tff"):
             if self.model != "mnist-cnn":
                 problems.append(f"model {self.model!r} does not fit {self.dataset} (28x28 grayscale): use mnist-cnn")
@@ -228,13 +227,13 @@ class ExperimentConfig(BaseModel):
                 f"corrupt_fraction={self.corrupt_fraction} of num_agents={self.num_agents} is floor(F*K) = 0 corrupt "
                 f"agents: the run would have no attack. Set corrupt_fraction = 0 for a clean run, or raise num_agents "
                 f"or corrupt_fraction")
-        if self.num_agents is not None:
-            per_round = self.agents_per_round(self.num_agents)
-            if self.rlr_threshold >= 1 and self.rlr_threshold > per_round:
-                problems.append(
-                    f"rlr_threshold={int(self.rlr_threshold)} exceeds the {per_round} agents in a round "
-                    f"(K={self.num_agents}, C={self.participation}); the paper's range is K*F+1 .. K-K*F"
-                )
+        # theta is validated in one place, robustlr.aggregation.Threshold (a count of a full round, or a fraction)
+        try:
+            Threshold.of(self.rlr_threshold,
+                         full_round=self.agents_per_round(self.num_agents) if self.num_agents is not None else None)
+        except ValueError as exc:
+            where = f" (K={self.num_agents}, C={self.participation})" if self.num_agents is not None else ""
+            problems.append(f"rlr_{exc}{where}" if str(exc).startswith("threshold") else f"rlr_threshold: {exc}")
         if self.trojan_value is not None and not 0 <= self.trojan_value <= 255:
             problems.append(
                 f"trojan_value={self.trojan_value} is not a pixel value: use an integer in 0..255, "
