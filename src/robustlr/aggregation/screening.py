@@ -18,7 +18,7 @@ One module serves the simulator (:mod:`robustlr.sim.loop`) and the Flower strate
 
 A rejected update is recorded (:class:`Rejection`: the row, the agent, the reason and a
 detail), logged by the caller, and left out; the round goes on with the rest. The robust
-learning rate's threshold then follows the rule of :func:`robustlr.sim.server.build_rule`:
+learning rate's threshold then follows :class:`robustlr.aggregation.Threshold` (a count of a full round):
 theta scales with the voters left.
 
 Norm screening alone is a defense against boosted (model-replacement) updates; an attacker
