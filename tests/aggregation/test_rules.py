@@ -12,6 +12,7 @@ from robustlr.aggregation import (
     FoolsGold,
     RobustLR,
     SignAggregation,
+    TrimmedMean,
 )
 from robustlr.aggregation.base import sign_vote
 
@@ -205,3 +206,24 @@ def test_clipping_scales_a_row_whose_norm_overflows_instead_of_zeroing_it():
     assert n == 1
     torch.testing.assert_close(clipped[0], torch.tensor([0.7071068, 0.7071068]))
     assert torch.equal(clipped[1], V[1])
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, 1e38), (torch.float16, 6e4)])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("make", [lambda: FedAvg(), lambda: RobustLR(FedAvg(), threshold=2),
+                                  lambda: TrimmedMean(0.2), lambda: TrimmedMean(0.0)],
+                         ids=["fedavg", "rlr-fedavg", "trimmed-mean", "trimmed-mean-b0"])
+def test_a_sum_that_overflows_gives_the_representable_mean(make, weighted, dtype, big):
+    """Six finite updates near the largest float: the plain sum overflows, the mean does not. The
+    rules weight each row by its share instead (as comed never sums), so the result is the mean
+    computed in float64, not inf."""
+    U = torch.full((6, 4), big, dtype=dtype)
+    U[:, 1] = -big
+    U[:, 2] = big / 2
+    w = torch.tensor([1.0, 2, 3, 4, 5, 6]) if weighted else None
+    rule = make()
+    out = rule(U, weights=w)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    # every row equal per column: any mean, weighted or trimmed, is that value
+    expected = U[0].double()
+    assert torch.allclose(out.double(), expected, rtol=2e-3 if dtype == torch.float16 else 1e-6)

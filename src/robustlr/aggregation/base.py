@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AggregationRule", "FusedCheckRule", "sign_vote", "validate_inputs", "check_finite_rows", "column_chunk"]
+__all__ = ["AggregationRule", "FusedCheckRule", "overflowed", "sign_vote", "wider", "validate_inputs", "check_finite_rows", "column_chunk"]
 
 # Column blocks of about this many elements (4 MiB of float32) keep a block of the update
 # matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
@@ -138,6 +138,23 @@ def check_finite_rows(updates: Tensor, row_stats: Tensor | None = None) -> None:
             f"updates contain non-finite values (NaN or inf) in agent rows {bad}; "
             f"drop or repair those agents' updates before aggregating"
         )
+
+
+def overflowed(out: Tensor) -> bool:
+    """Whether ``out``, a result computed from finite inputs, holds inf: its sum overflowed.
+
+    A cheap sum first; the exact check only when that sum is not finite (a sum of huge finite
+    entries may overflow while every entry is finite)."""
+    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+    if math.isfinite(float(out.sum(dtype=acc))):
+        return False
+    return not bool(torch.isfinite(out).all())
+
+
+def wider(dtype: torch.dtype) -> torch.dtype | None:
+    """The floating type to redo an overflowing sum in (half types: float32; float32: float64);
+    None for float64, where the rule divides before it sums instead."""
+    return {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float64}.get(dtype)
 
 
 def validate_inputs(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, column_chunk
+from .base import AggregationRule, column_chunk, overflowed, wider
 
 __all__ = ["TrimmedMean", "Krum", "Bulyan", "GeometricMedian", "gram_matrix", "pairwise_sq_distances"]
 
@@ -187,14 +187,27 @@ class TrimmedMean(AggregationRule):
         b = self.n_trimmed(n_agents)
         self.telemetry = {"n_trimmed": b}
         if b == 0:
-            return updates.sum(dim=0).div_(n_agents)
+            out = updates.sum(dim=0).div_(n_agents)
+            if not overflowed(out):
+                return out
+            # a sum that overflows (finite float32 near 1e38): a wider type, as FedAvg does
+            wide = wider(updates.dtype)
+            return (updates.to(wide).sum(dim=0).div_(n_agents).to(updates.dtype) if wide is not None
+                    else torch.sum(updates / n_agents, dim=0))
         kept = n_agents - 2 * b
         out = torch.empty(n_params, dtype=updates.dtype, device=updates.device)
         step = column_chunk(n_agents, updates.device)
         for start in range(0, n_params, step):
             ordered = torch.sort(updates[:, start : start + step], dim=0).values
             torch.sum(ordered[b : n_agents - b], dim=0, out=out[start : start + step])
-        return out.div_(kept)
+        out.div_(kept)
+        if overflowed(out):  # the kept values' sum overflowed: redo it in a wider type (or divide first)
+            wide = wider(updates.dtype)
+            for start in range(0, n_params, step):
+                ordered = torch.sort(updates[:, start : start + step], dim=0).values[b : n_agents - b]
+                block = ordered.to(wide).sum(dim=0).div_(kept) if wide is not None else torch.sum(ordered / kept, dim=0)
+                out[start : start + step] = block.to(updates.dtype)
+        return out
 
     def __repr__(self) -> str:
         return f"TrimmedMean(beta={self.beta!r})"

@@ -11,6 +11,8 @@ from torch import Tensor
 from .base import (
     AggregationRule,
     check_finite_rows,
+    overflowed,
+    wider,
     column_chunk,
     sign_vote,
 )
@@ -49,8 +51,22 @@ class FedAvg(AggregationRule):
         # updates.mean(0)), a matrix-vector product with them; dividing by the total
         # afterwards keeps small integer examples exact.
         if weights is None:
-            return updates.sum(dim=0).div_(updates.shape[0])
-        return torch.mv(updates.t(), weights).div_(weights.sum())
+            out = updates.sum(dim=0).div_(updates.shape[0])
+        else:
+            out = torch.mv(updates.t(), weights).div_(weights.sum())
+        if overflowed(out):
+            # finite updates whose sum overflows although their mean is representable (float32 near
+            # 1e38, float16 near 6e4): redo it in a wider type, or (float64) weight each row by its
+            # share first, so that no partial sum exceeds the largest update
+            wide = wider(updates.dtype)
+            if wide is not None:
+                out = FedAvg._mean(updates.to(wide), None if weights is None else weights.to(wide)).to(updates.dtype)
+            else:
+                n = updates.shape[0]
+                share = (torch.full((n,), 1.0 / n, dtype=updates.dtype, device=updates.device) if weights is None
+                         else weights / weights.sum())
+                out = torch.mv(updates.t(), share)
+        return out
 
     def aggregate_checking_finite(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None
@@ -62,9 +78,6 @@ class FedAvg(AggregationRule):
         # the exact check then clears); torch.isfinite(out).all() measured 50x slower
         if not math.isfinite(float(out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32))):
             check_finite_rows(updates)  # names the rows (or passes if only a sum overflowed)
-            if not bool(torch.isfinite(out).all()):
-                # finite rows whose sum overflowed although the mean is representable: redo it in float64
-                out = self._mean(updates.to(torch.float64), None if weights is None else weights.double()).to(out.dtype)
         elif weights is not None:
             zero = (weights == 0).nonzero().flatten()
             if zero.numel():
