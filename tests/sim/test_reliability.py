@@ -20,11 +20,18 @@ def cfg_of(**kw):
     return make_config({**BASE, **kw})
 
 
-def test_a_model_that_becomes_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
-    # a finite config value can still overflow: eta 1e39 times any non-zero update is inf in float32
-    cfg = cfg_of(server_lr=1e39, rlr_threshold=0)
+def test_a_model_that_becomes_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny,
+                                                                                           monkeypatch):
+    # finite values can still overflow: eta 1000 (the largest the config takes) times the mean of a
+    # 1e37 update and three honest ones (2.5e36) is inf in float32
+    cfg = cfg_of(server_lr=1000.0, rlr_threshold=0)
+    sim = Simulation(cfg, build_federation(cfg, tiny()), tmp_path)
+    real = sim.engine.train_agent
+    monkeypatch.setattr(sim.engine, "train_agent",
+                        lambda g, idx, r, agent, sign=1.0: real(g, idx, r, agent, sign).fill_(1e37) if agent == 0
+                        else real(g, idx, r, agent, sign))
     with pytest.raises(TrainingError, match="round 1: the global model became non-finite"):
-        run_experiment(cfg, tmp_path, dataset=tiny())
+        sim.run()
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "model.pt").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == ""  # no garbage round recorded
 

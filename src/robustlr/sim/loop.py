@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -187,6 +188,14 @@ class Simulation:
         if round_ % cfg.eval_every == 0 or round_ == cfg.rounds:
             self.model.load_state_dict(self.layout.unflatten(self.global_params))
             metrics = evaluate(self.model, fed.val_x, fed.val_y, cfg.base_class, fed.backdoor_x, cfg.target_class)
+            if not math.isfinite(metrics["val_loss"]):
+                # a finite but huge model (an update near the float range slipped through): its accuracy
+                # would be reported as a result; a collapse to chance with a finite loss is one, this is not
+                raise TrainingError(
+                    f"round {round_}: the validation loss is {metrics['val_loss']} (the global model's outputs "
+                    f"overflow; largest |parameter| {float(self.global_params.abs().max()):.3g}): the run's numbers "
+                    f"would be garbage. {self._kept()} Lower server_lr or boost_factor, or turn on "
+                    f"screen_norm_multiple")
             rec = rec.model_copy(update={"evaluated": True, **metrics})
         rec.seconds = time.perf_counter() - t0
         return rec
@@ -238,6 +247,12 @@ class Simulation:
                     self._checkpoint(r)
             if self.on_round is not None:
                 self.on_round(rec)
+        trailing = next((i for i, r in enumerate(reversed(self.records)) if r.agents), len(self.records))
+        if trailing:
+            raise TrainingError(
+                f"the last {trailing} round(s) aggregated no update (every one was rejected; see 'rejections' in "
+                f"metrics.jsonl): the final model is round {cfg.rounds - trailing}'s and would be reported as "
+                f"round {cfg.rounds}'s. {self._kept()}")
         return self._finish()
 
     def _finish(self) -> RunResult:

@@ -98,6 +98,9 @@ class RunSummary(BaseModel):
     base_acc: float | None = None
     backdoor_acc: float | None = None
     rlr_switch_round: int | None = None  # the first round RLR was on (None: never, or no RLR)
+    # the final validation accuracy at or below 1.5 x chance (1 / classes): the model collapsed. Under
+    # attack that is a result (the attack won), not a failure; None when nothing was evaluated
+    collapsed: bool | None = None
     seconds: float
     seconds_per_round: float
     engine: str
