@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 
@@ -74,3 +75,114 @@ def test_rounding_helpers():
     assert cfg.agents_per_round(3383) == 33  # floor(C*K), as the authors sample
     assert cfg.num_corrupt(3383) == 338
     assert cfg.agents_per_round(10) == 1
+
+
+# -- ranges and contradictions a run refused only after the data loaded, or ran as garbage
+@pytest.mark.parametrize("override, message", [
+    (["attack=dba", "dba_parts=50"], "dba_parts=50: must be an integer in 1..9 (the plus trojan's pixels), got 50"),
+    (["server_lr=1e38"], "server_lr=1e+38 is outside (0, 1000]"),
+    (["boost_factor=1e37"], "boost_factor=1e+37 is outside (0, 10000]"),
+    (["trojan_position='99,99'"], "trojan_position='99,99': a trojan of 5x5 pixels placed at row 99, column 99 does "
+                                  "not fit a 28x28 image; choose a row <= 23 and a column <= 23"),
+    (["train_limit=10000000"], "train_limit=10000000 exceeds the 60000 training images of fashion-mnist"),
+    (["partition=shards", "classes_per_client=100"], "classes_per_client=100 exceeds the 10 classes of fashion-mnist: "
+                                                     "use 1..10"),
+    (["rlr_from_round=201"], "rlr_from_round=201 is after the last round (200): RLR would never switch on"),
+    (["attack='label-flip'", "trojan_value=3"], "leave trojan, trojan_position and trojan_value unset"),
+])
+def test_out_of_range_and_contradictory_values_are_refused(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config("iid-rlr", override)
+    assert message in str(exc.value)
+
+
+def test_the_bounds_themselves_are_accepted():
+    cfg = load_config("iid-rlr", ["server_lr=1000.0", "boost_factor=10000.0", "train_limit=60000",
+                                  "trojan_position='23,23'", "rlr_from_round=200"])
+    assert (cfg.server_lr, cfg.boost_factor, cfg.train_limit) == (1000.0, 10000.0, 60000)
+    assert load_config("cifar-dba-paper-fedavg", ["dba_parts=9"]).dba_parts == 9
+    assert load_config("iid-rlr", ["partition=shards", "classes_per_client=10"]).classes_per_client == 10
+
+
+def test_train_limit_with_the_natural_partition_is_refused_before_the_data_loads():
+    with pytest.raises(ConfigError, match="train_limit cannot be combined with partition = 'natural'"):
+        load_config("noniid-paper-rlr", ["train_limit=1000"])
+
+
+# -- inert keys: warned about, and left out of the config hash
+INERT = [
+    ("iid-fedavg", "rlr_from_round=5", "rlr_threshold = 0 (no RLR)"),
+    ("iid-fedavg", "rlr_from_val_acc=0.9", "rlr_threshold = 0 (no RLR)"),
+    ("iid-rlr", "rlr_scope='all'", "model mnist-cnn has no batch-norm buffers"),
+    ("iid-rlr", "buffer_aggregation='rule'", "model mnist-cnn has no batch-norm buffers"),
+    ("iid-rlr", "assumed_corrupt=2", "aggregator fedavg (only krum, multikrum and bulyan use it)"),
+    ("iid-rlr", "multikrum_keep=3", "aggregator fedavg (only multikrum)"),
+    ("iid-rlr", "trim_fraction=0.2", "aggregator fedavg (only trimmed-mean)"),
+    ("iid-rlr", "comed_even='lower'", "aggregator fedavg (only comed)"),
+    ("iid-rlr", "flame_noise_lambda=0.01", "aggregator fedavg (only flame)"),
+    ("iid-rlr", "dirichlet_alpha=0.1", "partition iid (only dirichlet)"),
+    ("iid-rlr", "classes_per_client=100", "partition iid (only shards)"),
+    ("iid-rlr", "digits_only=false", "dataset fashion-mnist (only femnist-leaf and femnist-tff)"),
+    ("iid-rlr", "data_sources=['x']", "dataset fashion-mnist (only femnist-leaf and femnist-tff)"),
+    ("iid-rlr", "dba_parts=3", "attack trojan (only dba)"),
+    ("iid-rlr", "dba_split='disjoint'", "attack trojan (only dba)"),
+    ("cifar-dba-paper-fedavg", "dba_parts=3 dba_split='disjoint'", "trojan plus in 3 parts (only the plus in 4 parts has a split choice)"),
+    ("iid-rlr", "stealth_multiple=2.0", "stealth = 'none'"),
+    ("iid-rlr", "adaptive_top_fraction=0.5", "adaptive = 'none'"),
+    ("iid-rlr", "clip_scope='server'", "clip_norm = 0 (no clipping)"),
+]
+
+
+@pytest.mark.parametrize("preset, override, why", INERT, ids=[o for _, o, _ in INERT])
+def test_an_inert_key_is_warned_about_and_does_not_change_the_hash(preset, override, why, caplog):
+    from robustlr.sim.config import config_hash
+
+    overrides = override.split()
+    key = overrides[-1].split("=")[0]
+    base = load_config(preset, overrides[:-1])
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        cfg = load_config(preset, overrides)
+    assert cfg.inert_keys()[key] == why
+    assert f"{key} = {getattr(cfg, key)!r} has no effect with {why}; it is left out of the config hash" in caplog.text
+    assert config_hash(cfg) == config_hash(base)
+
+
+@pytest.mark.parametrize("preset, override", [
+    ("iid-rlr", "rlr_from_round=5"), ("iid-rlr", "rlr_scope='all' model='cifar-cnn-bn' dataset='cifar10'"),
+    ("iid-rlr", "dirichlet_alpha=0.1 partition='dirichlet'"), ("iid-rlr", "assumed_corrupt=1 aggregator='krum'"),
+    ("iid-rlr", "clip_scope='server' clip_norm=4.0"), ("iid-rlr", "dba_parts=3 attack='dba'"),
+    ("iid-rlr", "poison_fraction=0.3"),
+])
+def test_the_same_key_where_it_acts_changes_the_hash(preset, override):
+    from robustlr.sim.config import config_hash
+
+    overrides = override.split()
+    cfg = load_config(preset, overrides)
+    assert cfg.inert_keys() == {}
+    assert config_hash(cfg) != config_hash(load_config(preset, overrides[1:]))
+
+
+def test_a_clean_run_ignores_the_attack_keys_silently(caplog):
+    from robustlr.sim.config import config_hash
+
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        cfg = load_config("iid-clean", ["poison_fraction=0.3", "corrupt_loss='negated'", "attack_from_round=5"])
+    assert set(cfg.inert_keys()) == {"poison_fraction", "corrupt_loss", "attack_from_round"}
+    assert caplog.text == ""  # a clean baseline inherits these from the attacked config it is derived from
+    assert config_hash(cfg) == config_hash(load_config("iid-clean"))
+
+
+def test_no_preset_has_an_inert_key_that_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        for name in list_presets():
+            load_config(name)
+    assert caplog.text == ""
+
+
+def test_the_presets_hashes_are_those_of_the_committed_results():
+    from robustlr.sim.config import config_hash
+
+    # docs/reproduction/cifar-demo/*/summary.json: pretrain_config_hash; the pretrained cache folder's name
+    assert config_hash(load_config("cifar-pretrain")) == "483bc622eadff2c5"
+    assert config_hash(load_config("iid-rlr")) == "703e46a6f2e733bf"
+    assert config_hash(load_config("iid-clean")) == "52a29251fbe16f7b"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustlr.errors import ConfigError, DataError
+from robustlr.errors import ConfigError
 from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation
 from robustlr.sim.loop import Simulation
@@ -116,8 +116,8 @@ def test_trojan_position_moves_the_poisoned_pixels_and_the_test_trojan(tiny):
     changed = (fed.backdoor_x != fed.base_x).any(dim=(0, 1))
     rows, cols = torch.nonzero(changed, as_tuple=True)
     assert (int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())) == (20, 20, 24, 24)
-    with pytest.raises(DataError, match="does not fit a 28x28 image"):
-        build_federation(make_config({**BASE, "trojan_position": "25,0"}), ds)
+    with pytest.raises(ConfigError, match="does not fit a 28x28 image"):  # refused before the data loads
+        make_config({**BASE, "trojan_position": "25,0"})
     with pytest.raises(ConfigError):
         make_config({**BASE, "trojan_position": "middle"})
 

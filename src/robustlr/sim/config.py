@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -33,6 +34,19 @@ Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
 Precision = Literal["fp32", "bf16"]
+
+log = logging.getLogger("robustlr")
+
+#: the largest eta: the server step is eta x the aggregated update, and the paper's values are 1 and 1e-3
+#: (sign); a step over 1,000 x the mean update cannot train and overflows float32 weights into inf/nan
+SERVER_LR_MAX = 1e3
+#: the largest model-replacement factor: Bagdasaryan et al. boost by about (agents per round) / eta, at
+#: most 3,383 / 1 here (every FEMNIST writer in a round); larger factors overflow float32 into inf/nan
+BOOST_FACTOR_MAX = 1e4
+#: image side of each dataset (checks made before the data loads: trojan placement, DBA parts)
+IMAGE_SIDE = {"fashion-mnist": 28, "femnist-leaf": 28, "femnist-tff": 28, "cifar10": 32}
+#: training images known before loading, for the train_limit check (FEMNIST's depend on the shards)
+TRAIN_IMAGES = {"fashion-mnist": 60_000, "cifar10": 50_000}
 
 
 class ExperimentConfig(BaseModel):
@@ -104,7 +118,9 @@ class ExperimentConfig(BaseModel):
         1, ge=1, description="corrupt agents behave honestly (their clean data, the standard loss) before this round")
     boost_factor: float = Field(
         1.0, gt=0, description="model replacement (Bagdasaryan et al.): corrupt agents scale their updates' trainable "
-        "coordinates by this factor (1 = off); with adaptive = 'scale', only the chosen coordinates")
+        "coordinates by this factor (1 = off); with adaptive = 'scale', only the chosen coordinates. In (0, 1e4]: "
+        "model replacement needs about (agents per round) / eta, at most 3,383 here; larger factors overflow "
+        "float32 weights")
     stealth: Literal["none", "project"] = Field(
         "none", description="project: corrupt agents project what they send onto the L2 ball of stealth_multiple x "
         "the norm of their own clean update (trained the same round on their clean data), after boosting")
@@ -130,8 +146,8 @@ class ExperimentConfig(BaseModel):
     # -- server
     aggregator: Aggregator = "fedavg"
     server_lr: float | None = Field(
-        None, gt=0, description="eta; default 1e-3 for sign aggregation, else 1.0"
-    )
+        None, gt=0, description="eta; default 1e-3 for sign aggregation, else 1.0. In (0, 1e3]: the server step is "
+        "eta x the aggregated update (the paper uses 1 and 1e-3); larger steps overflow float32 weights")
     rlr_threshold: float = Field(
         0, ge=0, description="theta; 0 = no robust learning rate; an integer >= 1 counts agents; "
         "a value in (0, 1) is a fraction of the agents in the round"
@@ -273,11 +289,100 @@ class ExperimentConfig(BaseModel):
         if self.adaptive == "scale" and self.boost_factor == 1.0:
             problems.append("adaptive = 'scale' multiplies the chosen coordinates by boost_factor: set boost_factor "
                             "!= 1 (e.g. 10)")
-        if self.attack == "label-flip" and (self.trojan != "plus" or self.trojan_position != "default"):
-            problems.append("attack 'label-flip' draws no trojan: leave trojan and trojan_position unset")
+        if self.attack == "label-flip" and (self.trojan != "plus" or self.trojan_position != "default"
+                                            or self.trojan_value is not None):
+            problems.append("attack 'label-flip' draws no trojan: leave trojan, trojan_position and trojan_value unset")
+        problems.extend(self._bounds_and_contradictions())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _bounds_and_contradictions(self) -> list[str]:
+        """Ranges and combinations a run would refuse only after loading the data, or would run as garbage."""
+        from robustlr.attacks.dba import dba_parts
+        from robustlr.attacks.trojans import placement_offset, trojan_mask
+        from robustlr.data.registry import dataset_spec
+
+        problems = []
+        if self.server_lr is not None and self.server_lr > SERVER_LR_MAX:
+            problems.append(f"server_lr={self.server_lr:g} is outside (0, {SERVER_LR_MAX:g}]: eta scales the "
+                            "aggregated update (the paper uses 1, and 1e-3 for sign); larger steps overflow")
+        if self.boost_factor > BOOST_FACTOR_MAX:
+            problems.append(f"boost_factor={self.boost_factor:g} is outside (0, {BOOST_FACTOR_MAX:g}]: model "
+                            "replacement needs about (agents per round) / eta; larger factors overflow")
+        side = IMAGE_SIDE[self.dataset]
+        family = dataset_spec(self.dataset).trojan_family
+        if self.attack != "label-flip":
+            try:
+                placement_offset(trojan_mask(self.trojan, side, side, dataset=family), self.trojan_position)
+            except ValueError as exc:
+                problems.append(f"trojan_position={self.trojan_position!r}: {exc}")
+        if self.attack == "dba":
+            try:
+                dba_parts(self.trojan, self.dba_parts, side, side, dataset=family, split=self.dba_split)
+            except ValueError as exc:
+                problems.append(f"dba_parts={self.dba_parts}: {str(exc).replace('n_parts ', '', 1)}")
+        if self.train_limit is not None:
+            if self.partition == "natural":
+                problems.append("train_limit cannot be combined with partition = 'natural'; choose fewer writers "
+                                "with num_agents")
+            elif self.dataset in TRAIN_IMAGES:
+                n_train = TRAIN_IMAGES[self.dataset] - (77 if self.exact_only else 0)
+                if self.train_limit > n_train:
+                    problems.append(f"train_limit={self.train_limit} exceeds the {n_train} training images of "
+                                    f"{self.dataset}: use at most {n_train}, or leave it unset for all of them")
+        if self.partition == "shards" and self.classes_per_client > self.num_classes:
+            problems.append(f"classes_per_client={self.classes_per_client} exceeds the {self.num_classes} classes of "
+                            f"{self.dataset}: use 1..{self.num_classes}")
+        if self.rlr_threshold > 0 and self.rlr_from_round > self.rounds:
+            problems.append(f"rlr_from_round={self.rlr_from_round} is after the last round ({self.rounds}): RLR would "
+                            "never switch on; lower it, or set rlr_threshold = 0 for a run without RLR")
+        return problems
+
+    def inert_keys(self) -> dict[str, str]:
+        """The keys set away from their defaults that cannot act in this config, each with the reason.
+
+        They are left out of :func:`config_hash` (as if at their defaults); :func:`load_config` warns
+        about them, except the attack keys of a clean run (corrupt_fraction = 0), which a clean
+        baseline inherits from the attacked config it is derived from."""
+        return {k: why for k, (why, _warn) in self._inert().items()}
+
+    def _inert(self) -> dict[str, tuple[str, bool]]:
+        rules: list[tuple[tuple[str, ...], bool, str, bool]] = [  # keys, inert?, why, warn?
+            (("rlr_from_round", "rlr_from_val_acc", "rlr_scope"), self.rlr_threshold == 0,
+             "rlr_threshold = 0 (no RLR)", True),
+            (("rlr_scope", "buffer_aggregation"), self.model != "cifar-cnn-bn",
+             f"model {self.model} has no batch-norm buffers", True),
+            (("assumed_corrupt",), self.aggregator not in ("krum", "multikrum", "bulyan"),
+             f"aggregator {self.aggregator} (only krum, multikrum and bulyan use it)", True),
+            (("multikrum_keep",), self.aggregator != "multikrum", f"aggregator {self.aggregator} (only multikrum)",
+             True),
+            (("trim_fraction",), self.aggregator != "trimmed-mean", f"aggregator {self.aggregator} (only trimmed-mean)",
+             True),
+            (("comed_even",), self.aggregator != "comed", f"aggregator {self.aggregator} (only comed)", True),
+            (("flame_noise_lambda",), self.aggregator != "flame", f"aggregator {self.aggregator} (only flame)", True),
+            (("dirichlet_alpha",), self.partition != "dirichlet", f"partition {self.partition} (only dirichlet)", True),
+            (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),
+            (("digits_only", "data_sources"), not self.dataset.startswith("femnist"),
+             f"dataset {self.dataset} (only femnist-leaf and femnist-tff)", True),
+            (("dba_parts", "dba_split"), self.attack != "dba", f"attack {self.attack} (only dba)", True),
+            (("dba_split",), not (self.trojan == "plus" and self.dba_parts == 4),
+             f"trojan {self.trojan} in {self.dba_parts} parts (only the plus in 4 parts has a split choice)", True),
+            (("stealth_multiple",), self.stealth != "project", "stealth = 'none'", True),
+            (("adaptive_top_fraction",), self.adaptive == "none", "adaptive = 'none'", True),
+            (("clip_scope",), self.clip_norm == 0, "clip_norm = 0 (no clipping)", True),
+            (("poison_fraction", "corrupt_loss", "attack_from_round", "dba_parts", "dba_split"),
+             self.corrupt_fraction == 0, "corrupt_fraction = 0 (a clean run)", False),
+        ]
+        out: dict[str, tuple[str, bool]] = {}
+        for keys, inert, why, warn in rules:
+            if not inert:
+                continue
+            for k in keys:
+                if k not in out and getattr(self, k) != ExperimentConfig.model_fields[k].get_default(
+                        call_default_factory=True):
+                    out[k] = (why, warn)
+        return out
 
     def update_attack(self):
         """The attack on the corrupt agents' updates (:class:`robustlr.attacks.model.UpdateAttack`)."""
@@ -331,10 +436,13 @@ NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updat
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """16 hex digits naming a run's numbers: its number-changing keys that differ from the defaults
-    (so a key added in a later version, left at its default, does not change the hash)."""
+    (so a key added in a later version, left at its default, does not change the hash). Keys that
+    cannot act in this config (:meth:`ExperimentConfig.inert_keys`) are left out, as if at their
+    defaults."""
     dumped = cfg.model_dump(mode="json")
+    inert = cfg.inert_keys()  # as if at their defaults: they cannot change the numbers
     keys = {k: dumped[k] for k, field in ExperimentConfig.model_fields.items()
-            if k not in NEUTRAL_KEYS and (field.is_required()
+            if k not in NEUTRAL_KEYS and k not in inert and (field.is_required()
                                           or getattr(cfg, k) != field.get_default(call_default_factory=True))}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -394,7 +502,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         data, source = read_config_file(path)
     data.update(parse_overrides(overrides))
-    return make_config(data, source)
+    cfg = make_config(data, source)
+    for key, (why, warn) in cfg._inert().items():
+        if warn:
+            log.warning("%s = %r has no effect with %s; it is left out of the config hash (remove it)",
+                        key, getattr(cfg, key), why)
+    return cfg
 
 
 def config_from_json(path: str | Path) -> ExperimentConfig:
