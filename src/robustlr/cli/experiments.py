@@ -31,6 +31,15 @@ def _status_table(state, suite_name: str):
     return t
 
 
+def _warn(message: str, con=None) -> None:
+    """One warning line (stderr; on the sweep's live display, above it), no piece read as markup."""
+    from rich.text import Text
+
+    from robustlr.cli._common import err
+
+    (con or err).print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+
+
 @user_errors
 def suites() -> None:
     """The suites shipped with robustlr: what each reproduces and how many runs each budget takes."""
@@ -65,7 +74,8 @@ def sweep(
     console.print(f"[bold]{s.name}[/] ({budget}): {s.description}")
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
-                          on_update=lambda st: live.update(_status_table(st, s.name)))
+                          on_update=lambda st: live.update(_status_table(st, s.name)),
+                          on_warning=lambda m: _warn(m, live.console))
         live.update(_status_table(state, s.name))
     if state.failed:
         fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
@@ -76,7 +86,8 @@ def sweep(
 def runs(
     results: Path = ResultsOpt,
     where: Optional[str] = typer.Option(None, "--where", help="an SQL condition, e.g. \"aggregator='comed' and rlr_threshold>0\""),
-    rebuild: bool = typer.Option(False, "--rebuild", help="rebuild the store from the run folders first"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="rebuild the store from the run folders first (damaged "
+                                 "run folders are skipped, each named; the old store is replaced only when done)"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
 ) -> None:
     """List the runs of a results folder (from its results store), optionally filtered."""
@@ -85,7 +96,7 @@ def runs(
     from robustlr.experiments import store
 
     if rebuild:
-        console.print(f"rebuilt the store from {store.rebuild(results)} run folders")
+        console.print(f"rebuilt the store from {store.rebuild(results, warn=_warn)} run folders")
     if not (results / store.DB_NAME).exists():
         fail(f"{results} holds no results store; run `robustlr sweep` or pass --rebuild")
     rows = store.query(results, where)

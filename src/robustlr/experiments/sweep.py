@@ -5,29 +5,38 @@ Each run is a child process (:mod:`robustlr.experiments.child`) with ``cores // 
 (``threads``, a key that cannot change the numbers: one thread each at the default, two
 training workers each at ``-j 1`` on two cores), and ``jobs`` of them run at once (default: the
 cores), so cores are never oversubscribed. A run whose folder holds a finished run of the same config is
-skipped; one that was interrupted resumes from its checkpoint. Only this process writes the
-results store, after a run's files are atomically in place. Killing the sweep kills every run
+skipped; one that was interrupted resumes from its checkpoint. A run is finished when its
+``summary.json`` is a run record this robustlr reads and its ``model.pt`` is a saved model
+(:func:`robustlr.experiments.store.finished_run`); a run whose finished files are damaged (a
+``summary.json`` that is no run record, a deleted ``model.pt``) is run again, with a warning: from
+its checkpoint, which after the last round only rewrites the final files. Only this process writes the
+results store, after a run's files are atomically in place; a damaged store stops the sweep before
+any run starts (:class:`robustlr.experiments.store.StoreError`). Killing the sweep kills every run
 and every run's workers (each level dies with its parent); SIGTERM stops the runs cleanly.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustlr.experiments import store
+from robustlr.errors import RobustlrError
 from robustlr.experiments.suite import Suite, SuiteRun
 from robustlr.sim.checkpoint import atomic_write_text
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines.select import available_cores
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.rundir import read_run_config
-from robustlr.sim.records import RecordError, read_summary
+
+_logger = logging.getLogger("robustlr")
 
 
 @dataclass
@@ -36,6 +45,7 @@ class SweepState:
     done: int = 0  # finished now or before
     skipped: int = 0  # finished before this sweep
     failed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # finished runs whose files were damaged (run again)
     running: dict[str, tuple[Path, int, float]] = field(default_factory=dict)  # name -> (folder, rounds, start)
 
     @property
@@ -43,14 +53,20 @@ class SweepState:
         return self.total - self.done - len(self.failed) - len(self.running)
 
 
-def _finished(folder: Path, cfg: ExperimentConfig) -> bool:
+def _finished(folder: Path, cfg: ExperimentConfig, warn: Callable[[str], None]) -> bool:
+    """Whether ``folder`` holds the finished run of ``cfg``; ``warn`` hears of finished files that are damaged."""
     if not (folder / "summary.json").exists() or not (folder / "config.json").exists():
         return False
     try:
-        return read_run_config(folder / "config.json").model_dump(exclude={"threads"}) == \
-            cfg.model_dump(exclude={"threads"}) and read_summary(folder / "summary.json").rounds == cfg.rounds
-    except (RecordError, ValueError):
+        if read_run_config(folder / "config.json").model_dump(exclude={"threads"}) != cfg.model_dump(exclude={"threads"}):
+            return False  # another config: the run's process says why it cannot resume
+    except RobustlrError:
+        return False  # a damaged config.json: the run's process fails with the message
+    summary, why = store.finished_run(folder)
+    if why is not None:
+        warn(f"{folder.name}: {why}; running it again (from its checkpoint if it has one)")
         return False
+    return summary is not None and summary.rounds == cfg.rounds
 
 
 def rounds_done(folder: Path) -> int:
@@ -63,21 +79,28 @@ def rounds_done(folder: Path) -> int:
 
 def _reference_val_acc(base: Path, run: SuiteRun) -> float | None:
     """The final validation accuracy of the run this one's relative trigger refers to (None: not done)."""
-    try:
-        acc = read_summary(base / str(run.after) / "summary.json").val_acc
-    except (OSError, RecordError, ValueError):
-        return None
-    return acc
+    summary, _ = store.finished_run(base / str(run.after))
+    return summary.val_acc if summary is not None else None
 
 
 def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = None, data_dir: str | None = None,
-          on_update=None) -> SweepState:
+          on_update=None, on_warning: Callable[[str], None] | None = None) -> SweepState:
+    """Run ``suite``'s grid (see the module's text). ``on_warning`` hears of each finished run whose
+    files are damaged and that is run again (default: the ``robustlr`` logger); ``state.warnings``
+    keeps them too."""
     runs = suite.runs(budget)
     base = results / suite.name
     base.mkdir(parents=True, exist_ok=True)
+    store.check(results)  # a damaged store stops the sweep now, not when its first run is done
     jobs = max(1, jobs or available_cores())
     threads = max(1, available_cores() // jobs)  # each run's share of the cores
     state = SweepState(total=len(runs))
+
+    def warn(message: str) -> None:
+        if message in state.warnings:  # the scan below looks at a pending run more than once
+            return
+        state.warnings.append(message)
+        (on_warning or _logger.warning)(message)
     pending: list[tuple[SuiteRun, Path]] = [(run, base / run.config.name) for run in runs]
     done_names: set[str] = set()
     failed_names: set[str] = set()
@@ -105,7 +128,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
         progress = False
         for run, folder in list(pending):
             cfg = ready(run)
-            if isinstance(cfg, ExperimentConfig) and _finished(folder, cfg):
+            if isinstance(cfg, ExperimentConfig) and _finished(folder, cfg, warn):
                 pending.remove((run, folder))
                 state.done += 1
                 state.skipped += 1
