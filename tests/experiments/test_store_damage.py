@@ -311,7 +311,9 @@ def test_a_sweep_over_a_damaged_store_stops_before_any_run(tmp_path, suite, monk
     _FakeChild.started = []
     with pytest.raises(store.StoreError, match="rebuild it from the run folders"):
         sweep_mod.sweep(suite, results, "lite", jobs=1)
-    assert _FakeChild.started == []
+    assert _FakeChild.started == [] and sorted(p.name for p in results.iterdir()) == [store.DB_NAME]
+    res, text = _cli("sweep", "table1-iid", "-r", results)
+    _assert_one_clear_line(res, text, "is damaged (file is not a database); rebuild it from the run folders")
 
 
 def test_a_finished_run_with_a_damaged_config_is_left_to_its_process(tmp_path, suite):
@@ -321,3 +323,15 @@ def test_a_finished_run_with_a_damaged_config_is_left_to_its_process(tmp_path, s
     assert sweep_mod._finished(folder, cfg, heard.append) is True
     (folder / "config.json").write_text("{")
     assert (sweep_mod._finished(folder, cfg, heard.append), heard) == (False, [])
+
+
+def test_the_sweep_command_prints_each_warning(tmp_path, suite, monkeypatch):
+    results = tmp_path / "results"
+    runs = {r.config.name: r.config for r in suite.runs("lite")}
+    _run(results, "tiny", "tiny-fedavg", cfg=runs["tiny-fedavg"], summary="[]")
+    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(sweep_mod.time, "sleep", lambda s: None)
+    res, text = _cli("sweep", tmp_path / "tiny.toml", "-r", results, "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert "warning: tiny-fedavg: summary.json holds a JSON list, not a run record; running it again" in text
+    assert "2 runs done" in text

@@ -74,6 +74,13 @@ def _damaged(results: Path, why: str) -> StoreError:
                       f"robustlr runs -r {results} --rebuild")
 
 
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Whether sqlite's error is about the file itself (SQLITE_CORRUPT, SQLITE_NOTADB), not a lock,
+    a permission or a query."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code in (11, 26) if code is not None else type(exc) is sqlite3.DatabaseError
+
+
 def _holds_runs(results: Path) -> bool:
     return any(True for _ in results.rglob("config.json"))
 
@@ -102,9 +109,11 @@ def _open(results: Path, db: Path) -> sqlite3.Connection:
         have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
         for c in [c for c in _FIXED + _CONFIG_COLUMNS if c not in have]:
             con.execute(f'ALTER TABLE runs ADD COLUMN "{c}"')
-    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+    except sqlite3.DatabaseError as exc:
         con.close()
-        raise _damaged(results, str(exc)) from None
+        if _is_damage(exc):  # "file is not a database", "database disk image is malformed"
+            raise _damaged(results, str(exc)) from None
+        raise
     except BaseException:
         con.close()
         raise
@@ -203,7 +212,7 @@ def query(results: Path, where: str | None = None) -> list[dict[str, Any]]:
         try:
             return [dict(r) for r in con.execute(sql)]
         except sqlite3.Error as exc:
-            if type(exc) is sqlite3.DatabaseError:  # the file, not the query (SQLITE_CORRUPT, SQLITE_NOTADB)
+            if _is_damage(exc):  # the file, not the query
                 raise _damaged(results, str(exc)) from None
             if where is None:
                 raise

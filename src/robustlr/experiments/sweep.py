@@ -89,9 +89,9 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
     files are damaged and that is run again (default: the ``robustlr`` logger); ``state.warnings``
     keeps them too."""
     runs = suite.runs(budget)
+    store.check(results)  # a damaged store stops the sweep now, not when its first run is done
     base = results / suite.name
     base.mkdir(parents=True, exist_ok=True)
-    store.check(results)  # a damaged store stops the sweep now, not when its first run is done
     jobs = max(1, jobs or available_cores())
     threads = max(1, available_cores() // jobs)  # each run's share of the cores
     state = SweepState(total=len(runs))
