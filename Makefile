@@ -23,10 +23,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Fashion-MNIST: use any copy the search order finds; else install Debian's dataset package.
+# Fashion-MNIST: use any copy the search order finds; else download it into robustlr's cache (no root
+# needed); only if that fails (offline), install Debian's dataset package (apt-get, as root or with sudo).
 fashion-mnist: $(VENV)/.installed
 	@$(VENV)/bin/robustlr data fashion-mnist >/dev/null 2>&1 || { \
-	  echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist package"; \
+	  echo "Fashion-MNIST not found: downloading its 4 files (30 MB) into robustlr's cache" \
+	    "($${ROBUSTLR_CACHE_DIR:-~/.cache/robustlr}) with: robustlr data fashion-mnist --download"; \
+	  $(VENV)/bin/robustlr data fashion-mnist --download; } || { \
+	  echo "The download failed: installing Debian's dataset-fashion-mnist package instead (apt-get)"; \
+	  command -v apt-get >/dev/null || { echo "no apt-get here: put Fashion-MNIST's 4 .gz files in a folder" \
+	    "fashion-mnist/ under \$$ROBUSTLR_DATA_DIR (see the README's Data section)"; exit 1; }; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
 

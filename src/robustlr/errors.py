@@ -7,6 +7,9 @@ so library users can catch either.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RobustlrError(Exception):
     """Base of the errors that name a problem of the user's input and its fix."""
@@ -44,3 +47,10 @@ class OutputError(RobustlrError, OSError):
 class MissingDependencyError(RobustlrError, ImportError):
     """An optional package that a feature needs is not installed; the message names the extra
     that brings it (``pip install 'robustlr[EXTRA]'``). Raised by :func:`robustlr._optional.require`."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'iid-rlr'?)"`` for the closest of ``choices`` to a misspelt ``word`` (difflib's
+    ratio >= 0.6), else ``""``: the hint that follows an unknown name in an error message."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

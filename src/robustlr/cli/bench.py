@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from robustlr.cli._common import console, err, user_errors
+from robustlr.cli._common import console, err, styled, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Measure speed as ratios taken in one run (ours vs a naive baseline, "
                   "vs the compute floor, vs a plain mean).")
@@ -17,7 +17,7 @@ JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of a
 
 
 def _say(as_json: bool):
-    return (lambda m: None) if as_json else (lambda m: err.print(f"[dim]{m}[/]"))
+    return (lambda m: None) if as_json else (lambda m: err.print(styled((m, "dim"))))
 
 
 @app.command()

@@ -24,6 +24,25 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold tensors of millions of values
     help="Federated learning under backdoor attack, and the robust learning rate defense (Ozdayi et al., AAAI 2021).",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from robustlr._version import __version__
+
+        typer.echo(f"robustlr {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print robustlr's and torch's versions and exit"),
+) -> None:
+    pass
+
 app.command("run")(run.run)
 app.command("demo")(run.demo)
 app.command("pretrain")(run.pretrain)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, console, err, fail, user_errors
+from robustlr.cli._common import DataDirOpt, console, err, fail, styled, user_errors
 
 
 @user_errors
@@ -30,10 +30,10 @@ def data(
     for key, spec in DATASET_FILES.items():
         try:
             path = locate(spec, data_dir=data_dir, allow_download=download)
-            console.print(f"{key:<13} {path}")
+            console.print(f"{key:<13} {path}", highlight=False)
         except DataNotFoundError as exc:
             missing = True
-            err.print(f"{key:<13} [red]missing[/]\n{exc}", highlight=False)
+            err.print(styled(f"{key:<13} ", ("missing", "red"), f"\n{exc}"), highlight=False)
     if missing:
         raise typer.Exit(1)
 
@@ -50,5 +50,5 @@ def _cifar10(data_dir) -> None:
         if found is not None:
             console.print(f"cifar10       {found.path}  ({what}; {found.verified})", highlight=False)
             return
-    err.print("cifar10       [red]missing[/]\n  " + "\n  ".join(tried), highlight=False)
+    err.print(styled("cifar10       ", ("missing", "red"), "\n  " + "\n  ".join(tried)), highlight=False)
     raise typer.Exit(1)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, console, fail, user_errors
+from robustlr.cli._common import DataDirOpt, console, fail, fmt_eta, is_live, plain, styled, user_errors
 
 ResultsOpt = typer.Option(Path("results"), "--results", "-r", help="the results folder (run folders and results.sqlite)")
 
@@ -38,6 +38,36 @@ def _warn(message: str, con=None) -> None:
     from robustlr.cli._common import err
 
     (con or err).print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+
+
+class _SweepLines:
+    """A sweep's progress as plain lines: the runs finished before, then one line per run that ends
+    (done or failed) with the runs done and left and the sweep's ETA (the mean wall time per run
+    finished here, shared by the runs at once, times the runs not finished)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.running: set[str] = set()
+        self.finished_here = 0
+        self.said_skipped = False
+
+    def __call__(self, state) -> None:
+        if not self.said_skipped:
+            self.said_skipped = True
+            if state.skipped:
+                console.print(f"{state.skipped} of {state.total} runs finished before; {state.total - state.skipped} "
+                              f"to run", highlight=False)
+        ended = self.running - set(state.running)
+        self.running = set(state.running)
+        for name in sorted(ended):
+            self.finished_here += 1
+            what = "failed" if name in state.failed else "done"
+            not_done = state.total - state.done - len(state.failed)
+            eta = (self.clock() - self.start) / self.finished_here * not_done
+            console.print(f"run {name} {what}: {state.done}/{state.total} done, {not_done} left"
+                          f"{f', {len(state.failed)} failed' if state.failed else ''}, ETA {fmt_eta(eta)}",
+                          highlight=False, soft_wrap=True)
 
 
 @user_errors
@@ -71,12 +101,17 @@ def sweep(
     from robustlr.experiments.sweep import sweep as run_sweep
 
     s = load_suite(suite)
-    console.print(f"[bold]{s.name}[/] ({budget}): {s.description}")
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
+    console.print(styled((s.name, "bold"), f" ({budget}): {s.description}"))
+    if not is_live():  # a file or a pipe: one line per run that ends (a live table shows only when it stops)
         state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
-                          on_update=lambda st: live.update(_status_table(st, s.name)),
-                          on_warning=lambda m: _warn(m, live.console))
-        live.update(_status_table(state, s.name))
+                          on_update=_SweepLines(), on_warning=_warn)
+        console.print(_status_table(state, s.name))
+    else:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
+                              on_update=lambda st: live.update(_status_table(st, s.name)),
+                              on_warning=lambda m: _warn(m, live.console))
+            live.update(_status_table(state, s.name))
     if state.failed:
         fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
     console.print(f"{state.done} runs done; the store: {results / 'results.sqlite'} (`robustlr runs -r {results}`)")
@@ -117,8 +152,8 @@ def report(
     results: Path = typer.Argument(Path("results"), help="a results folder (written by `robustlr sweep`)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.md, report.html and the PNGs go "
                                        "(default: RESULTS/report)"),
-    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="also write TensorBoard event files "
-                                               "(one folder per run) here; needs robustlr[tensorboard]"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=plain(
+        "also write TensorBoard event files (one folder per run) here; needs robustlr[tensorboard]")),
 ) -> None:
     """Every suite of a results folder: tables beside the paper's numbers and figures (Markdown + HTML)."""
     from robustlr.experiments import store

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,11 +13,35 @@ from robustlr.cli._common import (
     DataDirOpt,
     SetOpt,
     console,
+    err,
     fail,
     make_progress,
     progress_callback,
+    styled,
     user_errors,
 )
+from robustlr.sim.lifecycle import Terminated
+
+
+def _rounds_checkpointed(out: Path) -> int:
+    """The rounds a run folder's checkpoint holds (0: none, or unreadable: the run itself says why)."""
+    from robustlr.errors import ResumeError
+    from robustlr.sim import checkpoint
+
+    path = out / checkpoint.NAME
+    if not path.is_file():
+        return 0
+    try:
+        return int(checkpoint.load_checkpoint(path)["round"])
+    except ResumeError:
+        return 0
+
+
+def _resume_command(config: str, set_: Optional[List[str]], out: Path, data_dir: Optional[Path]) -> str:
+    argv = ["robustlr", "run", config, *(a for s in set_ or [] for a in ("--set", s)), "--out", str(out)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return shlex.join(argv)
 
 
 @user_errors
@@ -40,14 +66,25 @@ def run(
     if engine == "flower":
         _run_on_flower(cfg, out, data_dir)
         return
-    console.print(f"[bold]{cfg.name}[/]: {cfg.dataset}, {cfg.aggregator}"
-                  f"{' + RLR θ=' + str(cfg.rlr_threshold) if cfg.rlr_threshold else ''}, R={cfg.rounds} -> {out}")
-    with make_progress() as progress:
-        task = progress.add_task("starting", total=cfg.rounds, status="")
-        res = run_experiment(cfg, out, data_dir=str(data_dir) if data_dir else None,
-                             on_round=progress_callback(progress, task))
+    console.print(styled((cfg.name, "bold"), f": {cfg.dataset}, {cfg.aggregator}"
+                         f"{' + RLR θ=' + str(cfg.rlr_threshold) if cfg.rlr_threshold else ''}, R={cfg.rounds} -> {out}"))
+    done = _rounds_checkpointed(out)
+    try:
+        with make_progress() as progress:
+            task = progress.add_task(f"resuming after round {done}" if done else "starting", total=cfg.rounds,
+                                     completed=done, status="")
+            res = run_experiment(cfg, out, data_dir=str(data_dir) if data_dir else None,
+                                 on_round=progress_callback(progress, task))
+    except (KeyboardInterrupt, Terminated) as exc:
+        kept = _rounds_checkpointed(out)
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated by SIGTERM"
+        where = (f"its checkpoint holds {kept} of {cfg.rounds} rounds. To resume, run the same command again"
+                 if kept else "before its first checkpoint. To start it again, run the same command")
+        err.print(f"{how}; {where}: {_resume_command(config, set_, out, data_dir)}", highlight=False, soft_wrap=True)
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
+        raise typer.Exit(code) from None
     console.print(summary_table(res.summary, title=f"{cfg.name}: final metrics"))
-    console.print(f"results in {out}/")
+    console.print(f"results in {out}/", highlight=False)
 
 
 @user_errors
@@ -71,7 +108,7 @@ def pretrain(
     folder = pretrained_dir(cfg)
     cached = (folder / "model.pt").is_file() and (folder / "summary.json").is_file()
     if not cached:
-        console.print(f"[bold]pretraining {cfg.name}[/]: {cfg.dataset}, {cfg.model}, R={cfg.rounds} -> {folder}")
+        console.print(styled((f"pretraining {cfg.name}", "bold"), f": {cfg.dataset}, {cfg.model}, R={cfg.rounds} -> {folder}"))
         with make_progress() as progress:
             task = progress.add_task("starting", total=cfg.rounds, status="")
             build(cfg, str(data_dir) if data_dir else None, on_round=progress_callback(progress, task))
@@ -91,11 +128,11 @@ def _run_on_flower(cfg, out: Path, data_dir) -> None:
     from robustlr.integrations.flower.simulation import run_on_flower
     check_device(cfg.device)
     check_out_dir(out, cfg)
-    console.print(f"[bold]{cfg.name}[/] on Flower's simulation runtime: {cfg.num_agents} virtual nodes, "
-                  f"R={cfg.rounds} -> {out}")
+    console.print(styled((cfg.name, "bold"), f" on Flower's simulation runtime: {cfg.num_agents} virtual nodes, "
+                         f"R={cfg.rounds} -> {out}"))
     run_on_flower(cfg, out, str(data_dir) if data_dir else None)
     console.print(summary_table(read_summary(out / "summary.json"), title=f"{cfg.name}: final metrics (Flower)"))
-    console.print(f"results in {out}/")
+    console.print(f"results in {out}/", highlight=False)
 
 
 @user_errors
@@ -119,8 +156,8 @@ def demo(
     cfgs = demo_configs(setting, set_)
     first = next(iter(cfgs.values()))
     rounds = "/".join(str(r) for r in sorted({c.rounds for c in cfgs.values()}))
-    console.print(f"[bold]robustlr demo ({setting})[/]: {len(cfgs)} runs x {rounds} rounds on {first.dataset} "
-                  f"-> {out}" + (f" (starting from {first.init_model})" if first.init_model else ""))
+    console.print(styled((f"robustlr demo ({setting})", "bold"), f": {len(cfgs)} runs x {rounds} rounds on {first.dataset} "
+                         f"-> {out}" + (f" (starting from {first.init_model})" if first.init_model else "")))
     with make_progress() as progress:
         tasks = {k: progress.add_task(k, total=c.rounds, status="") for k, c in cfgs.items()}
         cbs = {k: progress_callback(progress, t, prefix=f"{k}: ") for k, t in tasks.items()}

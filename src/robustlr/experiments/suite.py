@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustlr.errors import ConfigError
+from robustlr.errors import ConfigError, did_you_mean
 from robustlr.sim.config import ExperimentConfig, make_config
 from robustlr.sim.presets import read_config_file
 
@@ -226,7 +226,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not path.is_file():
         path = SUITES_DIR / f"{name_or_path}.toml"
         if not path.is_file():
-            raise ConfigError(f"suite {str(name_or_path)!r} not found; give a TOML file or one of: "
+            raise ConfigError(f"suite {str(name_or_path)!r} not found{did_you_mean(name_or_path, list_suites())}; "
+                              f"give a TOML file or one of: "
                               f"{', '.join(list_suites())}")
     try:
         text = path.read_text(encoding="utf-8")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robustlr.errors import ConfigError
+from robustlr.errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +34,8 @@ def list_presets() -> list[str]:
 def preset_path(name: str) -> Path:
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, list_presets())}; presets: "
+                          f"{', '.join(list_presets())}")
     return path
 
 
@@ -76,6 +77,7 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], str]:
         if (PRESETS_DIR / f"{path}.toml").is_file():
             return _resolve(PRESETS_DIR / f"{path}.toml", [str(path)]), f"preset {path}"
         raise ConfigError(
-            f"config file {str(path)!r} not found; give a TOML file or a preset name ({', '.join(list_presets())})"
+            f"config file {str(path)!r} not found{did_you_mean(path, list_presets())}; give a TOML file or a preset "
+            f"name ({', '.join(list_presets())})"
         )
     return _resolve(p, [p.stem]), str(p)
