@@ -186,3 +186,46 @@ def test_the_presets_hashes_are_those_of_the_committed_results():
     assert config_hash(load_config("cifar-pretrain")) == "483bc622eadff2c5"
     assert config_hash(load_config("iid-rlr")) == "703e46a6f2e733bf"
     assert config_hash(load_config("iid-clean")) == "52a29251fbe16f7b"
+
+
+# -- what `robustlr run` refused and `robustlr config` accepted: one check for both
+@pytest.mark.parametrize("preset, override, message", [
+    ("iid-rlr", ["num_agents=100", "train_limit=50"], "num_agents=100 exceeds the 50 training images (train_limit)"),
+    ("iid-rlr", ["partition=shards", "classes_per_client=10", "train_limit=60"],
+     "num_agents x classes_per_client = 100 shards exceed the 60 training images (train_limit)"),
+    ("noniid-paper-rlr", ["data_sources=['a.h5']"], "dataset femnist-tff needs data_sources = [train.h5, test.h5], "
+                                                     "got 1 files"),
+    ("cifar-paper-rlr", ["model=cifar-cnn-bn", "train_mode=vectorized"],
+     "the vectorized engine does not support batch-norm models (cifar-cnn-bn)"),
+    ("iid-rlr", ["train_mode=processes", "device=cuda"], "train_mode 'processes' runs on the CPU, not on cuda"),
+])
+def test_what_the_engines_and_the_data_refused_is_refused_by_the_config(preset, override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(preset, override)
+    assert message in str(exc.value)
+
+
+def test_check_runnable_makes_the_checks_of_a_run_before_its_data(tmp_path, monkeypatch):
+    import torch
+
+    from robustlr.errors import EngineError
+    from robustlr.sim.config import check_runnable
+
+    with pytest.raises(ConfigError, match="init_model='nofile.pt': no such file or folder"):
+        check_runnable(load_config("iid-rlr", ["init_model='nofile.pt'"]))
+    with pytest.raises(ConfigError, match="init_model='pretrained:cifar-pretrain' trains cifar-cnn on cifar10, but "
+                                          "this run is mnist-cnn on fashion-mnist"):
+        check_runnable(load_config("iid-rlr", ["init_model='pretrained:cifar-pretrain'"]))
+    with pytest.raises(ConfigError, match="pretraining config 'iid-rlr' has corrupt_fraction=0.1"):
+        check_runnable(load_config("iid-rlr", ["init_model='pretrained:iid-rlr'"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EngineError, match="device='cuda:99' but this machine has no CUDA device"):
+        check_runnable(load_config("iid-rlr", ["device='cuda:99'"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(EngineError, match=r"device='cuda:2' but this machine has 2 CUDA device\(s\) \(cuda:0 .. cuda:1\)"):
+        check_runnable(load_config("iid-rlr", ["device='cuda:2'"]))
+    check_runnable(load_config("iid-rlr", ["device='cuda:1'"]))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x")
+    check_runnable(load_config("iid-rlr", [f"init_model='{model}'"]))  # the file exists: its content is read later

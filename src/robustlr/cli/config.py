@@ -29,7 +29,14 @@ def show_config(
     config: str = typer.Argument(..., help="a TOML config file or a preset name"),
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Validate a config and print it resolved (presets' `extends` applied), as JSON; nothing is run."""
-    from robustlr.sim.config import load_config
+    """Validate a config and print it resolved (presets' `extends` applied), as JSON; nothing is run.
 
-    console.print_json(load_config(config, set_).to_json())
+    Checks what `robustlr run` checks before loading data: every key's range and the combinations, the
+    device on this machine, the init_model file. Keys that have no effect in this config are warned
+    about (and left out of its hash).
+    """
+    from robustlr.sim.config import check_runnable, load_config
+
+    cfg = load_config(config, set_)
+    check_runnable(cfg)
+    console.print_json(cfg.to_json())

@@ -331,6 +331,25 @@ class ExperimentConfig(BaseModel):
                 if self.train_limit > n_train:
                     problems.append(f"train_limit={self.train_limit} exceeds the {n_train} training images of "
                                     f"{self.dataset}: use at most {n_train}, or leave it unset for all of them")
+        n_samples = self.train_limit if self.train_limit is not None else TRAIN_IMAGES.get(self.dataset)
+        if self.partition != "natural" and self.num_agents is not None and n_samples is not None:
+            need = self.num_agents * (self.classes_per_client if self.partition == "shards" else 1)
+            if need > n_samples:
+                what = (f"num_agents x classes_per_client = {need} shards" if self.partition == "shards"
+                        else f"num_agents={self.num_agents}")
+                problems.append(f"{what} {'exceed' if self.partition == 'shards' else 'exceeds'} the {n_samples} "
+                                "training images"
+                                f"{' (train_limit)' if self.train_limit is not None else ''}: lower num_agents"
+                                f"{' or classes_per_client' if self.partition == 'shards' else ''} or raise train_limit")
+        if self.dataset == "femnist-tff" and len(self.data_sources) != 2:
+            problems.append(f"dataset femnist-tff needs data_sources = [train.h5, test.h5], got {len(self.data_sources)} "
+                            "files")
+        if self.train_mode == "vectorized" and self.model == "cifar-cnn-bn":
+            problems.append("the vectorized engine does not support batch-norm models (cifar-cnn-bn); use train_mode = "
+                            "'sequential' or 'auto'")
+        if self.train_mode == "processes" and self.device != "cpu":
+            problems.append(f"train_mode 'processes' runs on the CPU, not on {self.device}; use vectorized, sequential "
+                            "or auto")
         if self.partition == "shards" and self.classes_per_client > self.num_classes:
             problems.append(f"classes_per_client={self.classes_per_client} exceeds the {self.num_classes} classes of "
                             f"{self.dataset}: use 1..{self.num_classes}")
@@ -445,6 +464,28 @@ def config_hash(cfg: ExperimentConfig) -> str:
             if k not in NEUTRAL_KEYS and k not in inert and (field.is_required()
                                           or getattr(cfg, k) != field.get_default(call_default_factory=True))}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_runnable(cfg: ExperimentConfig) -> None:
+    """What ``robustlr run`` checks before loading data, beyond the config's own validation: the device
+    exists on this machine and ``init_model`` names a model that exists (or a valid pretraining config of
+    the same dataset and model). ``robustlr config`` calls it, so that it accepts what a run accepts."""
+    import torch
+
+    from robustlr.errors import EngineError
+    from robustlr.sim.engines import check_device
+    from robustlr.sim.pretrain import PREFIX, check_init_model, pretrain_config
+
+    check_device(cfg.device)  # the same check run_experiment makes first
+    if cfg.device.startswith("cuda:") and int(cfg.device[5:]) >= torch.cuda.device_count():
+        raise EngineError(f"device={cfg.device!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    check_init_model(cfg)  # the same check run_experiment makes before loading the data
+    if cfg.init_model is not None and cfg.init_model.startswith(PREFIX):
+        pcfg = pretrain_config(cfg.init_model[len(PREFIX):])
+        if (pcfg.dataset, pcfg.model) != (cfg.dataset, cfg.model):
+            raise ConfigError(f"init_model={cfg.init_model!r} trains {pcfg.model} on {pcfg.dataset}, but this run is "
+                              f"{cfg.model} on {cfg.dataset}; pretrain a config of the same dataset and model")
 
 
 def _parse_value(raw: str) -> Any:
