@@ -37,6 +37,14 @@ def _files(tmp, data):
                                      "user_data": {"w": {"x": [[0.0] * 784], "y": [1]}}}).encode())
     (tmp / "leaf-trunc" / "train" / "all_data_0.json.gz").write_bytes(full[: len(full) // 2])
     (tmp / "not-h5").write_text("not hdf5")
+    # extends: out of the file's folder, a missing file, a cycle (issue 25 item 5)
+    (tmp / "cfgs").mkdir()
+    (tmp / "outside.toml").write_text("rounds = 3\n")
+    (tmp / "cfgs" / "ext-dots.toml").write_text('extends = "../../x"\n')
+    (tmp / "cfgs" / "ext-up.toml").write_text('extends = "../outside.toml"\n')
+    (tmp / "cfgs" / "ext-abs.toml").write_text(f'extends = "{tmp / "outside.toml"}"\n')
+    (tmp / "cfgs" / "ext-missing.toml").write_text('extends = "missing.toml"\n')
+    (tmp / "cfgs" / "cyc.toml").write_text('extends = "cyc.toml"\n')
     # a run folder of the same config whose checkpoint is damaged
     from robustlr.sim.config import load_config
 
@@ -75,15 +83,71 @@ ROWS = [
     ("participation 0", CONFIG + [SET, "participation=0"], "participation"),
     ("everyone corrupt", CONFIG + [SET, "corrupt_fraction=1.0"], "corrupt_fraction"),
     ("override without =", CONFIG + [SET, "rounds"], "is not key=value"),
+    # ranges and contradictions refused before any work (issue 25 item 5)
+    ("dba in more parts than the trojan's pixels", CONFIG + [SET, "attack=dba", SET, "dba_parts=50"],
+     "dba_parts=50: must be an integer in 1..9 (the plus trojan's pixels)"),
+    ("huge server_lr", CONFIG + [SET, "server_lr=1e38"], "server_lr=1e+38 is outside (0, 1000]"),
+    ("huge boost_factor", CONFIG + [SET, "boost_factor=1e37"], "boost_factor=1e+37 is outside (0, 10000]"),
+    ("trojan off the image", CONFIG + [SET, "trojan_position='99,99'"],
+     "trojan_position='99,99': a trojan of 5x5 pixels placed at row 99, column 99 does not fit a 28x28 image"),
+    ("train_limit above the dataset", CONFIG + [SET, "train_limit=10000000"],
+     "train_limit=10000000 exceeds the 60000 training images of fashion-mnist"),
+    ("train_limit with writers", ["config", "noniid-paper-rlr", SET, "train_limit=1000"],
+     "train_limit cannot be combined with partition = 'natural'"),
+    ("more classes per agent than classes", CONFIG + [SET, "partition=shards", SET, "classes_per_client=100"],
+     "classes_per_client=100 exceeds the 10 classes of fashion-mnist: use 1..10"),
+    ("RLR from after the last round", CONFIG + [SET, "rlr_from_round=201"],
+     "rlr_from_round=201 is after the last round (200): RLR would never switch on"),
+    ("trojan_value with label-flip", CONFIG + [SET, "attack='label-flip'", SET, "trojan_value=3"],
+     "leave trojan, trojan_position and trojan_value unset"),
+    ("more agents than images", CONFIG + [SET, "num_agents=100", SET, "train_limit=50"],
+     "num_agents=100 exceeds the 50 training images (train_limit)"),
+    ("more shards than images", CONFIG + [SET, "partition=shards", SET, "classes_per_client=10", SET, "train_limit=60"],
+     "num_agents x classes_per_client = 100 shards exceed the 60 training images"),
+    ("TFF with one file", ["config", "noniid-paper-rlr", SET, "data_sources=['a.h5']"],
+     "dataset femnist-tff needs data_sources = [train.h5, test.h5], got 1 files"),
+    ("vectorized batch norm", ["config", "cifar-paper-rlr", SET, "model=cifar-cnn-bn", SET, "train_mode=vectorized"],
+     "the vectorized engine does not support batch-norm models"),
+    ("worker processes on cuda", CONFIG + [SET, "train_mode=processes", SET, "device=cuda"],
+     "train_mode 'processes' runs on the CPU, not on cuda"),
+    # `robustlr config` refuses what `robustlr run` refuses before loading data (issue 25 item 5)
+    ("config: a cuda device that is not there", CONFIG + [SET, "device='cuda:99'"],
+     "device='cuda:99' but this machine has"),
+    ("config: init_model missing", CONFIG + [SET, "init_model='{tmp}/nofile.pt'"], "no such file or folder"),
+    ("config: pretrained model of another dataset", CONFIG + [SET, "init_model='pretrained:cifar-pretrain'"],
+     "trains cifar-cnn on cifar10, but this run is mnist-cnn on fashion-mnist"),
+    ("config: pretrained from an attacked config", CONFIG + [SET, "init_model='pretrained:iid-rlr'"],
+     "a starting model must be trained without attack"),
+    ("config: pretrained from no config", CONFIG + [SET, "init_model='pretrained:no-such'"],
+     "config file 'no-such' not found"),
+    ("run: dba parts before the data", ["run", "demo-iid", SET, "attack=dba", SET, "dba_parts=50", "--out", "{tmp}/o7"],
+     "dba_parts=50: must be an integer in 1..9"),
+    ("run: trojan off the image before the data", ["run", "demo-iid", SET, "trojan_position='99,99'", "--out",
+                                                   "{tmp}/o8"], "does not fit a 28x28 image"),
+    ("run: huge server_lr", ["run", "demo-iid", SET, "server_lr=1e38", "--out", "{tmp}/o9"],
+     "server_lr=1e+38 is outside (0, 1000]"),
     # config files
     ("missing config file", ["run", "{tmp}/nothing.toml"], "not found"),
     ("config not UTF-8", ["config", "{tmp}/latin1.toml"], "not UTF-8"),
     ("config not TOML", ["config", "{tmp}/broken.toml"], "not valid TOML"),
     ("extends an unknown preset", ["config", "{tmp}/ext-unknown.toml"], "unknown preset 'no-such-preset'"),
     ("extends a number", ["config", "{tmp}/ext-number.toml"], "extends must be a preset name"),
+    ("extends a path without .toml", ["config", "{tmp}/cfgs/ext-dots.toml"],
+     "extends = '../../x' is neither a preset name"),
+    ("extends a file above", ["config", "{tmp}/cfgs/ext-up.toml"],
+     "extends = '../outside.toml' leads outside this file's folder"),
+    ("extends an absolute path", ["config", "{tmp}/cfgs/ext-abs.toml"], "leads outside this file's folder"),
+    ("extends a missing file", ["config", "{tmp}/cfgs/ext-missing.toml"], "extends = 'missing.toml': "),
+    ("extends itself", ["config", "{tmp}/cfgs/cyc.toml"], "extends forms a cycle: cyc.toml -> cyc.toml"),
+    ("a preset name with a path", ["config", "../presets/iid-rlr"], "config file '../presets/iid-rlr' not found"),
     # run arguments and folders (all refused before the data is loaded)
     ("--out is a file", ["run", "demo-iid", "--out", "{tmp}/a-file"], "is a file, not a folder"),
     ("--out cannot be created", ["run", "demo-iid", "--out", "/proc/1/robustlr-out"], "cannot write the run folder"),
+    ("demo --out cannot be created", ["demo", "--out", "/proc/1/x"], "cannot write the run folder /proc/1/x"),
+    ("--out name too long", ["run", "demo-iid", "--out", "{tmp}/" + "a" * 300],
+     "is 300 bytes long; a folder or file name may have at most 255 bytes; choose a shorter --out"),
+    ("demo --out name too long", ["demo", "--out", "{tmp}/" + "a" * 300],
+     "is 300 bytes long; a folder or file name may have at most 255 bytes; choose a shorter --out"),
     ("--data-dir missing", ["run", "demo-iid", "--out", "{tmp}/o1", "--data-dir", "{tmp}/no-such-dir"],
      "is not a folder"),
     ("cuda on a CPU machine", ["run", "demo-iid", SET, "device=cuda", "--out", "{tmp}/o2"], "no CUDA device"),

@@ -62,3 +62,58 @@ def test_a_cycle_is_refused(tmp_path, monkeypatch):
     (tmp_path / "b.toml").write_text('extends = "a"\n')
     with pytest.raises(ConfigError, match="cycle: a -> b -> a"):
         read_config_file("a")
+
+
+def test_a_user_file_may_extend_the_preset_of_its_own_name(tmp_path):
+    # the user's iid-rlr.toml and the preset iid-rlr are two files: no cycle
+    f = tmp_path / "iid-rlr.toml"
+    f.write_text('extends = "iid-rlr"\nrounds = 3\n')
+    cfg = load_config(f)
+    assert (cfg.name, cfg.rounds, cfg.rlr_threshold) == ("iid-rlr", 3, 4)
+
+
+def test_a_user_file_may_extend_a_file_beside_or_below_it(tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "base.toml").write_text('extends = "iid-rlr"\nrounds = 7\n')
+    (tmp_path / "mine.toml").write_text('extends = "common/base.toml"\nseed = 3\n')
+    cfg = load_config(tmp_path / "mine.toml")
+    assert (cfg.rounds, cfg.seed, cfg.rlr_threshold) == (7, 3, 4)
+
+
+@pytest.mark.parametrize("parent, fragment", [
+    ("../../x", "extends = '../../x' is neither a preset name (letters, digits, . _ -) nor a NAME.toml file"),
+    ("../outside.toml", "extends = '../outside.toml' leads outside this file's folder"),
+    ("/etc/outside.toml", "extends = '/etc/outside.toml' leads outside this file's folder"),
+    ("link.toml", "extends = 'link.toml' leads outside this file's folder"),  # a symlink leading out
+    ("missing.toml", "extends = 'missing.toml': "),
+])
+def test_extends_reads_no_file_outside_the_extending_files_folder(tmp_path, parent, fragment):
+    (tmp_path / "outside.toml").write_text("rounds = 5\n")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "link.toml").symlink_to(tmp_path / "outside.toml")
+    f = inner / "mine.toml"
+    f.write_text(f"extends = {parent!r}\n")
+    with pytest.raises(ConfigError) as exc:
+        read_config_file(f)
+    assert fragment in str(exc.value)
+
+
+def test_a_file_cycle_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle: a.toml -> b.toml -> a.toml"):
+        read_config_file(tmp_path / "a.toml")
+
+
+def test_a_preset_extends_only_presets(tmp_path, monkeypatch):
+    monkeypatch.setattr("robustlr.sim.presets.PRESETS_DIR", tmp_path)
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text("rounds = 3\n")
+    with pytest.raises(ConfigError, match="a preset extends only presets: write extends = 'b'"):
+        read_config_file("a")
+
+
+def test_a_preset_name_is_a_plain_name():
+    with pytest.raises(ConfigError, match="not found"):
+        read_config_file("../presets/iid-rlr")

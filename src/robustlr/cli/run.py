@@ -29,7 +29,10 @@ def _rounds_checkpointed(out: Path) -> int:
     from robustlr.sim import checkpoint
 
     path = out / checkpoint.NAME
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return 0
+    except OSError:  # e.g. a name over 255 bytes: the run's own checks say so
         return 0
     try:
         return int(checkpoint.load_checkpoint(path)["round"])

@@ -49,9 +49,10 @@ def run_demo(setting: str, out_dir: str | Path, data_dir: str | None = None, ext
     from robustlr.sim.federation import load_dataset
     from robustlr.sim.loop import pretrain, run_experiment
     from robustlr.sim.pretrain import resolve_init_model
+    from robustlr.sim.rundir import prepare_out_dir
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out)  # a clear error, before the data loads, for a folder that cannot be written
     cfgs = demo_configs(setting, extra)
     t0 = time.perf_counter()
     first = next(iter(cfgs.values()))

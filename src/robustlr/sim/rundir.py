@@ -41,8 +41,16 @@ def read_run_config(path: Path) -> ExperimentConfig:
         raise ResumeError(f"{path} is damaged ({exc}); delete the run folder or choose another --out") from None
 
 
+#: the longest name of one folder or file (bytes) that Linux, macOS and Windows file systems accept
+NAME_MAX = 255
+
+
 def prepare_out_dir(out: Path) -> None:
     """Create ``out`` and check that it is a writable folder (before any work starts)."""
+    long = next((p for p in out.parts if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX), None)
+    if long is not None:  # else exists() raises "File name too long"
+        raise OutputError(f"--out {out}: the name {long[:20]}... is {len(long.encode('utf-8', 'surrogateescape'))} "
+                          f"bytes long; a folder or file name may have at most {NAME_MAX} bytes; choose a shorter --out")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the run's results")
     try:
