@@ -229,3 +229,17 @@ def test_check_runnable_makes_the_checks_of_a_run_before_its_data(tmp_path, monk
     model = tmp_path / "model.pt"
     model.write_bytes(b"x")
     check_runnable(load_config("iid-rlr", [f"init_model='{model}'"]))  # the file exists: its content is read later
+
+
+def test_the_config_command_warns_about_an_inert_key_and_says_so_in_its_help(caplog):
+    from typer.testing import CliRunner
+
+    from robustlr.cli import app
+
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        res = CliRunner().invoke(app, ["config", "iid-rlr", "--set", "dirichlet_alpha=0.1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dirichlet_alpha"] == 0.1
+    assert "dirichlet_alpha = 0.1 has no effect with partition iid (only dirichlet)" in caplog.text
+    helptext = " ".join(CliRunner().invoke(app, ["config", "--help"]).output.split())
+    assert "Keys that have no effect in this config are warned about and left out of its hash" in helptext

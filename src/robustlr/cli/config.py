@@ -31,9 +31,9 @@ def show_config(
 ) -> None:
     """Validate a config and print it resolved (presets' `extends` applied), as JSON; nothing is run.
 
-    Checks what `robustlr run` checks before loading data: every key's range and the combinations, the
-    device on this machine, the init_model file. Keys that have no effect in this config are warned
-    about (and left out of its hash).
+    Checks what `robustlr run` checks before loading data: ranges, combinations, device, init_model file.
+
+    Keys that have no effect in this config are warned about and left out of its hash.
     """
     from robustlr.sim.config import check_runnable, load_config
 
