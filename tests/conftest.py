@@ -68,6 +68,7 @@ TIER_OF = {
     "tests/integrations/flower/test_deployment.py": "deployment",
     "tests/test_packaging.py": "packaging",
     "tests/integrations/flower/test_equivalence.py": "slow",
+    "tests/integrations/flower/test_untrusted_replies.py": "slow",
 }
 
 

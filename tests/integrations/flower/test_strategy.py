@@ -165,3 +165,44 @@ def test_a_bad_threshold_is_refused_at_construction():
     # one form: 0.4 is a share of the round, 4 a count
     assert RobustLRStrategy(FedAvg(), threshold=0.4).threshold.fraction == 0.4
     assert RobustLRStrategy(FedAvg(), threshold=4).threshold.count == 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: RobustLRStrategy(FedAvg(min_available_nodes=4, min_train_nodes=4), threshold=0, **kw),
+    lambda **kw: RuleStrategy(RuleFedAvg(), **kw),
+], ids=["rlr-around-fedavg", "rule-strategy"])
+def test_a_claimed_weight_is_capped_at_ten_times_the_median_claim(make):
+    """One reply claiming 10**9 examples took over FedAvg in 0.2; now its claim counts as 10 x the
+    round's median (here 10 x 2 = 20), in the inner Flower strategy too."""
+    g = _global({"w": np.zeros(2)})
+    s = make()
+    _configure(s, g, nodes=(1, 2, 3, 4))
+    rows = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [-9.0, 5.0]], dtype=np.float32)
+    claims = [2, 2, 2, 10**9]
+    arrays, metrics = s.aggregate_train(1, [_reply(i + 1, {"w": rows[i]}, n=claims[i]) for i in range(4)])
+    expected = (2 * rows[0] + 2 * rows[1] + 2 * rows[2] + 20 * rows[3]) / 26  # [-6.69, 4.08]
+    np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-6)
+    assert metrics["capped-weights"] == 1 and metrics["dropped-replies"] == 0
+    equal = make(weighting="equal")
+    _configure(equal, g, nodes=(1, 2, 3, 4))
+    arrays, metrics = equal.aggregate_train(1, [_reply(i + 1, {"w": rows[i]}, n=claims[i]) for i in range(4)])
+    np.testing.assert_allclose(arrays["w"].numpy(), rows.mean(0), rtol=1e-6)  # [-1.5, 2.0]
+
+
+def test_the_norm_screen_is_on_by_default_and_drops_a_reply_near_the_float_range():
+    g = _global({"w": np.zeros(3)})
+    for s in (RobustLRStrategy(FedAvg(min_available_nodes=4, min_train_nodes=4), threshold=2),
+              RuleStrategy(RuleFedAvg())):
+        assert s.screen_norm_multiple == 10.0 and s.max_weight_multiple == 10.0 and s.weighting == "claimed"
+        _configure(s, g, nodes=(1, 2, 3, 4))
+        replies = [_reply(i + 1, {"w": U[i]}) for i in range(3)] + [_reply(4, {"w": np.full(3, 1e38, np.float32)})]
+        arrays, metrics = s.aggregate_train(1, replies)
+        assert metrics["dropped-replies"] == 1 and metrics["dropped-replies/norm"] == 1
+        assert np.isfinite(arrays["w"].numpy()).all() and np.abs(arrays["w"].numpy()).max() <= 3.0
+
+
+def test_bad_weighting_arguments_are_refused():
+    with pytest.raises(ValueError, match="weighting must be 'claimed'"):
+        RuleStrategy(RuleFedAvg(), weighting="sizes")
+    with pytest.raises(ValueError, match="max_weight_multiple must be a finite number >= 1"):
+        RobustLRStrategy(FedAvg(), threshold=2, max_weight_multiple=0.5)

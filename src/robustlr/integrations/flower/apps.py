@@ -20,6 +20,7 @@ the one the server sent to its node, and the rule's weights are the federation's
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from functools import lru_cache
@@ -34,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from robustlr.aggregation import ParamLayout
 from robustlr.aggregation.screening import Rejection
 from robustlr.attacks.model import craft_updates
+from robustlr.errors import TrainingError
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies
 from robustlr.models import build_model
 from robustlr.sim.config import ExperimentConfig, load_config, make_config, parse_overrides
@@ -180,7 +182,8 @@ class ExperimentStrategy(FedAvg):
         """The replies' updates in agent order, their agents, and a rejection for every agent sent
         whose reply cannot be used (or never came)."""
         dropped: list[tuple[Message, str]] = []
-        kept, _ = screen_replies(replies, layout, "arrays", "num-examples", dropped)
+        # no metric of a reply is read: its agent is the one sent to its node, its weight the federation's size
+        kept, _ = screen_replies(replies, layout, "arrays", None, dropped)
         rejections: list[Rejection] = []
         by_agent: dict[int, torch.Tensor] = {}
         for msg, reason in dropped:
@@ -232,6 +235,10 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
             return None
         model.load_state_dict(arrays.to_torch_state_dict())
         m = evaluate(model, fed.val_x, fed.val_y, cfg.base_class, fed.backdoor_x, cfg.target_class)
+        if not math.isfinite(m["val_loss"]):  # as the simulator: a huge finite model's numbers are garbage
+            raise TrainingError(f"round {server_round}: the validation loss is {m['val_loss']} (the global model's "
+                                f"outputs overflow): the run's numbers would be garbage. Turn on "
+                                f"screen_norm_multiple, which drops such an update before it is averaged in")
         if server_round in strategy.records:
             strategy.records[server_round] = strategy.records[server_round].model_copy(update={"evaluated": True, **m})
         return MetricRecord({k: float(v) for k, v in m.items()})

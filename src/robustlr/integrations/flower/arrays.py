@@ -72,11 +72,11 @@ def trainable_keys(model: torch.nn.Module) -> list[str]:
 
 
 def screen_replies(replies: Iterable[Message], layout: ArrayLayout, arrayrecord_key: str,
-                   weight_key: str, rejected: list | None = None) -> tuple[list[Message], Counter]:
+                   weight_key: str | None, rejected: list | None = None) -> tuple[list[Message], Counter]:
     """The replies that can be aggregated, and why the others were dropped.
 
     A reply is dropped (and counted, never averaged in) when it carries an error, misses the
-    array record or the weight, has other arrays, shapes or dtypes than the model sent, or holds
+    array record or the weight (unless ``weight_key`` is None), has other arrays, shapes or dtypes than the model sent, or holds
     NaN or infinite values; ``rejected``, when given, gets ``(message, reason)`` for each (the per-array checks are :func:`robustlr.aggregation.screening.array_problem`,
     the simulator's screening; the norm screen runs on the updates, in the strategies)."""
     kept: list[Message] = []
@@ -94,7 +94,7 @@ def screen_replies(replies: Iterable[Message], layout: ArrayLayout, arrayrecord_
     return kept, dropped
 
 
-def _problem(msg: Message, layout: ArrayLayout, arrayrecord_key: str, weight_key: str) -> str | None:
+def _problem(msg: Message, layout: ArrayLayout, arrayrecord_key: str, weight_key: str | None) -> str | None:
     if msg.has_error():
         return "error"
     content = msg.content
@@ -107,6 +107,8 @@ def _problem(msg: Message, layout: ArrayLayout, arrayrecord_key: str, weight_key
     if problem is not None:
         reason, detail = problem
         return {"shape": "wrong shape", "dtype": "wrong dtype"}.get(reason, reason)
+    if weight_key is None:  # the server knows the sizes itself (ExperimentStrategy): no claim is read
+        return None
     metrics = list(content.metric_records.values())
     if len(metrics) != 1 or weight_key not in metrics[0]:
         return "no weight"

@@ -11,9 +11,13 @@
 
 Clients reply with weights, not updates: each strategy keeps the global arrays it sent in
 ``configure_train`` (as Flower's FedOpt and DP wrappers do). Malformed replies (an error,
-missing arrays or weight, other shapes or dtypes, NaN; with ``screen_norm_multiple``, a norm
-far above the round's median) are dropped and counted in the round's metrics,
-never averaged in.
+missing arrays or weight, other shapes or dtypes, NaN; and, on by default, an update norm above
+``screen_norm_multiple`` = 10 x the round's median: a boosted or model-replacement update) are
+dropped and counted in the round's metrics, never averaged in. What a reply claims as its weight
+(``num-examples``) is bounded before any strategy reads it: capped at ``max_weight_multiple`` = 10 x
+the round's median claim (``capped-weights`` counts them), or ignored with ``weighting="equal"``.
+A strategy in a user's app cannot know the clients' true sizes; robustlr's own ServerApp
+(:class:`robustlr.integrations.flower.apps.ExperimentStrategy`) uses the federation's.
 
 With Flower's differential-privacy wrappers: the paper applies eta_theta to the aggregate
 *plus* noise, so wrap the DP strategy: ``RobustLRStrategy(DifferentialPrivacyServerSideFixedClipping(FedAvg(), ...))``
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -50,6 +55,30 @@ def _metrics_with(metrics: MetricRecord | None, extra: dict) -> MetricRecord:
     for k, v in extra.items():
         out[k] = v
     return out
+
+
+#: the default norm screen of the strategies: a reply whose update norm exceeds this multiple of the
+#: round's median is dropped (a boosted or model-replacement update is 10-100x; honest ones of one
+#: round are within a few x of each other); 0 turns it off
+DEFAULT_SCREEN_NORM_MULTIPLE = 10.0
+#: a reply's claimed weight (``num-examples``) is capped at this multiple of the round's median claim
+DEFAULT_MAX_WEIGHT_MULTIPLE = 10.0
+
+
+def _positive_multiple(name: str, value: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not x >= 1 or x == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
+    return x
+
+
+def _weighting(weighting: str, max_weight_multiple: float) -> tuple[str, float]:
+    if weighting not in ("claimed", "equal"):
+        raise ValueError(f"weighting must be 'claimed' (num-examples, capped) or 'equal', got {weighting!r}")
+    return weighting, _positive_multiple("max_weight_multiple", max_weight_multiple)
 
 
 def _norm_multiple(value: float) -> float:
@@ -93,7 +122,33 @@ class _KeepsGlobal:
             kept = [kept[i] for i in screened.keep]
         counts = {"dropped-replies": int(sum(dropped.values()))}
         counts.update({f"dropped-replies/{reason}": int(n) for reason, n in dropped.items()})
+        counts["capped-weights"] = self._bound_weights(kept)
         return kept, counts, rejected
+
+    def _bound_weights(self, kept: list[Message]) -> int:
+        """Bound what the kept replies claim as their weight, in the replies themselves (so that an
+        inner Flower strategy reads the bounded value too): ``weighting = "equal"`` sets every claim
+        to 1; ``"claimed"`` caps each at ``max_weight_multiple`` x the round's median claim (one
+        reply claiming 10**9 examples would otherwise take over the average). Returns how many were
+        changed."""
+        if not kept:
+            return 0
+        claims = [float(next(iter(m.content.metric_records.values()))[self.weighted_by_key]) for m in kept]
+        if getattr(self, "weighting", "claimed") == "equal":
+            bound = [1.0] * len(claims)
+        else:
+            cap = float(np.median(claims)) * getattr(self, "max_weight_multiple", DEFAULT_MAX_WEIGHT_MULTIPLE)
+            bound = [min(c, cap) for c in claims]
+        changed = 0
+        for msg, claim, value in zip(kept, claims, bound):
+            if value != claim:
+                record = next(iter(msg.content.metric_records.values()))
+                record[self.weighted_by_key] = value
+                changed += 1
+                if getattr(self, "weighting", "claimed") != "equal":
+                    log.warning("capped the weight node %s claimed (%g examples) at %g (%g x the round's median)",
+                                getattr(msg.metadata, "src_node_id", "?"), claim, value, self.max_weight_multiple)
+        return changed
 
 
 class RobustLRStrategy(_KeepsGlobal, Strategy):
@@ -119,7 +174,10 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
 
     def __init__(self, inner: Strategy, threshold: int | float | Threshold, *, server_lr: float = 1.0,
                  flip_keys: Sequence[str] | None = None, arrayrecord_key: str = "arrays",
-                 weighted_by_key: str = "num-examples", screen_norm_multiple: float = 0.0) -> None:
+                 weighted_by_key: str = "num-examples",
+                 screen_norm_multiple: float = DEFAULT_SCREEN_NORM_MULTIPLE,
+                 weighting: Literal["claimed", "equal"] = "claimed",
+                 max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE) -> None:
         if not isinstance(inner, Strategy):
             raise ValueError(f"inner must be a Flower Strategy such as FedAvg(), got {type(inner).__name__}")
         self.inner = inner
@@ -129,6 +187,7 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
+        self.weighting, self.max_weight_multiple = _weighting(weighting, max_weight_multiple)
         self._vote: tuple[ArrayLayout, RobustLR] | None = None
 
     def _rlr(self) -> RobustLR:
@@ -185,9 +244,12 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
     """
 
     def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
-                 screen_norm_multiple: float = 0.0, **fedavg_kwargs) -> None:
+                 screen_norm_multiple: float = DEFAULT_SCREEN_NORM_MULTIPLE,
+                 weighting: Literal["claimed", "equal"] = "claimed",
+                 max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE, **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
+        self.weighting, self.max_weight_multiple = _weighting(weighting, max_weight_multiple)
         self.rule = rule
         self.server_lr = float(server_lr)
         self.flip_keys = None if flip_keys is None else list(flip_keys)

@@ -1,0 +1,131 @@
+"""The Flower ServerApp trusts no client (issue 25): a reply counts for the agent the server sent to
+its node, whatever its metrics claim; the rule's weights are the federation's sizes; a malformed
+reply is dropped and recorded, never fatal; a finite reply near the float range is screened by the
+norm screen, or stops the run with a clear error instead of reporting a garbage model.
+
+Each case runs 2 rounds of demo-iid (600 images, FedAvg + RLR theta 4 of 10) through the real
+ExperimentStrategy on an in-process grid, with agent 3's reply tampered with."""
+
+import math
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="the Flower extra: pip install 'robustlr[flower]'")
+
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from robustlr.errors import TrainingError  # noqa: E402
+from robustlr.integrations.flower import apps  # noqa: E402
+from robustlr.integrations.flower.apps import CONFIG_KEY, flat_of, run_on_grid  # noqa: E402
+from robustlr.integrations.flower.inprocess import InProcessGrid  # noqa: E402
+from robustlr.sim.config import load_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _task_identity():
+    """Messages need the identity a ServerApp process has (run, task, node)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+            mp.setattr(TaskIdentity, key, value)
+        yield
+
+
+def _run(data_dir, tamper=None, overrides=(), agent=3):
+    cfg = load_config("demo-iid", ["rounds=2", "train_limit=600", "eval_every=1", "precision=fp32",
+                                   "train_mode=sequential", "threads=1", *overrides])
+    client = ClientApp()
+
+    @client.train()
+    def train(msg, context):
+        reply = apps.train_message(msg, context)
+        if tamper is not None and int(msg.content["config"]["agent-id"]) == agent:
+            tamper(reply)
+        return reply
+
+    grid = InProcessGrid(client, num_nodes=10, run_config={CONFIG_KEY: cfg.to_json(),
+                                                           "robustlr-data-dir": str(data_dir)})
+    return cfg, grid, run_on_grid(grid, cfg, str(data_dir))
+
+
+def _set_metric(key, value):
+    def tamper(reply):
+        metrics = dict(reply.content["metrics"])
+        metrics[key] = value
+        reply.content["metrics"] = MetricRecord(metrics)
+    return tamper
+
+
+def _drop_metric(key):
+    def tamper(reply):
+        reply.content["metrics"] = MetricRecord({k: v for k, v in dict(reply.content["metrics"]).items() if k != key})
+    return tamper
+
+
+def _fill_arrays(value):
+    def tamper(reply):
+        arrays = reply.content["arrays"]
+        reply.content["arrays"] = ArrayRecord({k: Array(torch.full_like(torch.from_numpy(arrays[k].numpy()),
+                                                                        value).numpy()) for k in arrays.keys()})
+    return tamper
+
+
+@pytest.fixture(scope="module")
+def honest(fmnist_dir):
+    cfg, grid, result = _run(fmnist_dir)
+    return flat_of(result.arrays, cfg), result.robustlr_records
+
+
+@pytest.mark.parametrize("tamper", [
+    _drop_metric("agent-id"),            # 0.2: KeyError in the ServerApp
+    _set_metric("agent-id", float("nan")),  # 0.2: ValueError
+    _set_metric("agent-id", [1, 2]),     # 0.2: TypeError
+    _set_metric("agent-id", 5),          # 0.2: agent 3's update averaged in as agent 5's, 3 recorded rejected
+    _set_metric("num-examples", 10**9),  # 0.2: one reply took over FedAvg
+    _drop_metric("num-examples"),        # not read: the federation knows the agent's size
+], ids=["no-agent-id", "nan-agent-id", "list-agent-id", "claims-agent-5", "claims-1e9-examples", "no-num-examples"])
+def test_what_a_reply_says_about_itself_changes_nothing(fmnist_dir, honest, tamper):
+    cfg, grid, result = _run(fmnist_dir, tamper)
+    model, records = honest
+    assert torch.equal(flat_of(result.arrays, cfg), model)
+    assert [(r.agents, r.rejected) for r in result.robustlr_records] == [(10, []), (10, [])]
+    assert [r.val_acc for r in result.robustlr_records] == [r.val_acc for r in records]
+
+
+def test_a_nan_reply_is_dropped_and_recorded_not_fatal(fmnist_dir):
+    cfg, grid, result = _run(fmnist_dir, _fill_arrays(float("nan")))
+    recs = result.robustlr_records
+    assert [(r.agents, r.rejected, [x["reason"] for x in r.rejections]) for r in recs] == \
+        [(9, [3], ["non-finite"]), (9, [3], ["non-finite"])]
+    assert math.isfinite(recs[-1].val_loss)
+
+
+def test_a_finite_reply_near_the_float_range_is_screened_or_stops_the_run(fmnist_dir):
+    """1e38 everywhere: with the norm screen (3 x the round's median) it is dropped as 'norm' and the
+    run goes on; without it the averaged model's outputs overflow and the run stops with a clear
+    error (robustlr 0.2 finished with val_acc 0.1 and val_loss null)."""
+    cfg, grid, result = _run(fmnist_dir, _fill_arrays(1e38), ["screen_norm_multiple=3.0"])
+    assert [[x["reason"] for x in r.rejections] for r in result.robustlr_records] == [["norm"], ["norm"]]
+    # the same nine updates aggregated as when agent 3's reply is NaN (rejected as non-finite)
+    cfg, _, without_3 = _run(fmnist_dir, _fill_arrays(float("nan")), ["screen_norm_multiple=3.0"])
+    assert torch.equal(flat_of(result.arrays, cfg), flat_of(without_3.arrays, cfg))
+    assert math.isfinite(result.robustlr_records[-1].val_loss)
+    with pytest.raises(TrainingError, match=r"round 1: (the validation loss is (nan|inf)|the global model became "
+                                            r"non-finite|the aggregated update is not finite)"):
+        _run(fmnist_dir, _fill_arrays(1e38))
+
+
+def test_a_second_reply_from_a_node_is_rejected_as_unexpected(fmnist_dir, monkeypatch):
+    real = InProcessGrid.send_and_receive
+
+    def twice(self, messages, *, timeout=None):
+        replies = list(real(self, messages, timeout=timeout))
+        return replies + replies[:1]  # the first node answers twice
+
+    monkeypatch.setattr(InProcessGrid, "send_and_receive", twice)
+    cfg, grid, result = _run(fmnist_dir)
+    recs = result.robustlr_records
+    assert all(r.agents == 10 and [x["reason"] for x in r.rejections] == ["unexpected"] for r in recs)
