@@ -62,6 +62,7 @@ TIER_OF = {
     "tests/sim/engines/test_processes.py": "multiprocess",
     "tests/sim/engines/test_allocator.py": "multiprocess",
     "tests/sim/test_faults.py": "multiprocess",
+    "tests/sim/test_rundir.py::test_processes": "multiprocess",
     "tests/experiments/test_sweep.py": "multiprocess",
     "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
     "tests/integrations/flower/test_simulation.py": "multiprocess",

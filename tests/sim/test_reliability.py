@@ -77,6 +77,7 @@ def test_resume_ignores_keys_that_cannot_change_the_numbers(tmp_path, tiny, key,
     sim = Simulation(cfg, build_federation(cfg, ds), tmp_path / "run")
     sim.records.append(sim.run_round(1))
     sim._checkpoint(1)
+    sim.close()  # as a crashed run's process would: its folder's lock is released
     resumed = Simulation(cfg_of(rounds=3, **{key: value}), build_federation(cfg, ds), tmp_path / "run")
     assert resumed.start_round == 2
     assert torch.equal(resumed.run().global_params, full.global_params)
@@ -113,3 +114,129 @@ def test_accuracies_do_not_depend_on_threads_and_val_loss_only_in_the_last_digit
     for a, b in zip(one.evaluated, two.evaluated):
         assert (a.val_acc, a.base_acc, a.backdoor_acc) == (b.val_acc, b.base_acc, b.backdoor_acc)
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
+
+
+# -- failed writes and reruns of a finished run (issue 25) -------------------------------------
+
+def _disk_full(monkeypatch, name: str, on_open: int, keep: int = 100):
+    """robustlr.sim.checkpoint's ``on_open``-th opening of a file called ``name`` writes ``keep`` bytes,
+    then fails as a full disk does (a real partial write: the file it leaves is cut)."""
+    import builtins
+    import errno
+    import os
+    from pathlib import Path
+
+    from robustlr.sim import checkpoint
+
+    opened = {"n": 0}
+
+    class Full:
+        def __init__(self, fh):
+            self._fh = fh
+
+        def write(self, data):
+            self._fh.write(data[:keep] if isinstance(data, str) else bytes(data)[:keep])
+            self._fh.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, attr):
+            return getattr(self._fh, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._fh.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)
+        if Path(path).name == name and ("w" in mode or "a" in mode):
+            opened["n"] += 1
+            if opened["n"] == on_open:
+                return Full(fh)
+        return fh
+
+    monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize("name, on_open, failed, ckpt_round, rounds", [
+    ("checkpoint.pt.tmp", 2, "checkpoint.pt", 1, [1, 2]),  # round 2's checkpoint; its record was appended
+    ("model.pt.tmp", 1, "model.pt", 3, [1, 2, 3]),  # at the end, after the last checkpoint
+    ("metrics.jsonl", 3, "metrics.jsonl", 2, [1, 2]),  # round 3's record, cut back
+], ids=["checkpoint", "model (torch.save)", "metrics append"])
+def test_a_write_cut_by_a_full_disk_is_a_clear_error_leaves_no_tmp_and_keeps_the_last_good_file(
+        tmp_path, tiny, monkeypatch, name, on_open, failed, ckpt_round, rounds):
+    """robustlr 0.3.0: torch.save's failed write was a RuntimeError traceback (not an OutputError) and
+    left its .tmp; a cut append left a partial line in metrics.jsonl."""
+    from robustlr.errors import OutputError
+    from robustlr.sim import checkpoint
+
+    ds, run = tiny(), tmp_path / "run"
+    good = {}
+
+    def keep_good(rec):  # each round's files once written whole
+        good.update({f: (run / f).read_bytes() for f in ("checkpoint.pt", "metrics.jsonl")})
+
+    _disk_full(monkeypatch, name, on_open)
+    cfg = cfg_of(rounds=3)
+    with pytest.raises(OutputError) as info:
+        Simulation(cfg, build_federation(cfg, ds), run, on_round=keep_good).run()
+    assert str(info.value) == (f"cannot write {run / failed}: No space left on device. The run is stopped; its last "
+                               f"good checkpoint is kept in {run / 'checkpoint.pt'}. Free space on its disk (or raise "
+                               f"the quota), then run the same command again to resume")
+    assert not list(run.glob("*.tmp"))
+    assert not (run / "summary.json").exists() and not (run / "model.pt").exists()
+    assert checkpoint.load_checkpoint(run / "checkpoint.pt")["round"] == ckpt_round
+    if failed == "checkpoint.pt":  # the last good version, byte for byte
+        assert (run / "checkpoint.pt").read_bytes() == good["checkpoint.pt"]
+    if failed == "metrics.jsonl":  # cut back to the records of rounds 1 and 2, no partial line
+        assert (run / "metrics.jsonl").read_bytes() == good["metrics.jsonl"]
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == rounds
+    monkeypatch.undo()
+    full = run_experiment(cfg, tmp_path / "full", dataset=ds)
+    res = run_experiment(cfg, run, dataset=ds)
+    assert torch.equal(res.global_params, full.global_params)
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+FILES = ("config.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt")
+
+
+def _state(folder):
+    import hashlib
+
+    return {f: (hashlib.sha256((folder / f).read_bytes()).hexdigest(), (folder / f).stat().st_mtime_ns)
+            for f in FILES}
+
+
+def test_rerunning_a_finished_run_changes_no_file_and_returns_the_same_numbers(tmp_path, tiny):
+    """robustlr 0.3.0 rewrote all five files (new mtimes; summary.json would also take a new commit)."""
+    ds, cfg = tiny(), cfg_of(rounds=2)
+    first = run_experiment(cfg, tmp_path, dataset=ds)
+    before = _state(tmp_path)
+    again = run_experiment(cfg, tmp_path, dataset=ds)
+    assert _state(tmp_path) == before
+    assert again.summary == first.summary
+    assert again.records == first.records
+    assert torch.equal(again.global_params, first.global_params)
+
+
+def test_a_finished_run_whose_summary_was_lost_rewrites_only_model_and_summary(tmp_path, tiny):
+    ds, cfg = tiny(), cfg_of(rounds=2)
+    first = run_experiment(cfg, tmp_path, dataset=ds)
+    (tmp_path / "summary.json").unlink()  # as if killed before it was written
+    before = _state_without(tmp_path, "summary.json")
+    again = run_experiment(cfg, tmp_path, dataset=ds)
+    after = _state_without(tmp_path, "summary.json")
+    assert {f: after[f] for f in ("config.json", "metrics.jsonl", "checkpoint.pt")} == \
+        {f: before[f] for f in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    assert after["model.pt"][0] == before["model.pt"][0]  # the same model, written again
+    assert again.summary.model_dump(exclude={"seconds", "seconds_per_round"}) == \
+        first.summary.model_dump(exclude={"seconds", "seconds_per_round"})
+
+
+def _state_without(folder, missing):
+    import hashlib
+
+    return {f: (hashlib.sha256((folder / f).read_bytes()).hexdigest(), (folder / f).stat().st_mtime_ns)
+            for f in FILES if f != missing}

@@ -14,6 +14,9 @@ objects) is refused with a message, never loaded.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import os
 import pickle
 from pathlib import Path
@@ -28,12 +31,9 @@ VERSION = 2
 NAME = "checkpoint.pt"
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _fsync_folder(folder: Path) -> None:
     try:  # the rename itself reaches the disk with the folder's entry
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - folders cannot be opened on some OSes
         return
     try:
@@ -42,27 +42,82 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
         os.close(fd)
 
 
+def tmp_path(path: Path) -> Path:
+    """The temporary file beside ``path`` that an atomic write renames over it."""
+    return path.with_name(path.name + ".tmp")
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file, fsync, rename over ``path``: a kill at any instant leaves
+    the old file or the new. A failed write (disk full, file too large, read-only folder) raises the
+    ``OSError``, removes the temporary file and leaves ``path`` as it was."""
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_folder(path.parent)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, rename: a kill at any instant leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    _fsync_replace(tmp, path)
+    """``torch.save`` ``obj`` atomically (see :func:`atomic_write_bytes`).
+
+    The object is serialised in memory first: ``torch.save`` writing to a file reports a failed
+    write (disk full) as a ``RuntimeError`` from its zip writer, with no errno and its temporary
+    file left behind; written by Python, a failed write is the ``OSError`` it is."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file, fsync, rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync_replace(tmp, path)
+    """Write ``text`` (UTF-8) atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_text_if_changed(path: Path, text: str) -> bool:
+    """:func:`atomic_write_text` unless ``path`` already holds exactly ``text`` (then the file, its
+    mtime included, is left alone); whether it wrote."""
+    try:
+        if path.read_bytes() == text.encode("utf-8"):
+            return False
+    except OSError:  # missing or unreadable: write it
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def write_fix(exc: OSError) -> str:
+    """What to do about a failed write, by its errno."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free space on its disk (or raise the quota)"
+    if exc.errno == errno.EFBIG:
+        return "Raise the file size limit (ulimit -f) or write to another filesystem"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "Make the folder writable (permissions, a read-only mount)"
+    return "Free space or fix the folder's permissions"
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line and fsync; a kill mid-append leaves a partial last line, which a resume
+    """Append one line and fsync. A failed append (disk full) cuts the file back to its length before
+    it and raises the ``OSError``; a kill mid-append leaves a partial last line, which a resume
     rewrites from the checkpoint (see :meth:`robustlr.sim.loop.Simulation`)."""
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    with open(path, "ab") as fh:
+        start = fh.tell()
+        try:
+            fh.write((line + "\n").encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), start)
+            raise
 
 
 def save_checkpoint(path: Path, *, round_: int, global_params: torch.Tensor, rule_state: dict,

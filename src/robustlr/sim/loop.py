@@ -27,7 +27,7 @@ from robustlr.sim.federation import Federation
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.pretrain import check_init_model, pretrain_into_cache, resolve_init_model
 from robustlr.sim.records import RoundRecord, RunSummary, dumps
-from robustlr.sim.rundir import check_out_dir
+from robustlr.sim.rundir import check_out_dir, finished_summary, open_run_dir
 from robustlr.sim.server import Server, initial_model
 
 log = logging.getLogger("robustlr")
@@ -120,16 +120,39 @@ class Simulation:
     # -- persistence
     def _prepare_out_dir(self) -> None:
         assert self.out_dir is not None
-        check_out_dir(self.out_dir, self.cfg)
-        ckpt = self.out_dir / checkpoint.NAME
-        if ckpt.exists():
-            self._resume(ckpt)
-        cfg_path = self.out_dir / "config.json"
-        with self._writing(cfg_path):
-            checkpoint.atomic_write_text(cfg_path, self.cfg.to_json())
-        # metrics.jsonl holds exactly the rounds done so far (none for a fresh start, the
-        # checkpoint's on resume): a restart never leaves a round in it twice, nor a partial line
-        self._rewrite_metrics()
+        # the folder's lock, held until run() ends (or close()): a second run on it is refused here
+        self._lock = open_run_dir(self.out_dir, self.cfg)
+        self._stored_summary = None
+        try:
+            ckpt = self.out_dir / checkpoint.NAME
+            if ckpt.exists():
+                self._resume(ckpt)
+            if self.start_round > self.cfg.rounds:
+                # a finished run started again writes nothing: its summary is returned as it is
+                self._stored_summary = finished_summary(self.out_dir, self.cfg.rounds)
+            if self._stored_summary is None:
+                cfg_path = self.out_dir / "config.json"
+                with self._writing(cfg_path):
+                    checkpoint.write_text_if_changed(cfg_path, self.cfg.to_json())
+            # metrics.jsonl holds exactly the rounds done so far (none for a fresh start, the
+            # checkpoint's on resume): a restart never leaves a round in it twice, nor a partial line
+            self._rewrite_metrics()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def close(self) -> None:
+        """Stop the engine's workers and release the run folder's lock (:meth:`run` does both when
+        it ends); needed only for a Simulation that is not run to its end."""
+        try:
+            self.engine.close()
+        finally:
+            self._release_lock()
 
     def _resume(self, ckpt: Path) -> None:
         state = checkpoint.load_checkpoint(ckpt)
@@ -143,19 +166,20 @@ class Simulation:
     def _rewrite_metrics(self) -> None:
         assert self.out_dir is not None
         with self._writing(self.out_dir / "metrics.jsonl"):
-            checkpoint.atomic_write_text(self.out_dir / "metrics.jsonl",
-                                         "".join(dumps(rec.to_json_dict()) + "\n" for rec in self.records))
+            checkpoint.write_text_if_changed(self.out_dir / "metrics.jsonl",
+                                             "".join(dumps(rec.to_json_dict()) + "\n" for rec in self.records))
 
     @contextlib.contextmanager
     def _writing(self, path: Path):
-        """Turn a failed write (disk full, read-only folder) into a clear error; the files written
-        atomically keep their last good version."""
+        """Turn a failed write (disk full, file too large, read-only folder) into a clear error; the
+        files written atomically keep their last good version and leave no temporary file
+        (:mod:`robustlr.sim.checkpoint`), an appended line is cut back."""
         try:
             yield
         except OSError as exc:
             raise OutputError(
-                f"cannot write {path}: {exc.strerror or exc}. {self._kept()} Free space or fix the folder's "
-                f"permissions, then run the same command again to resume") from exc
+                f"cannot write {path}: {exc.strerror or exc}. {self._kept()} {checkpoint.write_fix(exc)}, "
+                f"then run the same command again to resume") from exc
 
     def _checkpoint(self, round_: int) -> None:
         assert self.out_dir is not None
@@ -232,7 +256,7 @@ class Simulation:
             with sigterm_raises():
                 return self._run()
         finally:
-            self.engine.close()
+            self.close()
 
     def _run(self) -> RunResult:
         cfg = self.cfg
@@ -258,9 +282,13 @@ class Simulation:
     def _finish(self) -> RunResult:
         summary = self.server.summary(self.records, seconds=self.elapsed, engine=self.engine.name,
                                       federation=self.fed.notes, init=self.init_model)
+        if self.out_dir is not None and self._stored_summary is not None:
+            # a finished run started again: every file stays as it is, the numbers are the stored ones
+            return RunResult(self.cfg, self.records, self._stored_summary, self.out_dir, self.global_params)
         if self.out_dir is not None:
             # the checkpoint first: once it holds the last round, a rerun only rewrites the rest
-            self._checkpoint(self.cfg.rounds)
+            if self.start_round <= self.cfg.rounds:  # else the checkpoint resumed from already holds it
+                self._checkpoint(self.cfg.rounds)
             self.model.load_state_dict(self.layout.unflatten(self.global_params))
             with self._writing(self.out_dir / "model.pt"):
                 checkpoint.atomic_save(self.model.state_dict(), self.out_dir / "model.pt")
