@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import IO
 
@@ -115,12 +116,14 @@ class RunLock:
 
 
 def _holder(fh: IO[str]) -> str:
-    try:
-        fh.seek(0)
-        info = json.loads(fh.read() or "{}")
-        return f"pid {int(info['pid'])} on {info['host']}"
-    except (OSError, ValueError, KeyError, TypeError):  # the holder has not written it yet
-        return "its pid not written yet"
+    for _ in range(20):  # the holder writes its pid right after it takes the lock
+        try:
+            fh.seek(0)
+            info = json.loads(fh.read() or "{}")
+            return f"pid {int(info['pid'])} on {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+    return "its pid not written yet"
 
 
 def lock_run_dir(out: Path) -> RunLock:
