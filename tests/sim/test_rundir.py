@@ -109,6 +109,16 @@ def test_a_lock_file_without_a_holder_does_not_block(tmp_path, tiny):
     assert [r.round for r in run_experiment(cfg, out, dataset=ds).records] == [1]
 
 
+def test_a_lock_file_that_cannot_be_created_is_one_clear_line(tmp_path, tiny):
+    out = tmp_path / "run"
+    (out / LOCK_NAME).mkdir(parents=True)
+    cfg = cfg_of()
+    with pytest.raises(OutputError) as info:
+        Simulation(cfg, build_federation(cfg, tiny()), out)
+    assert str(info.value) == (f"cannot write the run folder {out}: cannot create its lock file {out / LOCK_NAME}: "
+                               f"Is a directory; remove that folder or choose another --out")
+
+
 # -- in several processes (test_processes_*: the multiprocess tier, tests/conftest.py) -------------
 
 WRITER = """

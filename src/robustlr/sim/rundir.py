@@ -133,8 +133,9 @@ def lock_run_dir(out: Path) -> RunLock:
     try:
         fh = open(path, "a+")  # never truncated before the lock is ours: the holder's pid stays readable
     except OSError as exc:
+        fix = "remove that folder" if isinstance(exc, IsADirectoryError) else "fix the folder's permissions"
         raise OutputError(f"cannot write the run folder {out}: cannot create its lock file {path}: "
-                          f"{exc.strerror or exc}; fix the folder's permissions or choose another --out") from None
+                          f"{exc.strerror or exc}; {fix} or choose another --out") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
