@@ -209,7 +209,7 @@ def test_check_runnable_makes_the_checks_of_a_run_before_its_data(tmp_path, monk
     import torch
 
     from robustlr.errors import EngineError
-    from robustlr.sim.config import check_runnable
+    from robustlr.sim.preflight import check_runnable
 
     with pytest.raises(ConfigError, match="init_model='nofile.pt': no such file or folder"):
         check_runnable(load_config("iid-rlr", ["init_model='nofile.pt'"]))

@@ -35,7 +35,8 @@ def show_config(
 
     Keys that have no effect in this config are warned about and left out of its hash.
     """
-    from robustlr.sim.config import check_runnable, load_config
+    from robustlr.sim.config import load_config
+    from robustlr.sim.preflight import check_runnable
 
     cfg = load_config(config, set_)
     check_runnable(cfg)
