@@ -110,6 +110,7 @@ def test_the_bar_on_a_terminal_counts_the_rounds_done(monkeypatch):
     from robustlr.cli import _common
 
     monkeypatch.setattr(_common, "console", Console(file=io.StringIO(), force_terminal=True, width=120))
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")  # a StringIO is no tty: rich's switch says "live" anyway
     with _common.make_progress() as progress:
         assert isinstance(progress, Progress)
         # a bar that starts at 0 (the rounds before were not known) still reads 5/30 after round 5
@@ -140,6 +141,46 @@ def test_demo_off_a_terminal_prints_a_line_per_round(monkeypatch, tmp_path):
     for line, (key, r) in zip(lines, [(k, r) for k in ("fedavg_clean", "fedavg_attack", "rlr_attack") for r in (1, 2)]):
         assert re.fullmatch(pattern.format(key, r), line), line
     assert lines[1].endswith("ETA 0:00:00")
+
+
+def _robustlr(args, data_dir):
+    return [str(Path(sys.executable).parent / "robustlr"), "run", "demo-iid", "--set", "rounds=2", "--set",
+            "train_limit=300", "--set", "threads=1", "--set", "eval_every=1", "--data-dir", str(data_dir), *args]
+
+
+def test_run_piped_prints_a_line_per_round_and_on_a_terminal_a_bar(tmp_path, data_dir):
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TTY_INTERACTIVE", "TTY_COMPATIBLE", "TERM")}
+    # piped, even with FORCE_COLOR (a CI's colours): plain lines
+    res = subprocess.run(_robustlr(["--out", str(tmp_path / "piped")], data_dir), capture_output=True, text=True,
+                         timeout=300, env={**env, "FORCE_COLOR": "1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    rounds = [line for line in res.stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 2, res.stdout
+    for r, line in enumerate(rounds, 1):
+        assert re.fullmatch(rf"round {r}  {r}/2  val \d+\.\d%  backdoor \d+\.\d%  flipped \d+\.\d%  "
+                            rf"\d+\.\ds/round  ETA \d:\d\d:\d\d", line), line
+    assert rounds[-1].endswith("ETA 0:00:00")
+    # on a terminal: rich's bar (drawn in place with cursor controls), no plain round lines
+    cmd = _robustlr(["--out", str(tmp_path / "tty")], data_dir)
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.execve(cmd[0], cmd, {**env, "TERM": "xterm-256color"})
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, shown
+    assert "\x1b[" in shown and "2/2" in shown and "━" in shown, shown
+    assert not re.search(r"^round 1  1/2 ", shown, re.M), shown
 
 
 def test_sweep_lines_one_per_finished_run_with_the_overall_eta():

@@ -12,6 +12,7 @@ log, CI) as plain lines, one per event, each with an ETA (:class:`LineProgress`)
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -76,10 +77,17 @@ def user_errors(fn: F) -> F:
 
 
 def is_live(con: Console | None = None) -> bool:
-    """Whether live displays (bars, tables redrawn in place) show: a terminal, not a dumb one.
-    Rich shows nothing of them elsewhere until they stop."""
+    """Whether live displays (bars, tables redrawn in place) show: stdout is a terminal, not a dumb
+    one (rich shows nothing of them elsewhere until they stop). FORCE_COLOR keeps colours in a log
+    but not the live bars; TTY_INTERACTIVE=1 or 0 (rich's switch) decides outright."""
     con = con or console
-    return con.is_terminal and not con.is_dumb_terminal
+    forced = os.environ.get("TTY_INTERACTIVE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return bool(con.file.isatty()) and not con.is_dumb_terminal
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
 
 
 def fmt_eta(seconds: float | None) -> str:
