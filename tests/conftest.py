@@ -66,6 +66,7 @@ TIER_OF = {
     "tests/experiments/test_sweep.py": "multiprocess",
     "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
     "tests/integrations/flower/test_simulation.py": "multiprocess",
+    "tests/integrations/flower/test_example.py": "multiprocess",
     "tests/integrations/flower/test_deployment.py": "deployment",
     "tests/test_packaging.py": "packaging",
     "tests/integrations/flower/test_equivalence.py": "slow",
