@@ -335,3 +335,12 @@ def test_the_sweep_command_prints_each_warning(tmp_path, suite, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "warning: tiny-fedavg: summary.json holds a JSON list, not a run record; running it again" in text
     assert "2 runs done" in text
+
+
+def test_read_summary_refuses_a_summary_that_is_no_json_object(tmp_path):
+    from robustlr.sim.records import RecordError, read_summary
+
+    (tmp_path / "summary.json").write_text("[]")
+    with pytest.raises(RecordError) as exc:  # the run's own process reads it too (was an AttributeError)
+        read_summary(tmp_path / "summary.json")
+    assert str(exc.value) == f"{tmp_path / 'summary.json'}: a JSON list, not a run record"

@@ -138,3 +138,39 @@ def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path,
     assert len(table) == 2 and all(line.split(" | ")[1] == "2" for line in table)  # two seeds per row
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "<table" in page
+
+
+def test_a_sweep_reruns_finished_runs_whose_files_are_damaged_from_their_checkpoints(tmp_path, suite_file,
+                                                                                     fmnist_dir):
+    """A finished run whose model.pt was deleted, and one whose summary.json holds ``[]``, count as not
+    finished: the next sweep runs them again, from their checkpoints of the last round, which only
+    rewrites the final files (no round is trained again: metrics.jsonl keeps its timings) to the
+    same model and summary. Budget: two sweeps, the second of two runs that train nothing."""
+    out = tmp_path / "out"
+    suite = load_suite(suite_file)
+    first = sweep(suite, out, "lite", jobs=2, data_dir=str(fmnist_dir))
+    assert (first.done, first.failed) == (4, [])
+    models, rows = _models(out), {r["name"]: r for r in store.query(out)}
+    no_model, bad_summary = out / "tiny" / "tiny-fedavg-seed=0", out / "tiny" / "tiny-rlr-seed=1"
+    metrics = {f.name: (f / "metrics.jsonl").read_text() for f in (no_model, bad_summary)}
+    summary = json.loads((bad_summary / "summary.json").read_text())
+    (no_model / "model.pt").unlink()
+    (bad_summary / "summary.json").write_text("[]")
+    heard = []
+    again = sweep(suite, out, "lite", jobs=2, data_dir=str(fmnist_dir), on_warning=heard.append)
+    assert (again.done, again.skipped, again.failed) == (4, 2, [])
+    assert heard == [
+        "tiny-fedavg-seed=0: summary.json is there but model.pt is missing; running it again (from its checkpoint "
+        "if it has one)",
+        "tiny-rlr-seed=1: summary.json holds a JSON list, not a run record; running it again (from its checkpoint "
+        "if it has one)"]
+    assert {f.name: (f / "metrics.jsonl").read_text() for f in (no_model, bad_summary)} == metrics
+    after = _models(out)
+    assert sorted(after) == sorted(models)
+    for name in models:
+        assert all(torch.equal(models[name][k], after[name][k]) for k in models[name]), name
+    rewritten = json.loads((bad_summary / "summary.json").read_text())
+    assert {k: v for k, v in rewritten.items() if k != "robustlr_commit"} == \
+        {k: v for k, v in summary.items() if k != "robustlr_commit"}
+    assert {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in rows.items()} == \
+        {r["name"]: (r["status"], r["val_acc"], r["backdoor_acc"]) for r in store.query(out)}

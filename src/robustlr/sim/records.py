@@ -177,6 +177,8 @@ def read_summary(path: str | os.PathLike) -> RunSummary:
     """Read a ``summary.json``; refuse schema versions this robustlr does not know."""
     path = Path(path)
     data = json.loads(path.read_text())
+    if not isinstance(data, dict):  # `[]`, a number, null: no run record (was an AttributeError)
+        raise RecordError(f"{path}: a JSON {type(data).__name__}, not a run record")
     version = data.get("schema_version", 1)
     if version not in KNOWN_SCHEMA_VERSIONS:
         raise RecordError(
