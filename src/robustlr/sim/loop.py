@@ -25,7 +25,8 @@ from robustlr.sim.engines import build_engine, check_device, engine_context, sel
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation
 from robustlr.sim.lifecycle import sigterm_raises
-from robustlr.sim.pretrain import check_init_model, pretrain_into_cache, resolve_init_model
+from robustlr.sim.preflight import check_runnable
+from robustlr.sim.pretrain import pretrain_into_cache, resolve_init_model
 from robustlr.sim.records import RoundRecord, RunSummary, dumps
 from robustlr.sim.rundir import check_out_dir, finished_summary, open_run_dir
 from robustlr.sim.server import Server, initial_model
@@ -303,13 +304,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
     """Load the data, build the federation and run ``cfg`` to the end (resuming if possible)."""
     from robustlr.sim.federation import build_federation, load_dataset
 
-    # everything that can be checked without the data is checked before loading it
-    check_device(cfg.device)
+    # everything that can be checked without the data is checked before loading it, as `robustlr config` does
+    check_runnable(cfg)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataNotFoundError(f"--data-dir {data_dir} is not a folder; give the folder that holds the datasets")
     if out_dir is not None:
         check_out_dir(Path(out_dir), cfg)
-    check_init_model(cfg)
     ds = dataset if dataset is not None else load_dataset(cfg, data_dir)
     fed = build_federation(cfg, ds)
     return Simulation(cfg, fed, out_dir, on_round, observers, data_dir=data_dir).run()
