@@ -26,6 +26,8 @@ def _files(tmp, data):
     (tmp / "ext-unknown.toml").write_text('extends = "no-such-preset"\n')
     (tmp / "ext-number.toml").write_text("extends = 3\n")
     (tmp / "a-file").write_text("not a folder")
+    (tmp / "lockdir" / ".robustlr.lock").mkdir(parents=True)  # a folder where the run's lock file goes
+    (tmp / "ext-typo.toml").write_text('extends = "iid-rrl"\n')
     # a run folder with a truncated config.json, and one with a damaged checkpoint
     (tmp / "truncated").mkdir()
     (tmp / "truncated" / "config.json").write_text('{"name": "demo-iid", "rou')
@@ -164,6 +166,19 @@ ROWS = [
     ("TFF file not HDF5", ["run", "noniid-paper-rlr", SET, "data_sources=['{tmp}/not-h5', '{tmp}/not-h5']",
                            "--out", "{tmp}/o5"], "is not an HDF5 file"),
     ("TFF files missing", ["run", "noniid-paper-rlr", "--out", "{tmp}/o6", "--data-dir", "{tmp}"], "How to get the files"),
+    # misspelt names get the closest valid one; user text with brackets is printed as it is (issue 25 item 6)
+    ("misspelt preset", ["run", "iid-rlrr"], "did you mean 'iid-rlr'?"),
+    ("misspelt suite", ["sweep", "table1-idd"], "did you mean 'table1-iid'?"),
+    ("misspelt bench preset", ["bench", "engines", "--preset", "iid-fedavgg"], "did you mean 'iid-fedavg'?"),
+    ("misspelt aggregator", CONFIG + [SET, "aggregator=comedd"], "(got 'comedd') (did you mean 'comed'?)"),
+    ("misspelt dataset", CONFIG + [SET, "dataset=cifar"], "(got 'cifar') (did you mean 'cifar10'?)"),
+    ("a name that is markup", CONFIG + [SET, "name=[/x]"], "(got '[/x]')"),
+    ("a budget that is markup", ["sweep", "table1-iid", "--budget", "[/x]"], "has no budget '[/x]'"),
+    ("misspelt preset in extends", ["config", "{tmp}/ext-typo.toml"], "unknown preset 'iid-rrl' (did you mean 'iid-rlr'?)"),
+    ("a folder where the lock file goes", ["run", "demo-iid", "--out", "{tmp}/lockdir"],
+     "cannot create its lock file"),
+    ("--data-dir with brackets", ["run", "demo-iid", "--out", "{tmp}/o10", "--data-dir", "{tmp}/mydata[v2]"],
+     "mydata[v2] is not a folder"),
 ]
 
 

@@ -13,13 +13,14 @@ import json
 import logging
 import math
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from robustlr.aggregation.rlr import Threshold
-from robustlr.errors import ConfigError
+from robustlr.errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -488,6 +489,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = msg[len("Value error, "):]
         value = e.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        name = str(e["loc"][0]) if e["loc"] else ""
+        if e["type"] == "literal_error" and isinstance(value, str) and name in ExperimentConfig.model_fields:
+            # a misspelt choice (aggregator, dataset, model, ...): the closest valid one
+            shown += did_you_mean(value, typing.get_args(ExperimentConfig.model_fields[name].annotation))
         lines.append(f"  - {loc}: {msg}{shown}")
     return "\n".join(lines)
 
