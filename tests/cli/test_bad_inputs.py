@@ -27,6 +27,14 @@ def _files(tmp, data):
     (tmp / "ext-number.toml").write_text("extends = 3\n")
     (tmp / "a-file").write_text("not a folder")
     (tmp / "lockdir" / ".robustlr.lock").mkdir(parents=True)  # a folder where the run's lock file goes
+    # results stores: one that is not SQLite, one emptied beside a run folder
+    (tmp / "bad-store").mkdir()
+    (tmp / "bad-store" / "results.sqlite").write_bytes(b"not a database " * 100)
+    (tmp / "empty-store" / "s" / "a").mkdir(parents=True)
+    (tmp / "empty-store" / "results.sqlite").write_bytes(b"")
+    from robustlr.sim.config import load_config
+
+    (tmp / "empty-store" / "s" / "a" / "config.json").write_text(load_config("demo-iid", ["train_limit=300"]).to_json())
     (tmp / "ext-typo.toml").write_text('extends = "iid-rrl"\n')
     # a run folder with a truncated config.json, and one with a damaged checkpoint
     (tmp / "truncated").mkdir()
@@ -177,6 +185,14 @@ ROWS = [
     ("misspelt preset in extends", ["config", "{tmp}/ext-typo.toml"], "unknown preset 'iid-rrl' (did you mean 'iid-rlr'?)"),
     ("a folder where the lock file goes", ["run", "demo-iid", "--out", "{tmp}/lockdir"],
      "cannot create its lock file"),
+    # a damaged results store is one line pointing at the rebuild (issue 25 item 3)
+    ("a results store that is not SQLite", ["runs", "-r", "{tmp}/bad-store"],
+     "is damaged (file is not a database); rebuild it from the run folders"),
+    ("an emptied results store beside run folders", ["runs", "-r", "{tmp}/empty-store"],
+     "is damaged (an empty file, while the folder holds run folders)"),
+    ("a report of a damaged store", ["report", "{tmp}/bad-store"], "is damaged (file is not a database)"),
+    ("a sweep into a damaged store", ["sweep", "table1-iid", "-r", "{tmp}/bad-store"],
+     "is damaged (file is not a database)"),
     ("--data-dir with brackets", ["run", "demo-iid", "--out", "{tmp}/o10", "--data-dir", "{tmp}/mydata[v2]"],
      "mydata[v2] is not a folder"),
 ]
