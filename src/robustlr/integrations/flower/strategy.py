@@ -65,30 +65,25 @@ DEFAULT_SCREEN_NORM_MULTIPLE = 10.0
 DEFAULT_MAX_WEIGHT_MULTIPLE = 10.0
 
 
-def _positive_multiple(name: str, value: float) -> float:
+def _finite_at_least(name: str, value: float, low: float, note: str = "") -> float:
+    """``value`` as a float, refused unless it is finite and >= ``low``."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         x = float("nan")
-    if not x >= 1 or x == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
+    if not x >= low or x == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= {low:g}{note}, got {value!r}")
     return x
 
 
 def _weighting(weighting: str, max_weight_multiple: float) -> tuple[str, float]:
     if weighting not in ("claimed", "equal"):
         raise ValueError(f"weighting must be 'claimed' (num-examples, capped) or 'equal', got {weighting!r}")
-    return weighting, _positive_multiple("max_weight_multiple", max_weight_multiple)
+    return weighting, _finite_at_least("max_weight_multiple", max_weight_multiple, 1)
 
 
 def _norm_multiple(value: float) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = float("nan")
-    if not x >= 0 or x == float("inf"):
-        raise ValueError(f"screen_norm_multiple must be a finite number >= 0 (0 = off), got {value!r}")
-    return x
+    return _finite_at_least("screen_norm_multiple", value, 0, " (0 = off)")
 
 
 class _KeepsGlobal:
