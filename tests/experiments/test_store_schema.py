@@ -1,6 +1,9 @@
 """The results store opens a store written before a config key existed (it adds the column)."""
 
+import json
 import sqlite3
+
+import torch
 
 from robustlr.experiments import store
 from robustlr.sim.config import make_config
@@ -37,3 +40,45 @@ def test_a_store_of_the_first_schema_is_rebuilt_from_the_run_folders(tmp_path):
     con.close()
     assert [(r["suite"], r["name"], r["status"]) for r in store.query(results)] == [("s", "s-a", "failed")]
     assert sorted(p.name for p in results.iterdir()) == [store.DB_NAME, "s"]
+
+
+def test_the_store_keeps_the_collapse_flag_and_derives_it_for_older_summaries(tmp_path):
+    from robustlr.sim.records import RunSummary
+
+    results = tmp_path / "results"
+    base = dict(rounds=3, seconds=1.0, seconds_per_round=0.3, engine="serial", federation={}, machine={},
+                torch_version="0", robustlr_version="0")
+    # a summary with the flag keeps it; one written before the flag (no key) is judged on its numbers:
+    # 10 classes, so at or below 0.15 is a collapse; none evaluated stays unknown
+    summaries = {"flagged": RunSummary(name="flagged", val_acc=0.5, collapsed=True, **base).model_dump(),
+                 "old-low": RunSummary(name="old-low", val_acc=0.15, **base).model_dump(exclude={"collapsed"}),
+                 "old-high": RunSummary(name="old-high", val_acc=0.1501, **base).model_dump(exclude={"collapsed"}),
+                 "unevaluated": RunSummary(name="unevaluated", **base).model_dump(exclude={"collapsed"})}
+    for name, doc in summaries.items():
+        folder = results / "s" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(make_config({"name": name, "rounds": 3}).to_json())
+        (folder / "summary.json").write_text(json.dumps(doc))
+        torch.save({"w": torch.zeros(1)}, folder / "model.pt")
+    assert store.rebuild(results) == 4
+    flags = {r["name"]: r["collapsed"] for r in store.query(results)}
+    assert flags == {"flagged": 1, "old-low": 1, "old-high": 0, "unevaluated": None}
+
+
+def test_a_store_from_before_the_collapse_flag_gains_it_from_its_numbers(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    con = sqlite3.connect(results / store.DB_NAME)
+    old = [c for c in store._FIXED if c != "collapsed"] + ['"dataset"', '"digits_only"']
+    con.execute("CREATE TABLE runs (" + ", ".join(old) + ", PRIMARY KEY (suite, name))")
+    for name, status, val_acc, dataset, digits in [("fm-low", "done", 0.15, "fmnist", None),
+                                                   ("fm-high", "done", 0.2, "fmnist", None),
+                                                   ("fe-62", "done", 0.03, "femnist", 0),  # 1.5 / 62 = 0.024
+                                                   ("fe-10", "done", 0.03, "femnist", 1),  # digits: 1.5 / 10
+                                                   ("failed", "failed", None, "fmnist", None)]:
+        con.execute("INSERT INTO runs (suite, name, status, val_acc, dataset, digits_only) VALUES ('s', ?, ?, ?, ?, ?)",
+                    (name, status, val_acc, dataset, digits))
+    con.commit()
+    con.close()
+    flags = {r["name"]: r["collapsed"] for r in store.query(results)}
+    assert flags == {"fm-low": 1, "fm-high": 0, "fe-62": 0, "fe-10": 1, "failed": None}

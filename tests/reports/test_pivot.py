@@ -31,3 +31,21 @@ def test_shipped_pivot_suites_have_defense_dot_attack_labels(tmp_path):
     bad.write_text('name = "bad"\npreset = "iid-fedavg"\npivot = true\n[[row]]\nlabel = "fedavg"\n')
     with pytest.raises(ConfigError, match="every row label is <defense>.<attack>"):
         load_suite(bad)
+
+
+def test_pivot_cells_mark_the_seeds_that_collapsed_to_chance():
+    rows = [{**_row("rlr.scale", 0.1, 0.1), "collapsed": 1}, {**_row("rlr.scale", 0.2, 0.8), "collapsed": 0},
+            {**_row("fedavg.scale", 0.9, 0.12), "collapsed": 1}, _row("rlr.trojan", 0.05, 0.8)]  # no flag: old row
+    _, _, ((_, _, bd), (_, _, val)) = pivot_tables(rows, ["fedavg.scale", "rlr.scale", "rlr.trojan"])
+    assert bd == [["fedavg", "90.0 (collapsed 1/1)", "-"], ["rlr", "15.0 +- 7.1 (collapsed 1/2)", "5.0"]]
+    assert val[1] == ["rlr", "45.0 +- 49.5 (collapsed 1/2)", "80.0"]
+
+
+def test_the_suite_table_notes_how_many_seeds_collapsed():
+    from robustlr.reports.report import suite_table
+
+    extra = {"config": "{}", "rlr_switch_round": None}
+    rows = [{**_row("rlr_attack", 0.1, 0.1), "collapsed": 1, "base_acc": 0.1, **extra},
+            {**_row("rlr_attack", 0.0, 0.9), "collapsed": 0, "base_acc": 0.9, **extra}]
+    header, lines = suite_table(rows, "no-such-setting")
+    assert [line[header.index("note")] for line in lines] == ["collapsed in 1 of 2 seeds"]

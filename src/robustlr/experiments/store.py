@@ -52,14 +52,14 @@ from pathlib import Path
 from typing import Any
 
 from robustlr.errors import ConfigError, RobustlrError
-from robustlr.sim.config import ExperimentConfig, config_hash  # noqa: F401  (config_hash: re-exported)
-from robustlr.sim.records import RecordError, RunSummary, read_summary
+from robustlr.sim.config import ExperimentConfig, classes_of, config_hash  # noqa: F401  (config_hash: re-exported)
+from robustlr.sim.records import RecordError, RunSummary, is_collapsed, read_summary
 
 log = logging.getLogger("robustlr")
 
 DB_NAME = "results.sqlite"
 _FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
-          "backdoor_acc", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
+          "backdoor_acc", "collapsed", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
           "updated"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
 
@@ -109,6 +109,8 @@ def _open(results: Path, db: Path) -> sqlite3.Connection:
         have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
         for c in [c for c in _FIXED + _CONFIG_COLUMNS if c not in have]:
             con.execute(f'ALTER TABLE runs ADD COLUMN "{c}"')
+        if "collapsed" not in have:  # a store from before robustlr 0.3: judge its finished runs on their numbers
+            _fill_collapsed(con)
     except sqlite3.DatabaseError as exc:
         con.close()
         if _is_damage(exc):  # "file is not a database", "database disk image is malformed"
@@ -118,6 +120,15 @@ def _open(results: Path, db: Path) -> sqlite3.Connection:
         con.close()
         raise
     return con
+
+
+def _fill_collapsed(con: sqlite3.Connection) -> None:
+    rows = con.execute("SELECT suite, name, val_acc, dataset, digits_only FROM runs WHERE status = 'done'").fetchall()
+    with con:
+        for suite, name, val_acc, dataset, digits_only in rows:
+            flag = is_collapsed(val_acc, classes_of(dataset or "", bool(digits_only)))
+            con.execute("UPDATE runs SET collapsed = ? WHERE suite = ? AND name = ?",
+                        (None if flag is None else int(flag), suite, name))
 
 
 def _connect(results: Path) -> sqlite3.Connection:
@@ -196,6 +207,8 @@ def _write_row(con: sqlite3.Connection, results: Path, folder: Path, cfg: Experi
     if status == "done":
         s = summary if summary is not None else read_summary(folder / "summary.json")
         row.update(val_acc=s.val_acc, val_loss=s.val_loss, base_acc=s.base_acc, backdoor_acc=s.backdoor_acc,
+                   # a summary written before robustlr 0.3 has no collapse flag: the same test on its numbers
+                   collapsed=s.collapsed if s.collapsed is not None else is_collapsed(s.val_acc, cfg.num_classes),
                    rlr_switch_round=s.rlr_switch_round, seconds=s.seconds, engine=s.engine,
                    robustlr_version=s.robustlr_version, machine=json.dumps(s.machine))
     for k in _CONFIG_COLUMNS:

@@ -6,7 +6,7 @@ that reruns it and the runs' wall time; a table with one line per table row of t
 label and non-seed grid point), our final validation, base-class and backdoor accuracy (mean +-
 sd over seeds, with the number of seeds), the round RLR was switched on where it was, the
 paper's value (``reports/paper.toml``, the setting the suite names in ``paper``) and the
-difference; grid points that share a run (the suite's aliases) get a line each, marked. Then
+difference, and how many seeds collapsed to chance (the summary's flag: under attack a result, not a failure); grid points that share a run (the suite's aliases) get a line each, marked. Then
 the figures: training curves (validation, base-class, backdoor accuracy and RLR's flipped
 fraction per round, one colour per method, a dashed line where RLR was switched on) for suites
 of a few rows, final accuracies per grid point for larger grids, and the panels a suite asks for
@@ -46,6 +46,16 @@ def _mean_sd(values: list[float]) -> str:
         return "-"
     m = 100 * statistics.fmean(values)
     return f"{m:.1f}" if len(values) == 1 else f"{m:.1f} +- {100 * statistics.stdev(values):.1f}"
+
+
+def _collapses(done: list[dict]) -> int:
+    """How many of the finished runs collapsed (final validation at or below 1.5 x chance: the
+    summary's flag, kept in the store)."""
+    return sum(1 for r in done if r.get("collapsed"))
+
+
+COLLAPSE_NOTE = ("collapsed: the final validation accuracy is at or below 1.5 x chance; under attack that is "
+                 "a result (the attack wrecked the model), not a failed run")
 
 
 def _suite_meta(name: str) -> Suite | None:
@@ -129,6 +139,8 @@ def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = 
             notes.append(f"the run of row '{source}': " + "; ".join(aliases[key][1]))
         if not done:
             notes.append("not run")
+        if _collapses(done):
+            notes.append(f"collapsed in {_collapses(done)} of {len(done)} seeds")
         if ref.get("note"):
             notes.append(f"paper: {ref['note']}")
         extra, extra_paper = [], []
@@ -143,7 +155,7 @@ def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = 
 def pivot_tables(rows: list[dict], order: list[str]) -> tuple[list[str], list[str], list[tuple[str, list[str], list[list[str]]]]]:
     """For a suite whose labels are ``<defense>.<attack>``: the defenses and attacks in the suite's
     order, and per metric a table with a line per defense and a column per attack (mean +- sd over
-    seeds; "-" where not run)."""
+    seeds; "-" where not run; "(collapsed k/n)" where k of the n seeds collapsed to chance)."""
     labels = list(order) + sorted({r["label"] for r in rows} - set(order))
     defenses, attacks = [], []
     for lab in labels:
@@ -156,8 +168,10 @@ def pivot_tables(rows: list[dict], order: list[str]) -> tuple[list[str], list[st
         for d in defenses:
             cells = []
             for a in attacks:
-                done = [r[key] for r in rows if r["label"] == f"{d}.{a}" and r["status"] == "done" and r[key] is not None]
-                cells.append(_mean_sd(done))
+                runs = [r for r in rows if r["label"] == f"{d}.{a}" and r["status"] == "done"]
+                cell = _mean_sd([r[key] for r in runs if r[key] is not None])
+                n = _collapses(runs)
+                cells.append(cell + (f" (collapsed {n}/{len(runs)})" if n else ""))
             lines.append([d, *cells])
         tables.append((name, ["defense \\ attack", *attacks], lines))
     return defenses, attacks, tables
@@ -258,6 +272,8 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         facts = [f"Budget: {budget or 'unknown'}, {', '.join(map(str, budgets))} rounds; {len(done)} runs done"
                  f" ({seconds / 60:.1f} min of run time, summed over runs).",
                  f"Paper: {source or 'no reference'} (at the paper's budget). Ours: mean +- sd over seeds, percent."]
+        if _collapses(done):
+            facts.append(f"{_collapses(done)} of {len(done)} runs {COLLAPSE_NOTE}.")
         warm = sorted({c for c in (json.loads(r["config"]).get("init_model") for r in done) if c})
         if warm:
             facts.append(f"Warm-started from {', '.join(warm)}: these runs attack a model trained beforehand, not the "

@@ -50,6 +50,11 @@ IMAGE_SIDE = {"fashion-mnist": 28, "femnist-leaf": 28, "femnist-tff": 28, "cifar
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "cifar10": 50_000}
 
 
+def classes_of(dataset: str, digits_only: bool | None) -> int:
+    """The number of classes of a dataset setting (FEMNIST: 62, or 10 with ``digits_only``)."""
+    return 62 if dataset.startswith("femnist") and not digits_only else 10
+
+
 class ExperimentConfig(BaseModel):
     """Every knob of one federated-learning experiment.
 
@@ -414,7 +419,7 @@ class ExperimentConfig(BaseModel):
     # -- derived values
     @property
     def num_classes(self) -> int:
-        return 62 if self.dataset.startswith("femnist") and not self.digits_only else 10
+        return classes_of(self.dataset, self.digits_only)
 
     @property
     def resolved_server_lr(self) -> float:

@@ -173,6 +173,16 @@ def provenance() -> dict[str, Any]:
             "robustlr_commit": robustlr_commit()}
 
 
+#: a final validation accuracy at or below this multiple of chance (1 / classes) is a collapse
+COLLAPSE_MULTIPLE = 1.5
+
+
+def is_collapsed(val_acc: float | None, num_classes: int) -> bool | None:
+    """Whether a final validation accuracy is a collapse (at or below ``COLLAPSE_MULTIPLE`` x chance);
+    None when nothing was evaluated."""
+    return None if val_acc is None else bool(val_acc <= COLLAPSE_MULTIPLE / num_classes)
+
+
 def read_summary(path: str | os.PathLike) -> RunSummary:
     """Read a ``summary.json``; refuse schema versions this robustlr does not know."""
     path = Path(path)

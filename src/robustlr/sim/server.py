@@ -42,7 +42,7 @@ from robustlr.models import build_model
 from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.pretrain import InitModel, load_init_state
-from robustlr.sim.records import RoundRecord, RunSummary, provenance
+from robustlr.sim.records import RoundRecord, RunSummary, is_collapsed, provenance
 
 log = logging.getLogger("robustlr")
 
@@ -329,19 +329,13 @@ class Server:
         return run_summary(self.cfg, records, seconds=seconds, engine=engine, federation=federation, init=init)
 
 
-#: a final validation accuracy at or below this multiple of chance (1 / classes) is a collapse
-COLLAPSE_MULTIPLE = 1.5
-
-
 def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, seconds: float, engine: str,
                 federation: dict, init: InitModel | None = None) -> RunSummary:
     """The run summary: the last evaluated round's metrics, whether the model collapsed (validation
-    at or below ``COLLAPSE_MULTIPLE`` x chance: under attack a result, not a failure), the RLR switch
+    at or below ``records.COLLAPSE_MULTIPLE`` x chance: under attack a result, not a failure), the RLR switch
     round, the cost and what produced the numbers (machine, versions)."""
     final = next((r for r in reversed(records) if r.evaluated), None)
-    collapsed = None
-    if final is not None and final.val_acc is not None:
-        collapsed = bool(final.val_acc <= COLLAPSE_MULTIPLE / cfg.num_classes)
+    collapsed = is_collapsed(final.val_acc, cfg.num_classes) if final is not None else None
     return RunSummary(collapsed=collapsed,
         name=cfg.name, rounds=cfg.rounds,
         **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
