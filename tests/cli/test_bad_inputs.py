@@ -171,6 +171,12 @@ ROWS = [
      "cannot be read (BadGzipFile"),
     ("LEAF shard truncated", ["run", "demo-noniid", SET, "data_sources=['{tmp}/leaf-trunc']", "--out", "{tmp}/o4"],
      "cannot be read (EOFError"),
+    ("LEAF folder missing (absolute)", ["run", "demo-noniid", SET, "data_sources=['{tmp}/no-leaf']", "--out",
+                                        "{tmp}/o7"], "data source '{tmp}/no-leaf' of dataset femnist-leaf not found: "
+                                                     "{tmp}/no-leaf does not exist"),
+    ("LEAF folder missing (relative)", ["run", "demo-noniid", SET, "data_sources=['no-leaf']", "--out", "{tmp}/o8",
+                                        "--data-dir", "{tmp}"], "data source 'no-leaf' of dataset femnist-leaf not found; "
+                                                                "searched: {tmp}/no-leaf"),
     ("TFF file not HDF5", ["run", "noniid-paper-rlr", SET, "data_sources=['{tmp}/not-h5', '{tmp}/not-h5']",
                            "--out", "{tmp}/o5"], "is not an HDF5 file"),
     ("TFF files missing", ["run", "noniid-paper-rlr", "--out", "{tmp}/o6", "--data-dir", "{tmp}"], "How to get the files"),
@@ -202,6 +208,7 @@ ROWS = [
 def test_bad_input_gets_one_clear_line(tmp_path, data_dir, args, fragment):
     _files(tmp_path, data_dir)
     args = [a.replace("{tmp}", str(tmp_path)).replace("{data}", str(data_dir)) for a in args]
+    fragment = fragment.replace("{tmp}", str(tmp_path))
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit), repr(res.exception)  # not a traceback

@@ -344,3 +344,31 @@ def test_read_summary_refuses_a_summary_that_is_no_json_object(tmp_path):
     with pytest.raises(RecordError) as exc:  # the run's own process reads it too (was an AttributeError)
         read_summary(tmp_path / "summary.json")
     assert str(exc.value) == f"{tmp_path / 'summary.json'}: a JSON list, not a run record"
+
+
+# -- a store another process holds ----------------------------------------------------------------
+
+def test_a_store_locked_past_the_wait_is_one_clear_line(tmp_path, monkeypatch):
+    import sqlite3
+
+    results = tmp_path / "results"
+    folder = _run(results, "tiny", "tiny-fedavg")
+    store.record_run(results, folder, make_config({"name": "tiny-fedavg", "rounds": 3}), "done", "tiny")
+    monkeypatch.setattr(store, "BUSY_SECONDS", 0.2)
+    holder = sqlite3.connect(results / store.DB_NAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # e.g. a sqlite3 shell left in a transaction
+    try:
+        message = (f"the results store {results / store.DB_NAME} stayed locked by another process for 0.2 s "
+                   "(database is locked): a sweep or a sqlite3 shell holds it open in a transaction; wait for "
+                   "it to end (or close it), then run this again")
+        for call in (lambda: store.query(results), lambda: store.check(results),
+                     lambda: store.record_run(results, folder, make_config({"name": "tiny-fedavg"}), "done", "tiny")):
+            with pytest.raises(store.StoreError) as info:
+                call()
+            assert str(info.value) == message
+        res, text = _cli("runs", "-r", results)
+        _assert_one_clear_line(res, text, "stayed locked by another process")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [r["name"] for r in store.query(results)] == ["tiny-fedavg"]  # free again, nothing lost

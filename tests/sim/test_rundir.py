@@ -82,6 +82,30 @@ def test_a_second_simulation_on_a_folder_in_use_is_refused(tmp_path, tiny):
     again.close()
 
 
+def test_the_flower_engine_is_refused_a_held_folder_and_holds_the_lock_while_it_runs(tmp_path, monkeypatch):
+    pytest.importorskip("flwr")
+    out = tmp_path / "run"
+    out.mkdir()
+    seen = []
+
+    def fake_run_on_flower(cfg, folder, data_dir):
+        with pytest.raises(OutputError) as info:  # a second writer, while the Flower run writes the folder
+            lock_run_dir(folder)
+        seen.append(str(info.value))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("robustlr.integrations.flower.simulation.run_on_flower", fake_run_on_flower)
+    lock = lock_run_dir(out)
+    res = CliRunner().invoke(app, ["run", "demo-iid", "--engine", "flower", "--out", str(out)])
+    assert res.exit_code == 2 and in_use(out, os.getpid()) in " ".join(res.output.split()), res.output
+    assert seen == []  # refused before Flower started
+    lock.release()
+    res = CliRunner().invoke(app, ["run", "demo-iid", "--engine", "flower", "--out", str(out)])
+    assert seen == [in_use(out, os.getpid())]
+    assert isinstance(res.exception, RuntimeError)
+    lock_run_dir(out).release()  # released when the run ended, even by an exception
+
+
 def test_the_lock_is_released_on_an_exception_and_on_sigterm(tmp_path, tiny):
     ds, cfg, out = tiny(), cfg_of(), tmp_path / "run"
 

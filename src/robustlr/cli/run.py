@@ -124,16 +124,17 @@ def pretrain(
 def _run_on_flower(cfg, out: Path, data_dir) -> None:
     from robustlr.reports.tables import summary_table
     from robustlr.sim.engines import check_device
-    from robustlr.sim.rundir import check_out_dir
     from robustlr.sim.records import read_summary
+    from robustlr.sim.rundir import open_run_dir
 
     # without flwr (or Ray) this raises MissingDependencyError, a RobustlrError naming the `flower` extra
     from robustlr.integrations.flower.simulation import run_on_flower
     check_device(cfg.device)
-    check_out_dir(out, cfg)
-    console.print(styled((cfg.name, "bold"), f" on Flower's simulation runtime: {cfg.num_agents} virtual nodes, "
-                         f"R={cfg.rounds} -> {out}"))
-    run_on_flower(cfg, out, str(data_dir) if data_dir else None)
+    # the folder is locked for the whole run, as for the builtin engine: a second writer is refused
+    with open_run_dir(out, cfg):
+        console.print(styled((cfg.name, "bold"), f" on Flower's simulation runtime: {cfg.num_agents} virtual "
+                             f"nodes, R={cfg.rounds} -> {out}"))
+        run_on_flower(cfg, out, str(data_dir) if data_dir else None)
     console.print(summary_table(read_summary(out / "summary.json"), title=f"{cfg.name}: final metrics (Flower)"))
     console.print(f"results in {out}/", highlight=False)
 

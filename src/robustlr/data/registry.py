@@ -40,6 +40,9 @@ def resolve_sources(dataset: str, sources: Sequence[str], data_dir: PathLike | N
     for src in sources:
         p = Path(src).expanduser()
         if p.is_absolute():
+            if not p.exists():
+                raise DataNotFoundError(f"data source {src!r} of dataset {dataset} not found: {p} does not exist. "
+                                        f"Fix: correct the path in data_sources, or give a path relative to --data-dir")
             out.append(p)
             continue
         for root in roots:

@@ -81,6 +81,28 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     return code in (11, 26) if code is not None else type(exc) is sqlite3.DatabaseError
 
 
+BUSY_SECONDS = 30  # how long an access waits for another process's lock on the store
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether sqlite's error is another connection's lock outlasting the wait (SQLITE_BUSY, SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (5, 6) if code is not None else "locked" in str(exc)
+
+
+@contextlib.contextmanager
+def _not_busy(results: Path):
+    """Turn a lock that outlasted the wait into one line naming the store and what to do."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise
+        raise StoreError(f"the results store {results / DB_NAME} stayed locked by another process for "
+                         f"{BUSY_SECONDS} s ({exc}): a sweep or a sqlite3 shell holds it open in a transaction; "
+                         f"wait for it to end (or close it), then run this again") from None
+
+
 def _holds_runs(results: Path) -> bool:
     return any(True for _ in results.rglob("config.json"))
 
@@ -91,7 +113,7 @@ def _open(results: Path, db: Path) -> sqlite3.Connection:
     # sqlite reads a 0-byte file as an empty store: a store emptied by damage would list no runs
     if db.name == DB_NAME and db.is_file() and db.stat().st_size == 0 and _holds_runs(results):
         raise _damaged(results, "an empty file, while the folder holds run folders")
-    con = sqlite3.connect(db, timeout=30)
+    con = sqlite3.connect(db, timeout=BUSY_SECONDS)
     try:
         check = con.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
@@ -137,7 +159,8 @@ def _connect(results: Path) -> sqlite3.Connection:
 
 def check(results: Path) -> None:
     """Open the store of ``results`` (creating it when there is none): a :class:`StoreError` if damaged."""
-    _connect(results).close()
+    with _not_busy(results):
+        _connect(results).close()
 
 
 def finished_run(folder: Path) -> tuple[RunSummary | None, str | None]:
@@ -191,7 +214,7 @@ def label_of(name: str, suite: str) -> str:
 def record_run(results: Path, folder: Path, cfg: ExperimentConfig, status: str, suite: str = "",
                label: str | None = None) -> None:
     """Write (or replace) the row of the run in ``folder``."""
-    with contextlib.closing(_connect(results)) as con, con:
+    with _not_busy(results), contextlib.closing(_connect(results)) as con, con:
         _write_row(con, results, folder, cfg, status, suite, label)
 
 
@@ -220,14 +243,14 @@ def _write_row(con: sqlite3.Connection, results: Path, folder: Path, cfg: Experi
 def query(results: Path, where: str | None = None) -> list[dict[str, Any]]:
     """The rows of the store, optionally filtered by an SQL ``where`` clause."""
     sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY suite, name, seed"
-    with contextlib.closing(_connect(results)) as con:
+    with _not_busy(results), contextlib.closing(_connect(results)) as con:
         con.row_factory = sqlite3.Row
         try:
             return [dict(r) for r in con.execute(sql)]
         except sqlite3.Error as exc:
             if _is_damage(exc):  # the file, not the query
                 raise _damaged(results, str(exc)) from None
-            if where is None:
+            if where is None or _is_busy(exc):
                 raise
             raise ConfigError(f"--where {where!r} is not a valid SQL condition on the runs table: {exc}") from None
 

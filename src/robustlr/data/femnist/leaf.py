@@ -31,7 +31,7 @@ from robustlr.data.femnist.common import (
     _label_filter,
     femnist_dataset,
 )
-from robustlr.errors import DataError
+from robustlr.errors import DataError, DataNotFoundError
 
 # ---------------------------------------------------------------------------------------------
 # finding the shards
@@ -99,7 +99,8 @@ def _find_shards(paths: PathLike | Sequence[PathLike]) -> list[_Shard]:
             if not files:
                 raise DataError(f"no LEAF shards (*.json, *.json.gz) under {p}")
         else:
-            raise FileNotFoundError(f"LEAF FEMNIST path does not exist: {p}")
+            raise DataNotFoundError(f"LEAF FEMNIST path does not exist: {p}; give a folder of LEAF shards "
+                                    f"(*.json, *.json.gz) or shard files that exist")
         for f in files:
             key = f.resolve()
             if key in seen:  # the same file named twice (e.g. a folder and a file in it)
