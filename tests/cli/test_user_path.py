@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from robustlr.cli import app
+from robustlr.sim.lifecycle import Terminated
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -277,6 +278,27 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_counts_from_there(tmp_path, da
     assert res.exit_code == 0, res.output
     assert added == [("resuming after round 2", 3, 2)]
     assert [line.split("  ")[:2] for line in res.stdout.splitlines() if line.startswith("round ")] == [["round 3", "3/3"]]
+
+
+@pytest.mark.parametrize("signal_exc, code, how", [(KeyboardInterrupt, 130, "interrupted"),
+                                                   (Terminated, 143, "terminated by SIGTERM")])
+def test_ctrl_c_in_a_demo_or_a_sweep_says_how_to_go_on(tmp_path, monkeypatch, signal_exc, code, how):
+    def stop(*a, **k):
+        raise signal_exc() if signal_exc is KeyboardInterrupt else signal_exc("SIGTERM")
+
+    monkeypatch.setattr("robustlr.reports.demo.run_demo", stop)
+    monkeypatch.setattr("robustlr.experiments.sweep.sweep", stop)
+    out = tmp_path / "demo [1]"
+    res = runner.invoke(app, ["demo", "--out", str(out), "--set", "rounds=2"])
+    assert res.exit_code == code, res.output
+    assert res.stderr == (f"{how}; the runs that finished are kept, the interrupted one goes on from its last "
+                          "checkpoint (if it had one). To go on, run the same command again: robustlr demo "
+                          f"--setting iid --out '{out}' --set rounds=2\n")
+    res = runner.invoke(app, ["sweep", "table1-iid", "-r", str(tmp_path / "res"), "-j", "2"])
+    assert res.exit_code == code, res.output
+    assert res.stderr == (f"{how}; finished runs are kept in the store, interrupted ones go on from their last "
+                          "checkpoint. To go on, run the same command again: robustlr sweep table1-iid --budget lite "
+                          f"-r {tmp_path / 'res'} -j 2\n")
 
 
 # -- 5. --version ---------------------------------------------------------------------------------

@@ -55,6 +55,27 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def command_line(*words: str | os.PathLike | None, options: dict[str, Any] | None = None) -> str:
+    """A shell-quoted ``robustlr`` command line: the words, then each option whose value is not None
+    (a list value repeats the option)."""
+    import shlex
+
+    argv = ["robustlr", *(str(w) for w in words if w is not None)]
+    for flag, value in (options or {}).items():
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None:
+                argv += [flag, str(v)]
+    return shlex.join(argv)
+
+
+def stopped(exc: BaseException, what: str, command: str) -> None:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during a long command: one line saying what is kept
+    and the command that goes on from there."""
+    how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated by SIGTERM"
+    err.print(f"{how}; {what}: {command}", highlight=False, soft_wrap=True)
+    raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM) from None
+
+
 def user_errors(fn: F) -> F:
     """Turn robustlr's own errors (bad config, missing data, ...) into a one-line message and exit 2.
 

@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, console, fail, fmt_eta, is_live, plain, styled, user_errors
+from robustlr.cli._common import (DataDirOpt, command_line, console, fail, fmt_eta, is_live, plain, stopped, styled,
+                                  user_errors)
+from robustlr.sim.lifecycle import Terminated
 
 ResultsOpt = typer.Option(Path("results"), "--results", "-r", help="the results folder (run folders and results.sqlite)")
 
@@ -95,13 +97,28 @@ def sweep(
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Run a suite's grid: finished runs are skipped, interrupted ones resume; results go to RESULTS/results.sqlite."""
-    from rich.live import Live
-
     from robustlr.experiments.suite import load_suite
-    from robustlr.experiments.sweep import sweep as run_sweep
 
     s = load_suite(suite)
     console.print(styled((s.name, "bold"), f" ({budget}): {s.description}"))
+    try:
+        state = _sweep_shown(s, results, budget, jobs, data_dir)
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped(exc, "finished runs are kept in the store, interrupted ones go on from their last checkpoint. "
+                "To go on, run the same command again",
+                command_line("sweep", suite, options={"--budget": budget, "-r": results, "-j": jobs,
+                                                      "--data-dir": data_dir}))
+    if state.failed:
+        fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
+    console.print(f"{state.done} runs done; the store: {results / 'results.sqlite'} (`robustlr runs -r {results}`)")
+
+
+def _sweep_shown(s, results: Path, budget: str, jobs: Optional[int], data_dir: Optional[Path]):
+    """Run the sweep, showing its progress: a live table on a terminal, plain lines elsewhere."""
+    from rich.live import Live
+
+    from robustlr.experiments.sweep import sweep as run_sweep
+
     if not is_live():  # a file or a pipe: one line per run that ends (a live table shows only when it stops)
         state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
                           on_update=_SweepLines(), on_warning=_warn)
@@ -112,9 +129,7 @@ def sweep(
                               on_update=lambda st: live.update(_status_table(st, s.name)),
                               on_warning=lambda m: _warn(m, live.console))
             live.update(_status_table(state, s.name))
-    if state.failed:
-        fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
-    console.print(f"{state.done} runs done; the store: {results / 'results.sqlite'} (`robustlr runs -r {results}`)")
+    return state
 
 
 @user_errors

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,11 +10,12 @@ import typer
 from robustlr.cli._common import (
     DataDirOpt,
     SetOpt,
+    command_line,
     console,
-    err,
     fail,
     make_progress,
     progress_callback,
+    stopped,
     styled,
     user_errors,
 )
@@ -41,10 +40,7 @@ def _rounds_checkpointed(out: Path) -> int:
 
 
 def _resume_command(config: str, set_: Optional[List[str]], out: Path, data_dir: Optional[Path]) -> str:
-    argv = ["robustlr", "run", config, *(a for s in set_ or [] for a in ("--set", s)), "--out", str(out)]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    return shlex.join(argv)
+    return command_line("run", config, options={"--set": set_, "--out": out, "--data-dir": data_dir})
 
 
 @user_errors
@@ -80,12 +76,9 @@ def run(
                                  on_round=progress_callback(progress, task))
     except (KeyboardInterrupt, Terminated) as exc:
         kept = _rounds_checkpointed(out)
-        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated by SIGTERM"
         where = (f"its checkpoint holds {kept} of {cfg.rounds} rounds. To resume, run the same command again"
                  if kept else "before its first checkpoint. To start it again, run the same command")
-        err.print(f"{how}; {where}: {_resume_command(config, set_, out, data_dir)}", highlight=False, soft_wrap=True)
-        code = 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
-        raise typer.Exit(code) from None
+        stopped(exc, where, _resume_command(config, set_, out, data_dir))
     console.print(summary_table(res.summary, title=f"{cfg.name}: final metrics"))
     console.print(f"results in {out}/", highlight=False)
 
@@ -162,11 +155,16 @@ def demo(
     rounds = "/".join(str(r) for r in sorted({c.rounds for c in cfgs.values()}))
     console.print(styled((f"robustlr demo ({setting})", "bold"), f": {len(cfgs)} runs x {rounds} rounds on {first.dataset} "
                          f"-> {out}" + (f" (starting from {first.init_model})" if first.init_model else "")))
-    with make_progress() as progress:
-        tasks = {k: progress.add_task(k, total=c.rounds, status="") for k, c in cfgs.items()}
-        cbs = {k: progress_callback(progress, t, prefix=f"{k}: ") for k, t in tasks.items()}
-        summary = run_demo(setting, out, data_dir=str(data_dir) if data_dir else None, extra=set_,
-                           on_round=lambda k, rec: cbs[k](rec))
+    try:
+        with make_progress() as progress:
+            tasks = {k: progress.add_task(k, total=c.rounds, status="") for k, c in cfgs.items()}
+            cbs = {k: progress_callback(progress, t, prefix=f"{k}: ") for k, t in tasks.items()}
+            summary = run_demo(setting, out, data_dir=str(data_dir) if data_dir else None, extra=set_,
+                               on_round=lambda k, rec: cbs[k](rec))
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped(exc, "the runs that finished are kept, the interrupted one goes on from its last checkpoint (if it "
+                "had one). To go on, run the same command again",
+                command_line("demo", options={"--setting": setting, "--out": out, "--set": set_, "--data-dir": data_dir}))
     console.print(comparison_table(setting, summary["runs"]))
     if summary.get("init_model"):
         console.print(f"Warm-started from {summary['init_model']['spec']} (sha256 {summary['init_model']['sha256'][:12]}...): "
