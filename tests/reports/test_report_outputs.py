@@ -47,3 +47,34 @@ def test_the_report_names_every_suite_table_and_image(results, tmp_path):
     assert images and all((tmp_path / "rep" / img).stat().st_size > 10_000 for img in images)
     assert page.count("data:image/png;base64,") == len(images)
     assert str(tmp_path) not in md  # no machine paths in a document meant to be committed
+
+
+def test_a_run_folder_with_missing_or_damaged_records_is_named_not_fatal(results, tmp_path):
+    from typer.testing import CliRunner
+
+    from robustlr.cli import app
+
+    rows = {r["name"]: r for r in store.query(results)}
+    gone, bad = "table1-iid-rlr_attack-seed=0", "table1-iid-fedavg_attack-seed=0"
+    (results / rows[gone]["path"] / "metrics.jsonl").unlink()
+    (results / rows[bad]["path"] / "metrics.jsonl").write_text('{"round": 1, "trunc')
+    res = CliRunner().invoke(app, ["report", str(results), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in " ".join(res.stderr.split()).split("warning: ") if line]
+    assert len(warnings) == 2, res.stderr
+    assert warnings[0].startswith(f"the curves leave out the run folder {rows[bad]['path']}: metrics.jsonl cannot "
+                                  f"be read ({results / rows[bad]['path'] / 'metrics.jsonl'}:1: not a round record")
+    assert warnings[1] == (f"the curves leave out the run folder {rows[gone]['path']}: metrics.jsonl is missing; its "
+                           "final numbers are the store's (rerun it with `robustlr sweep`, or delete the folder and "
+                           "rebuild the store)")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md.split("## Runs left out of the curves")[1].strip().splitlines()
+    assert len(section) == 4 and section[3] == f"- {rows[gone]['path']}: metrics.jsonl is missing"
+    assert section[2].startswith(f"- {rows[bad]['path']}: metrics.jsonl cannot be read (")
+    assert " ".join(section[2].split())[2:] in warnings[0]  # the same words, on one line
+    from robustlr.reports.tensorboard import export_tensorboard
+
+    said: list[str] = []
+    assert export_tensorboard(results, tmp_path / "tb", warn=said.append) == len(rows) - 2
+    assert len(said) == 1 and said[0].startswith(f"TensorBoard leaves out the run folder {rows[bad]['path']}: "
+                                                  "metrics.jsonl cannot be read (")

@@ -176,10 +176,10 @@ def report(
 
     if not (results / store.DB_NAME).exists():
         fail(f"{results} holds no results store; run `robustlr sweep` first (or `robustlr runs --rebuild`)")
-    md, page = build_report(results, out or results / "report")
+    md, page = build_report(results, out or results / "report", warn=_warn)
     console.print(f"wrote {md} and {page}")
     if tensorboard is not None:
         from robustlr.reports.tensorboard import export_tensorboard
 
-        n = export_tensorboard(results, tensorboard)
+        n = export_tensorboard(results, tensorboard, warn=_warn)
         console.print(f"wrote TensorBoard events of {n} runs under {tensorboard} (`tensorboard --logdir {tensorboard}`)")

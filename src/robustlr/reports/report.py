@@ -21,7 +21,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from robustlr.experiments import store
@@ -34,7 +36,9 @@ from robustlr.reports.plots import (
     plot_pivot,
 )
 from robustlr.reports.reference import PAPER
-from robustlr.sim.records import read_metrics
+from robustlr.sim.records import RecordError, read_metrics
+
+log = logging.getLogger("robustlr")
 
 METRICS = (("val_acc", "validation %"), ("base_acc", "base class %"), ("backdoor_acc", "backdoor %"))
 CURVE_KEYS = ("val_acc", "base_acc", "backdoor_acc", "flipped_fraction")
@@ -75,11 +79,35 @@ def _budget_of(meta: Suite, rows: list[dict]) -> str | None:
     return None
 
 
-def _per_round(rows: list[dict], results: Path) -> dict[str, list[tuple[int, float]]]:
+class _RunFiles:
+    """The run folders' round records, read once each; a run whose ``metrics.jsonl`` is missing or
+    damaged gives no records and is remembered (``skipped``: path -> why), so the report names it
+    instead of stopping."""
+
+    def __init__(self, results: Path) -> None:
+        self.results = results
+        self.skipped: dict[str, str] = {}
+        self._cache: dict[str, list] = {}
+
+    def records(self, row: dict) -> list:
+        path = row["path"]
+        if path not in self._cache:
+            try:
+                self._cache[path] = read_metrics(self.results / path / "metrics.jsonl")
+            except FileNotFoundError:
+                self._cache[path] = []
+                self.skipped[path] = "metrics.jsonl is missing"
+            except (OSError, RecordError) as exc:
+                self._cache[path] = []
+                self.skipped[path] = "metrics.jsonl cannot be read (" + " ".join(str(exc).split()) + ")"  # one line
+        return self._cache[path]
+
+
+def _per_round(rows: list[dict], files: _RunFiles) -> dict[str, list[tuple[int, float]]]:
     """Mean over the given runs of each metric per round."""
     acc: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        for rec in read_metrics(results / r["path"] / "metrics.jsonl"):
+        for rec in files.records(r):
             if rec.evaluated:
                 for key, _ in METRICS:
                     acc.setdefault(key, {}).setdefault(rec.round, []).append(getattr(rec, key))
@@ -189,7 +217,8 @@ def _pivot_figure(rows: list[dict], defenses: list[str], attacks: list[str], sui
 
 
 def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str], out: Path,
-             results: Path, curves: bool = True) -> list[Path]:
+             files: _RunFiles, curves: bool = True) -> list[Path]:
+    results = files.results
     done = [r for r in srows if r["status"] == "done"]
     keys = [k for k in order if any(r["label"] == k for r in done)]
     keys += sorted({r["label"] for r in done} - set(keys))
@@ -197,7 +226,7 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
     if not curves:
         pass
     elif len(keys) <= MAX_CURVE_ROWS:
-        series = {k: _per_round([r for r in done if r["label"] == k], results) for k in keys}
+        series = {k: _per_round([r for r in done if r["label"] == k], files) for k in keys}
         switches = {}
         for k in keys:
             rounds = [_switch_round(r) for r in done if r["label"] == k and _switch_round(r) is not None]
@@ -227,7 +256,7 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
                 a, b = a + x["net"], b + x["net_diff"]
                 net.append(a)
                 net_diff.append(b)
-            recs = [x for x in read_metrics(results / r["path"] / "metrics.jsonl")
+            recs = [x for x in files.records(r)
                     if x.evaluated and x.backdoor_loss is not None]
             panels.append((f"{r['label']} (seed {r['seed']}, k {doc['k']})",
                            {"rounds": rounds, "net": net, "net_diff": net_diff,
@@ -240,13 +269,19 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
         pngs.append(target)
     for i, fig in enumerate(meta.figures if meta else []):
         titles = list(fig.get("titles", [])) + list(fig["rows"])[len(fig.get("titles", [])):]
-        panels = [(t, _per_round([r for r in done if r["label"] == k], results)) for k, t in zip(fig["rows"], titles)]
+        panels = [(t, _per_round([r for r in done if r["label"] == k], files)) for k, t in zip(fig["rows"], titles)]
         pngs.append(plot_panels(panels, out / f"{suite}-figure{i + 1}.png", fig.get("title", suite)))
     return pngs
 
 
-def build_report(results: Path, out: Path) -> tuple[Path, Path]:
-    """Write ``out/report.md`` and ``out/report.html`` (and the suites' PNGs); returns both paths."""
+def build_report(results: Path, out: Path, warn: Callable[[str], None] | None = None) -> tuple[Path, Path]:
+    """Write ``out/report.md`` and ``out/report.html`` (and the suites' PNGs); returns both paths.
+
+    A run whose ``metrics.jsonl`` is missing or damaged is left out of the curves (its final numbers
+    come from the store): ``warn`` (default: the ``robustlr`` logger) gets one line per such run, and
+    the report lists them."""
+    warn = warn or log.warning
+    files = _RunFiles(results)
     rows = store.query(results)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# robustlr report: {results.name}", ""]
@@ -263,10 +298,10 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         if meta is not None and meta.pivot:
             defenses, attacks, tables = pivot_tables(srows, order)
             pngs = [_pivot_figure(srows, defenses, attacks, suite, out)] + _figures(
-                srows, suite, meta, order, out, results, curves=False)
+                srows, suite, meta, order, out, files, curves=False)
         else:
             tables = [("", *suite_table(srows, setting, order, _aliases(meta, budget)))]
-            pngs = _figures(srows, suite, meta, order, out, results)
+            pngs = _figures(srows, suite, meta, order, out, files)
         done = [r for r in srows if r["status"] == "done"]
         seconds = sum(r["seconds"] or 0 for r in done)
         facts = [f"Budget: {budget or 'unknown'}, {', '.join(map(str, budgets))} rounds; {len(done)} runs done"
@@ -305,6 +340,17 @@ def build_report(results: Path, out: Path) -> tuple[Path, Path]:
         for p in pngs:
             data = base64.b64encode(p.read_bytes()).decode()
             body.append(f'<p><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{data}"></p>')
+    if files.skipped:
+        lines = [f"{path}: {why}" for path, why in sorted(files.skipped.items())]
+        for line in lines:
+            warn(f"the curves leave out the run folder {line}; its final numbers are the store's "
+                 f"(rerun it with `robustlr sweep`, or delete the folder and rebuild the store)")
+        md += ["## Runs left out of the curves", "",
+               "Their round records are missing or damaged; their final numbers above are the store's.", "",
+               *[f"- {line}" for line in lines], ""]
+        body += ["<h2>Runs left out of the curves</h2>",
+                 "<p>Their round records are missing or damaged; their final numbers above are the store's.</p>",
+                 "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(md) + "\n")
     html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>robustlr report</title></head>"

@@ -9,11 +9,13 @@ training never depends on TensorBoard and a result folder can be exported at any
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from robustlr._optional import require
 from robustlr.experiments import store
-from robustlr.sim.records import read_metrics
+from robustlr.sim.records import RecordError, read_metrics
 
 #: record field -> (TensorBoard tag, scale)
 SCALARS = {"val_acc": ("accuracy/validation %", 100.0), "base_acc": ("accuracy/base class %", 100.0),
@@ -23,8 +25,11 @@ SCALARS = {"val_acc": ("accuracy/validation %", 100.0), "base_acc": ("accuracy/b
            "seconds": ("time/seconds per round", 1.0)}
 
 
-def export_tensorboard(results: Path, out: Path) -> int:
-    """Write the event files of every run in ``results``'s store below ``out``; returns the number of runs."""
+def export_tensorboard(results: Path, out: Path, warn: Callable[[str], None] | None = None) -> int:
+    """Write the event files of every run in ``results``'s store below ``out``; returns the number of runs.
+    A run whose ``metrics.jsonl`` is missing is left out; one that is damaged too, with a line to ``warn``
+    (default: the ``robustlr`` logger) naming it."""
+    warn = warn or logging.getLogger("robustlr").warning
     SummaryWriter = require("tensorboard", "torch.utils.tensorboard", extra="tensorboard",
                             feature="TensorBoard output (robustlr report --tensorboard)").SummaryWriter
     n = 0
@@ -32,9 +37,14 @@ def export_tensorboard(results: Path, out: Path) -> int:
         metrics = results / row["path"] / "metrics.jsonl"
         if not metrics.exists():
             continue
+        try:
+            records = read_metrics(metrics)
+        except (OSError, RecordError) as exc:
+            warn(f"TensorBoard leaves out the run folder {row['path']}: metrics.jsonl cannot be read ({exc})")
+            continue
         with SummaryWriter(log_dir=str(out / (row["suite"] or "runs") / row["name"])) as writer:
             writer.add_text("config", "```\n" + row["config"] + "\n```", 0)
-            for rec in read_metrics(metrics):
+            for rec in records:
                 for field, (tag, scale) in SCALARS.items():
                     value = getattr(rec, field, None)
                     if value is not None:
