@@ -157,7 +157,7 @@ def _damaged_results(tmp_path):
 
 WARNINGS = [
     "skipped the run folder s/bad-config: {r}/s/bad-config/config.json is damaged (Unterminated string starting "
-    "at: line 1 column 15 (char 14)); delete the run folder or choose another --out",
+    "at: line 1 column 15 (char 14)); rerun its run (`robustlr sweep`), or delete the folder",
     "skipped the run folder s/empty-object: summary.json is not a run record (9 problem(s), e.g. name: Field "
     "required); `robustlr sweep` reruns it (or delete the folder)",
     "skipped the run folder s/future: summary.json: run record schema version 99; this robustlr reads versions 2. "

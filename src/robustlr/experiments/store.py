@@ -277,7 +277,7 @@ def rebuild(results: Path, warn: Callable[[str], None] | None = None) -> int:
                 folder = cfg_path.parent
                 where = folder.relative_to(results)
                 try:
-                    cfg = read_run_config(cfg_path)
+                    cfg = read_run_config(cfg_path, fix="rerun its run (`robustlr sweep`), or delete the folder")
                 except RobustlrError as exc:
                     warn(f"skipped the run folder {where}: {exc}")
                     continue

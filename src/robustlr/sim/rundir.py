@@ -54,14 +54,15 @@ def blocking_differences(old: ExperimentConfig, new: ExperimentConfig) -> dict:
     return out
 
 
-def read_run_config(path: Path) -> ExperimentConfig:
-    """The config of a run folder's ``config.json`` (a :class:`ResumeError` when it is damaged)."""
+def read_run_config(path: Path, fix: str = "delete the run folder or choose another --out") -> ExperimentConfig:
+    """The config of a run folder's ``config.json`` (a :class:`ResumeError` when it is damaged, its
+    message ending in ``fix``: what the caller's user can do)."""
     try:
         return make_config(json.loads(Path(path).read_text()), str(path))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         if isinstance(exc, ConfigError):
             raise ResumeError(f"{path} is not a config this robustlr can resume: {exc}") from None
-        raise ResumeError(f"{path} is damaged ({exc}); delete the run folder or choose another --out") from None
+        raise ResumeError(f"{path} is damaged ({exc}); {fix}") from None
 
 
 #: the longest name of one folder or file (bytes) that Linux, macOS and Windows file systems accept
