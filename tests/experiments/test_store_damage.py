@@ -198,11 +198,11 @@ def test_an_interrupted_rebuild_leaves_the_old_store(tmp_path, monkeypatch):
 
     real, calls = rundir.read_run_config, []
 
-    def interrupted(path):
+    def interrupted(path, **kw):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(rundir, "read_run_config", interrupted)
     with pytest.raises(KeyboardInterrupt):
