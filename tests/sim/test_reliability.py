@@ -97,6 +97,21 @@ def test_a_finished_run_can_be_extended_but_not_shortened(tmp_path, tiny):
         run_experiment(cfg_of(rounds=4, seed=4), tmp_path / "a", dataset=ds)
 
 
+def test_an_extended_run_switches_rlr_on_in_the_round_the_direct_run_does(tmp_path, tiny):
+    """The last round of a run is evaluated whatever eval_every says; extending a finished run must
+    not let that extra evaluation switch RLR on earlier than the run made in one go."""
+    ds = tiny()
+    sched = {"eval_every": 3, "rlr_from_val_acc": 0.01}  # any scheduled evaluation switches RLR on
+    first = run_experiment(cfg_of(rounds=2, **sched), tmp_path / "a", dataset=ds)
+    assert first.records[-1].evaluated and first.records[-1].val_acc >= 0.01  # round 2: the final evaluation
+    longer = run_experiment(cfg_of(rounds=5, **sched), tmp_path / "a", dataset=ds)
+    straight = run_experiment(cfg_of(rounds=5, **sched), tmp_path / "b", dataset=ds)
+    assert [r.rlr_on for r in straight.records] == [False, False, False, True, True]  # after round 3's evaluation
+    assert [r.rlr_on for r in longer.records] == [r.rlr_on for r in straight.records]
+    assert longer.summary.rlr_switch_round == straight.summary.rlr_switch_round == 4
+    assert torch.equal(longer.global_params, straight.global_params)
+
+
 def test_seeds_are_refused_outside_the_range_the_streams_use():
     make_config({"seed": 2**32 - 1})
     for bad in (2**32, -1):

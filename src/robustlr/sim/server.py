@@ -120,13 +120,17 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
 
 def rlr_on(cfg: ExperimentConfig, round_: int, records: Iterable[RoundRecord]) -> bool | None:
     """The RLR schedule for ``round_``: None without RLR; else on from ``rlr_from_round``, or
-    from the round after the first evaluated one (in ``records``, the rounds so far) whose
-    validation accuracy reached ``rlr_from_val_acc``. Off, the server uses the base rule."""
+    from the round after the first scheduled evaluation (a round that is a multiple of
+    ``eval_every``; in ``records``, the rounds so far) whose validation accuracy reached
+    ``rlr_from_val_acc``. Off, the server uses the base rule.
+
+    Only scheduled evaluations count: a run's last round is evaluated too, and a finished run that
+    is extended would otherwise switch on earlier than the same run made in one go."""
     if cfg.rlr_threshold == 0:
         return None
     if cfg.rlr_from_val_acc is not None:
-        return any(r.evaluated and r.val_acc is not None and r.val_acc >= cfg.rlr_from_val_acc
-                   for r in records if r.round < round_)
+        return any(r.evaluated and r.round % cfg.eval_every == 0 and r.val_acc is not None
+                   and r.val_acc >= cfg.rlr_from_val_acc for r in records if r.round < round_)
     return round_ >= cfg.rlr_from_round
 
 
