@@ -76,7 +76,16 @@ def test_a_collapse_to_chance_is_a_result_flagged_in_the_summary():
     assert [summary(v, **femnist).collapsed for v in (0.024, 0.03)] == [True, False]  # 1.5 / 62 = 0.0242
 
 
-def test_the_summary_file_holds_the_collapse_flag(tmp_path, tiny, monkeypatch):
+@pytest.mark.parametrize("val_acc, flag", [(0.12, True), (0.5, False)])
+def test_the_summary_file_holds_the_collapse_flag(tmp_path, tiny, monkeypatch, val_acc, flag):
+    import robustlr.sim.loop as loop
+
+    real = loop.evaluate
+
+    def evaluated_as(*a, **k):  # the run's own evaluation, its validation accuracy replaced
+        return {**real(*a, **k), "val_acc": val_acc}
+
+    monkeypatch.setattr(loop, "evaluate", evaluated_as)
     res = _sim(tmp_path, tiny, monkeypatch, lambda u, r: u, rounds=1).run()
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["collapsed"] == res.summary.collapsed == (res.summary.val_acc <= 0.15)
+    assert (saved["val_acc"], saved["collapsed"]) == (res.summary.val_acc, res.summary.collapsed) == (val_acc, flag)
