@@ -114,3 +114,26 @@ def tiny_dataset(n_train: int = 240, n_test: int = 60, seed: int = 0, channels: 
 def tiny():
     """A factory of tiny generated datasets (code paths only)."""
     return tiny_dataset
+
+
+@pytest.fixture
+def wait_for_round():
+    """The function ``wait_for_round(folder, n, proc)`` (tests run with --import-mode=importlib, so
+    conftest's helpers reach test modules as fixtures)."""
+    return _wait_for_round
+
+
+def _wait_for_round(folder: Path, n: int, proc, timeout: float = 120.0) -> None:
+    """Wait until the run writing ``folder`` (in process ``proc``) has recorded ``n`` rounds; an
+    AssertionError with its output if it ends first or the wait times out."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        f = folder / "metrics.jsonl"
+        if f.exists() and len(f.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the run")

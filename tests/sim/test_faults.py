@@ -36,18 +36,6 @@ def _cli(args, fmnist_dir, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _wait_for_round(folder: Path, n: int, proc, timeout=120.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        f = folder / "metrics.jsonl"
-        if f.exists() and len(f.read_text().splitlines()) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run")
-
-
 def _wait_gone(pids, timeout=10.0) -> list[int]:
     t0 = time.time()
     while time.time() - t0 < timeout and any(is_alive(p) for p in pids):
@@ -79,10 +67,11 @@ def _no_partial_files(out: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, fmnist_dir, reference, sig):
+def test_killing_a_run_leaves_no_worker_and_resume_is_bit_identical(tmp_path, fmnist_dir, reference, sig,
+                                                                    wait_for_round):
     out = tmp_path / "run"
     proc = _cli([*RUN, "--out", str(out)], fmnist_dir)
-    _wait_for_round(out, 3, proc)  # workers exist from round 1 on; now mid-way through a round
+    wait_for_round(out, 3, proc)  # workers exist from round 1 on; now mid-way through a round
     workers = child_pids(proc.pid)
     assert len(workers) >= 2, "the processes engine should have started its workers"
     proc.send_signal(sig)

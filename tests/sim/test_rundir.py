@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -168,28 +167,16 @@ def _writer(out: Path, rounds: int, sleep: float) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_round(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        f = out / "metrics.jsonl"
-        if f.exists() and len(f.read_text().splitlines()) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run")
-
-
 def _rounds_in(out: Path) -> list[int]:
     return [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_processes_two_on_one_folder_the_second_is_refused_with_the_holders_pid(tmp_path):
+def test_processes_two_on_one_folder_the_second_is_refused_with_the_holders_pid(tmp_path, wait_for_round):
     """robustlr 0.3.0: both exited 0 and metrics.jsonl held every round twice."""
     out = tmp_path / "run"
     first = _writer(out, 5, 0.5)
     try:
-        _wait_for_round(out, 1, first)
+        wait_for_round(out, 1, first)
         second = _writer(out, 5, 0.0)
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2, err
@@ -202,11 +189,11 @@ def test_processes_two_on_one_folder_the_second_is_refused_with_the_holders_pid(
     assert _rounds_in(out) == [1, 2, 3, 4, 5]
 
 
-def test_processes_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
+def test_processes_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path, wait_for_round):
     out = tmp_path / "run"
     first = _writer(out, 3, 60.0)  # sleeps after round 1: killed there
     try:
-        _wait_for_round(out, 1, first)
+        wait_for_round(out, 1, first)
         assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
