@@ -1,5 +1,5 @@
 # Entry points for a fresh clone: `make demo`, `make test` (the fast tier) and `make test-all` (every
-# tier, what CI runs). Each creates .venv if missing.
+# tier but the long science tests, what CI runs; `make test-long` runs those). Each creates .venv if missing.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch on our machines; elsewhere any torch >= 2.2 works: make TORCH_SPEC=torch
@@ -9,10 +9,10 @@ PY := $(VENV)/bin/python
 SHARED_DATA := $(wildcard ../shared/data)
 
 # the tiers are pytest markers given in tests/conftest.py (TIER_OF); the fast tier is the rest
-SLOW_TIERS := science or multiprocess or packaging or deployment or slow
+SLOW_TIERS := science or multiprocess or packaging or deployment or slow or long
 PYTEST = $(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
 
-.PHONY: demo test test-all test-slow install bench clean-venv fashion-mnist
+.PHONY: demo test test-all test-slow test-long install bench clean-venv fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,13 +43,17 @@ demo: fashion-mnist
 test: $(VENV)/.installed
 	$(PYTEST) -m "not ($(SLOW_TIERS))"
 
-# every tier (CI): the fast tier and the rest
+# every tier but `long` (CI): the fast tier and the rest (<= 35 min on 2 cores)
 test-all: $(VENV)/.installed
-	$(PYTEST)
+	$(PYTEST) -m "not long"
 
-# only the tiers `make test` leaves out
+# the long science tests (CIFAR-10's three attacked pairs, about 38 min on 2 cores)
+test-long: $(VENV)/.installed
+	$(PYTEST) -m long
+
+# only the tiers `make test-all` adds to `make test`
 test-slow: $(VENV)/.installed
-	$(PYTEST) -m "$(SLOW_TIERS)"
+	$(PYTEST) -m "($(SLOW_TIERS)) and not long"
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/robustlr bench engines

@@ -46,18 +46,24 @@ def fmnist_dir() -> Path:
 
 # -- test tiers ---------------------------------------------------------------------------------
 # `make test` runs the fast tier: every test without one of the markers below. `make test-all` (CI)
-# runs every tier. The markers are given here, in one table, not in the test files: a file (or one
-# test of it) belongs to a tier by its path. `science` may also be set in a file by hand.
+# runs every tier but `long`; `make test-long` runs `long`. The markers are given here, in one table,
+# not in the test files: a file (or one test of it) belongs to a tier by its path (a test may be in
+# two: the long CIFAR-10 pairs are `science` and `long`). `science` may also be set in a file by hand.
 TIERS = {
     "science": "trains on the real datasets at a reduced budget and checks the paper's numbers (minutes)",
     "multiprocess": "starts processes (worker pools, Ray, killed and resumed runs, sweeps of subprocesses)",
     "packaging": "builds the wheel or a virtual environment",
     "deployment": "runs Flower's SuperLink/SuperNodes as separate processes",
     "slow": "a single-process test of the real pipeline that takes over ~20 s on 2 cores",
+    "long": "a science test of over ~10 min on 2 cores, left out of the full tier (`make test-long` runs it)",
 }
 #: path (a file, or file::test name prefix) -> tier
 TIER_OF = {
     "tests/science/": "science",
+    # CIFAR-10's three attacked pairs (two seeds of the regular backdoor, 20 rounds; DBA, 40 rounds):
+    # 38 min on 2 cores on 2026-12-03 (11, 11 and 16 min), more than the full tier's whole budget
+    "tests/science/test_cifar.py::test_rlr_keeps_out_the_regular_backdoor_fedavg_learns": "long",
+    "tests/science/test_cifar.py::test_rlr_keeps_out_the_distributed_backdoor_fedavg_learns": "long",
     "tests/analysis/test_pipeline.py": "science",
     "tests/sim/engines/test_processes.py": "multiprocess",
     "tests/sim/engines/test_allocator.py": "multiprocess",
@@ -87,6 +93,7 @@ def pytest_collection_modifyitems(config, items):
         for where, tier in TIER_OF.items():
             if node.startswith(where) or rel == where:
                 item.add_marker(getattr(pytest.mark, tier))
+
 
 
 def tiny_dataset(n_train: int = 240, n_test: int = 60, seed: int = 0, channels: int = 1, size: int = 28) -> ImageDataset:
