@@ -171,6 +171,10 @@ ROWS = [
      "cannot be read (BadGzipFile"),
     ("LEAF shard truncated", ["run", "demo-noniid", SET, "data_sources=['{tmp}/leaf-trunc']", "--out", "{tmp}/o4"],
      "cannot be read (EOFError"),
+    ("an agent left without data", ["run", "demo-iid", SET, "partition=dirichlet", SET, "dirichlet_alpha=0.001", SET,
+                                    "dirichlet_min_size=0", SET, "num_agents=100", SET, "train_limit=300", "--out",
+                                    "{tmp}/o9", "--data-dir", "{data}"],
+     "partition dirichlet left"),
     ("LEAF folder missing (absolute)", ["run", "demo-noniid", SET, "data_sources=['{tmp}/no-leaf']", "--out",
                                         "{tmp}/o7"], "data source '{tmp}/no-leaf' of dataset femnist-leaf not found: "
                                                      "{tmp}/no-leaf does not exist"),

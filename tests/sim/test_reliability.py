@@ -214,7 +214,7 @@ def test_a_write_cut_by_a_full_disk_is_a_clear_error_leaves_no_tmp_and_keeps_the
     assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-FILES = ("config.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt")
+FILES = ("config.json", "partition.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt")
 
 
 def _state(folder):
@@ -243,8 +243,8 @@ def test_a_finished_run_whose_summary_was_lost_rewrites_only_model_and_summary(t
     before = _state_without(tmp_path, "summary.json")
     again = run_experiment(cfg, tmp_path, dataset=ds)
     after = _state_without(tmp_path, "summary.json")
-    assert {f: after[f] for f in ("config.json", "metrics.jsonl", "checkpoint.pt")} == \
-        {f: before[f] for f in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    kept = ("config.json", "partition.json", "metrics.jsonl", "checkpoint.pt")
+    assert {f: after[f] for f in kept} == {f: before[f] for f in kept}
     assert after["model.pt"][0] == before["model.pt"][0]  # the same model, written again
     assert again.summary.model_dump(exclude={"seconds", "seconds_per_round"}) == \
         first.summary.model_dump(exclude={"seconds", "seconds_per_round"})

@@ -244,7 +244,7 @@ def test_processes_a_real_file_size_limit_is_a_clear_error_and_leaves_no_tempora
         f"cannot write {ckpt}: File too large. The run is stopped; its last good checkpoint is kept in {ckpt}. "
         f"Raise the file size limit (ulimit -f) or write to another filesystem, then run the same command again "
         f"to resume")
-    assert sorted(os.listdir(out)) == [LOCK_NAME, "checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [LOCK_NAME, "checkpoint.pt", "config.json", "metrics.jsonl", "partition.json"]
     assert checkpoint.load_checkpoint(ckpt)["round"] == 1
     assert _rounds_in(out) == [1, 2]  # round 2's record was appended before its checkpoint failed
     ds = tiny()

@@ -1,13 +1,13 @@
-"""``robustlr data``."""
+"""``robustlr data`` and ``robustlr partition``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, console, err, fail, styled, user_errors
+from robustlr.cli._common import DataDirOpt, SetOpt, console, err, fail, styled, user_errors
 
 
 @user_errors
@@ -52,3 +52,59 @@ def _cifar10(data_dir) -> None:
             return
     err.print(styled("cifar10       ", ("missing", "red"), "\n  " + "\n  ".join(tried)), highlight=False)
     raise typer.Exit(1)
+
+
+@user_errors
+def partition(
+    config: str = typer.Argument(..., help="a TOML config file or a preset name (see `robustlr presets`)"),
+    set_: Optional[List[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for partition.json and partition.png "
+                                       "(default partition/<name>)"),
+    data_dir: Optional[Path] = DataDirOpt,
+    rows: int = typer.Option(20, "--rows", help="agents shown in the table (the first ones; all are in the files)"),
+) -> None:
+    """Split the config's data among its agents as a run would (same seed, same split) and show it:
+    a table of each agent's samples per class, partition.json and a heatmap of agents x classes.
+    Nothing is trained."""
+    import json
+
+    import numpy as np
+    from rich.table import Table
+
+    from robustlr.reports.plots import plot_partition
+    from robustlr.sim.config import load_config
+    from robustlr.sim.federation import build_federation, load_dataset
+    from robustlr.sim.rundir import prepare_out_dir
+
+    cfg = load_config(config, set_)
+    out = out or Path("partition") / cfg.name
+    prepare_out_dir(out)
+    fed = build_federation(cfg, load_dataset(cfg, str(data_dir) if data_dir else None))
+    record = fed.partition_record(cfg)
+    counts = np.asarray(record["label_counts"])
+    classes = record["classes"]
+    from rich import box
+
+    table = Table(title=f"{cfg.name}: partition {cfg.partition}, {fed.num_agents} agents, "
+                        f"{record['train_samples']} samples", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False)
+    table.add_column("agent", justify="right", no_wrap=True)
+    width = len(str(int(counts.max()))) if counts.size else 1
+    for j in range(len(classes)):  # class numbers: the names are in the legend below the table
+        table.add_column(str(j), justify="right", no_wrap=True, min_width=width)
+    table.add_column("total", justify="right", no_wrap=True)
+    table.add_column("classes", justify="right", no_wrap=True)
+    corrupt = set(record["corrupt"])
+    for i in range(min(rows, fed.num_agents)):
+        table.add_row(f"{i}{' *' if i in corrupt else ''}", *map(str, counts[i]), str(counts[i].sum()),
+                      str(int((counts[i] > 0).sum())))
+    console.print(table)
+    console.print("classes: " + ", ".join(f"{j} {name}" for j, name in enumerate(classes)), highlight=False)
+    sizes, held = counts.sum(1), (counts > 0).sum(1)
+    shown = f"the first {rows} of {fed.num_agents} agents shown; " if fed.num_agents > rows else ""
+    console.print(f"{shown}* = corrupt. Samples per agent: min {sizes.min()}, median {int(np.median(sizes))}, "
+                  f"max {sizes.max()}; classes per agent: min {held.min()}, median {int(np.median(held))}, "
+                  f"max {held.max()}", highlight=False)
+    (out / "partition.json").write_text(json.dumps(record) + "\n")
+    png = plot_partition(counts, classes, record["corrupt"], out / "partition.png",
+                         f"{cfg.name}: {cfg.partition} split, samples per agent and class")
+    console.print(f"wrote {out / 'partition.json'} and {png}", highlight=False)

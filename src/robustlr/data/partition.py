@@ -191,3 +191,21 @@ def shards(labels, n_clients: int, classes_per_client: int, seed: Seed) -> list[
     pieces = np.array_split(order, n_shards)
     dealt = rng.permutation(n_shards).reshape(n_clients, k)
     return _sorted_parts(np.concatenate([pieces[s] for s in row]) for row in dealt)
+
+
+def label_counts(parts, labels, num_classes: int) -> np.ndarray:
+    """The (clients, classes) table of how many samples of each class each client holds.
+
+    Example:
+        >>> label_counts([np.array([0, 1]), np.array([2])], np.array([1, 1, 0]), 2).tolist()
+        [[0, 2], [1, 0]]
+    """
+    y = _labels(labels)
+    num_classes = _count("num_classes", num_classes)
+    out = np.zeros((len(parts), num_classes), dtype=np.int64)
+    for i, part in enumerate(parts):
+        got = np.bincount(y[np.asarray(part, dtype=np.int64)], minlength=num_classes)
+        if got.shape[0] > num_classes:
+            raise DataError(f"client {i} holds a label >= num_classes ({num_classes})")
+        out[i] = got
+    return out

@@ -267,3 +267,39 @@ def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_partition(counts, classes: Sequence[str], corrupt: Sequence[int], path: str | Path, title: str) -> Path:
+    """The agents x classes heatmap of a partition: each cell the number of the agent's samples of
+    that class (annotated when there are at most 40 agents and 20 classes); corrupt agents' rows
+    are labelled in red."""
+    plt = pyplot()
+    import numpy as np
+
+    counts = np.asarray(counts)
+    k, c = counts.shape
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.55 * c, 16), min(1.8 + 0.22 * k, 14)), constrained_layout=True)
+    im = ax.imshow(counts, cmap="viridis", aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="samples")
+    if k <= 40 and c <= 20:
+        top = counts.max() if counts.size else 0
+        for i in range(k):
+            for j in range(c):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="black" if counts[i, j] > 0.6 * top else "white")
+    ax.set_xticks(range(c))
+    ax.set_xticklabels([str(n) for n in classes], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel("agent")
+    step = max(1, k // 40)
+    ax.set_yticks(range(0, k, step))
+    bad = set(int(a) for a in corrupt)
+    ax.set_yticklabels([f"{i}{' (corrupt)' if i in bad else ''}" for i in range(0, k, step)], fontsize=7)
+    for tick, i in zip(ax.get_yticklabels(), range(0, k, step)):
+        if i in bad:
+            tick.set_color("red")
+    ax.set_title(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

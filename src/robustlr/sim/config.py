@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Dataset = Literal["fashion-mnist", "femnist-leaf", "femnist-tff", "cifar10"]
-Partition = Literal["iid", "natural", "dirichlet", "shards"]
+Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
                      "flame"]
 Attack = Literal["trojan", "dba", "label-flip"]
@@ -76,8 +76,13 @@ class ExperimentConfig(BaseModel):
         "LEAF shard folders for femnist-leaf, [train.h5, test.h5] for femnist-tff",
     )
     digits_only: bool = Field(True, description="FEMNIST: keep digits 0-9 only (10 classes)")
-    partition: Partition = Field("iid", description="how training data is split among agents")
+    partition: Partition = Field("iid", description="how training data is split among agents: iid (uniform, sizes "
+                                 "equal up to one), iid-balanced (also every class in equal shares: the authors' "
+                                 "code), dirichlet (label skew, dirichlet_alpha), shards (classes_per_client), natural "
+                                 "(one agent per writer)")
     dirichlet_alpha: float = Field(0.5, gt=0, description="label skew of the dirichlet partition")
+    dirichlet_min_size: int = Field(10, ge=0, description="dirichlet: redraw (up to 1,000 times) until every agent "
+                                    "holds at least this many samples (NIID-Bench's default, 10)")
     classes_per_client: int = Field(2, ge=1, description="classes per agent for the shards partition")
     exact_only: bool = Field(False, description="CIFAR-10 from cifar10.npz: drop the 97 images whose pixels are a "
                              "JPEG approximation (77 train, 20 test), keeping only original pixels")
@@ -386,7 +391,8 @@ class ExperimentConfig(BaseModel):
              True),
             (("comed_even",), self.aggregator != "comed", f"aggregator {self.aggregator} (only comed)", True),
             (("flame_noise_lambda",), self.aggregator != "flame", f"aggregator {self.aggregator} (only flame)", True),
-            (("dirichlet_alpha",), self.partition != "dirichlet", f"partition {self.partition} (only dirichlet)", True),
+            (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
+             f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),
             (("digits_only", "data_sources"), not self.dataset.startswith("femnist"),
              f"dataset {self.dataset} (only femnist-leaf and femnist-tff)", True),

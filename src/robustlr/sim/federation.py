@@ -115,6 +115,25 @@ class Federation:
     def is_corrupt(self, agent: int) -> bool:
         return bool(np.isin(agent, self.corrupt))
 
+    def label_counts(self) -> np.ndarray:
+        """(agents, classes): how many training samples of each class each agent holds, by the
+        dataset's own labels (before any poisoned sample is relabelled)."""
+        return partitioners.label_counts(self.agent_indices, self.dataset.train_y.numpy(), self.dataset.num_classes)
+
+    def partition_record(self, cfg: ExperimentConfig) -> dict:
+        """What a run folder's ``partition.json`` holds: how the data was split (the config's keys)
+        and per agent its label counts, whether it is corrupt and how many of its samples are poisoned."""
+        keys = {"partition": cfg.partition, "num_agents": self.num_agents, "train_samples": int(self.agent_sizes.sum()),
+                "seed": cfg.seed}
+        if cfg.partition == "dirichlet":
+            keys |= {"dirichlet_alpha": cfg.dirichlet_alpha, "dirichlet_min_size": cfg.dirichlet_min_size}
+        elif cfg.partition == "shards":
+            keys["classes_per_client"] = cfg.classes_per_client
+        return {**keys, "classes": list(self.dataset.classes),
+                "label_counts": self.label_counts().tolist(),
+                "corrupt": [int(a) for a in self.corrupt],
+                "poisoned": {str(a): int(n) for a, n in sorted(self.poisoned_per_agent.items())}}
+
 
 def honest_copies(x: torch.Tensor, y: torch.Tensor, clean_x: torch.Tensor, clean_y: torch.Tensor,
                   agents: list[np.ndarray], corrupt: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]:
@@ -156,12 +175,23 @@ def partition_agents(cfg: ExperimentConfig, ds: ImageDataset, train_idx: np.ndar
     assert k is not None
     if cfg.partition == "iid":
         parts = partitioners.iid(len(train_idx), k, seed)
+    elif cfg.partition == "iid-balanced":  # the authors' iid: every agent the same count of every class (up to one)
+        parts = partitioners.iid(len(train_idx), k, seed, labels=labels)
     elif cfg.partition == "dirichlet":
-        parts = partitioners.dirichlet(labels, k, cfg.dirichlet_alpha, seed)
+        try:
+            parts = partitioners.dirichlet(labels, k, cfg.dirichlet_alpha, seed, min_size=cfg.dirichlet_min_size)
+        except DataError as exc:  # name the config's keys: alpha is dirichlet_alpha, min_size dirichlet_min_size
+            raise DataError(f"{exc} (the config's dirichlet_alpha, dirichlet_min_size and num_agents)") from None
     elif cfg.partition == "shards":
         parts = partitioners.shards(labels, k, cfg.classes_per_client, seed)
     else:  # pragma: no cover - the config's Literal forbids it
         raise ValueError(cfg.partition)
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise DataError(f"partition {cfg.partition} left {len(empty)} of {k} agents without data (agents "
+                        f"{empty[:5]}{'...' if len(empty) > 5 else ''}); "
+                        + ("raise dirichlet_min_size (at least 1) or dirichlet_alpha, or use fewer agents"
+                           if cfg.partition == "dirichlet" else "use fewer agents"))
     return [train_idx[np.asarray(p, dtype=np.int64)] for p in parts]
 
 

@@ -81,7 +81,8 @@ class StepObserver(Protocol):
 class Simulation:
     """One federated training run of ``cfg`` on ``fed``.
 
-    With ``out_dir`` it writes ``config.json``, ``metrics.jsonl`` (a record per round), a
+    With ``out_dir`` it writes ``config.json``, ``partition.json`` (each agent's samples per class,
+    which agents are corrupt), ``metrics.jsonl`` (a record per round), a
     checkpoint every ``cfg.checkpoint_every`` rounds, and at the end ``summary.json`` and
     ``model.pt``; a run started again on the same folder with the same config resumes from its
     last checkpoint (or starts over when there is none) and gives the same numbers as an
@@ -135,6 +136,9 @@ class Simulation:
                 cfg_path = self.out_dir / "config.json"
                 with self._writing(cfg_path):
                     checkpoint.write_text_if_changed(cfg_path, self.cfg.to_json())
+                part_path = self.out_dir / "partition.json"  # how the data was split: per agent, per class
+                with self._writing(part_path):
+                    checkpoint.write_text_if_changed(part_path, dumps(self.fed.partition_record(self.cfg)) + "\n")
             # metrics.jsonl holds exactly the rounds done so far (none for a fresh start, the
             # checkpoint's on resume): a restart never leaves a round in it twice, nor a partial line
             self._rewrite_metrics()

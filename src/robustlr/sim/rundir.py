@@ -1,6 +1,6 @@
 """The run folder: checks made before any work starts, and what may change on resume.
 
-A run folder holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and, once finished,
+A run folder holds ``config.json``, ``partition.json``, ``metrics.jsonl``, ``checkpoint.pt`` and, once finished,
 ``summary.json`` and ``model.pt`` (see :mod:`robustlr.sim.records`). A folder is accepted when it
 is writable and holds nothing, or a run that the config may resume: the same config up to the
 keys of :data:`robustlr.sim.config.NEUTRAL_KEYS`, with ``rounds`` allowed to grow.
@@ -36,7 +36,7 @@ log = logging.getLogger("robustlr")
 
 LOCK_NAME = ".robustlr.lock"
 #: the files a run writes atomically (each through a ``.tmp`` beside it)
-RESULT_FILES = ("config.json", "metrics.jsonl", checkpoint.NAME, "model.pt", "summary.json")
+RESULT_FILES = ("config.json", "partition.json", "metrics.jsonl", checkpoint.NAME, "model.pt", "summary.json")
 # flock is not supported here (some network filesystems): the run goes on unlocked, with a warning
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
