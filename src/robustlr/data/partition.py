@@ -128,6 +128,22 @@ def dirichlet(
     Raises:
         ValueError: on bad parameters, or when ``max_tries`` draws all leave some client with
             fewer than ``min_size`` samples (raise alpha or lower min_size).
+
+    How it differs from flwr-datasets' ``DirichletPartitioner`` (read from its source, flwr-datasets
+    of the Flower repository at commit 02411f7; not installed here, so no test compares them): the
+    same seed gives different splits, and the two are not the same distribution either.
+
+    - Balancing: Flower's default ``self_balancing=True`` gives a client that already holds more
+      than the average number of samples no share of the later classes (their proportions are
+      renormalised over the others). We never rebalance (Flower with ``self_balancing=False``).
+    - Cuts: Flower truncates the cumulative shares (``astype(int)``), we round them to the nearest
+      integer; a class's samples go to the clients in dataset order there, in a random order here
+      (we permute each class before cutting).
+    - Classes are taken in order of first appearance there, in sorted order here; the random draws
+      (one Dirichlet vector per class there; a permutation and a Dirichlet vector per class here)
+      come from different streams.
+    - Minimum size: Flower redraws at most 10 more times, then raises; we redraw up to
+      ``max_tries`` (1,000) times. Flower also shuffles the indices inside each client (order only).
     """
     y = _labels(labels)
     n_samples = y.shape[0]
