@@ -66,6 +66,24 @@ def test_data_finds_cifar10_npz_or_lists_every_place(tmp_path, monkeypatch, data
     assert "missing" in res.output and "cifar10/cifar10.npz(missing)" in flat
 
 
+def test_data_finds_the_leaf_shards_or_says_where_femnist_comes_from(tmp_path, monkeypatch, data_dir):
+    res = runner.invoke(app, ["data", "femnist-leaf", "--data-dir", str(data_dir)])
+    assert res.exit_code == 0, res.output
+    n = sum(1 for p in (data_dir / "femnist-leaf").rglob("*") if p.name.endswith((".json", ".json.gz")))
+    assert " ".join(res.output.split()) == (f"femnist-leaf {data_dir / 'femnist-leaf'}: {n} shards in arakotom_flic, "
+                                            "slz-ai_leaf-torch, wenzhu23333_dp-fl")
+    monkeypatch.delenv("ROBUSTLR_DATA_DIR", raising=False)
+    for dataset, where in (("femnist-leaf", "https://github.com/TalwalkarLab/leaf"),
+                           ("femnist-tff", "fed_emnist_digitsonly.tar.bz2")):
+        res = runner.invoke(app, ["data", dataset, "--data-dir", str(tmp_path)])
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 1, res.output
+        assert flat.startswith(f"{dataset} missing data source") and "How to get the files" in flat and where in flat
+    (tmp_path / "femnist-leaf").mkdir()  # there, but empty
+    res = runner.invoke(app, ["data", "femnist-leaf", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "no LEAF shards (*.json, *.json.gz) under" in " ".join(res.output.split())
+
+
 def test_run_writes_the_run_folder_and_resumes(tmp_path, data_dir):
     args = ["run", "demo-iid", "--set", "rounds=2", "--set", "train_limit=400", "--set", "threads=1",
             "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]

@@ -12,18 +12,22 @@ from robustlr.cli._common import DataDirOpt, SetOpt, console, err, fail, styled,
 
 @user_errors
 def data(
-    dataset: str = typer.Argument("fashion-mnist", help="fashion-mnist or cifar10 (more datasets: see the README)"),
+    dataset: str = typer.Argument("fashion-mnist", help="fashion-mnist, cifar10, femnist-leaf or femnist-tff"),
     data_dir: Optional[Path] = DataDirOpt,
     download: bool = typer.Option(False, "--download", help="download missing files into the cache when online"),
 ) -> None:
-    """Show where each file of a dataset is found (verified by sha256); exit 1 if one is missing."""
+    """Show where each file of a dataset is found (verified by sha256 where its files are fixed);
+    exit 1 if one is missing, with where to get it."""
     from robustlr.data.store import DataNotFoundError, locate
 
     if dataset == "cifar10":
         _cifar10(data_dir)
         return
+    if dataset in ("femnist-leaf", "femnist-tff"):
+        _femnist(dataset, data_dir)
+        return
     if dataset != "fashion-mnist":
-        fail(f"unknown dataset {dataset!r}; `robustlr data` checks: fashion-mnist, cifar10")
+        fail(f"unknown dataset {dataset!r}; `robustlr data` checks: fashion-mnist, cifar10, femnist-leaf, femnist-tff")
     from robustlr.data.fashion_mnist import DATASET_FILES
 
     missing = False
@@ -52,6 +56,34 @@ def _cifar10(data_dir) -> None:
             return
     err.print(styled("cifar10       ", ("missing", "red"), "\n  " + "\n  ".join(tried)), highlight=False)
     raise typer.Exit(1)
+
+
+def _femnist(dataset: str, data_dir) -> None:
+    """Where the FEMNIST files a run of ``dataset`` (with its presets' default sources) would read
+    are, or where to get them; nothing is loaded."""
+    from robustlr.data.registry import LEAF_FEMNIST_HOWTO, TFF_EMNIST_HOWTO, resolve_sources
+    from robustlr.errors import DataNotFoundError
+
+    sources = (["femnist-leaf"] if dataset == "femnist-leaf" else
+               ["femnist-tff/fed_emnist_digitsonly_train.h5", "femnist-tff/fed_emnist_digitsonly_test.h5"])
+    howto = LEAF_FEMNIST_HOWTO if dataset == "femnist-leaf" else TFF_EMNIST_HOWTO
+    try:
+        paths = resolve_sources(dataset, sources, str(data_dir) if data_dir else None)
+    except DataNotFoundError as exc:
+        err.print(styled(f"{dataset:<13} ", ("missing", "red"), f"\n{exc}\n{howto}"), highlight=False)
+        raise typer.Exit(1) from None
+    if dataset == "femnist-tff":
+        for path in paths:
+            console.print(f"{dataset:<13} {path}", highlight=False)
+        return
+    shards = sorted(p for p in paths[0].rglob("*") if p.is_file() and p.name.endswith((".json", ".json.gz")))
+    if not shards:
+        err.print(styled(f"{dataset:<13} ", ("missing", "red"), f"\nno LEAF shards (*.json, *.json.gz) under "
+                         f"{paths[0]}\n{howto}"), highlight=False)
+        raise typer.Exit(1)
+    runs = sorted({p.relative_to(paths[0]).parts[0] for p in shards if len(p.relative_to(paths[0]).parts) > 1})
+    console.print(f"{dataset:<13} {paths[0]}: {len(shards)} shards" + (f" in {', '.join(runs)}" if runs else ""),
+                  highlight=False)
 
 
 @user_errors

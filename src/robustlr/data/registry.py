@@ -33,6 +33,16 @@ TFF_EMNIST_HOWTO = (
 )
 
 
+LEAF_FEMNIST_HOWTO = (
+    "How to get the files: FEMNIST comes from the LEAF benchmark (https://github.com/TalwalkarLab/leaf, "
+    "folder data/femnist): its preprocess.sh downloads NIST Special Database 19 and writes the writers' "
+    "images as json shards, e.g. `./preprocess.sh -s niid --sf 0.05 -k 0 -t sample`. Put its "
+    "data/train and data/test folders (.json or .json.gz shards) in <data dir>/femnist-leaf/<any name>/, "
+    "or point data_sources at them; `robustlr data femnist-leaf` shows what is found. The paper's full "
+    "set (3,383 writers) is TFF's copy: dataset femnist-tff."
+)
+
+
 def resolve_sources(dataset: str, sources: Sequence[str], data_dir: PathLike | None) -> list[Path]:
     """``sources`` as paths: absolute ones as given, relative ones under the data folder."""
     roots = [Path(p) for p in (data_dir, os.environ.get(ENV_DATA_DIR)) if p]
@@ -77,8 +87,11 @@ def _femnist_leaf(data_dir: PathLike | None, sources: Sequence[str], digits_only
                   exact_only: bool = False) -> ImageDataset:
     from robustlr.data.femnist import load_leaf_femnist
 
-    return load_leaf_femnist(resolve_sources("femnist-leaf", list(sources) or ["femnist-leaf"], data_dir),
-                             digits_only=digits_only)
+    try:
+        paths = resolve_sources("femnist-leaf", list(sources) or ["femnist-leaf"], data_dir)
+    except DataNotFoundError as exc:
+        raise DataNotFoundError(f"{exc}\n{LEAF_FEMNIST_HOWTO}") from None
+    return load_leaf_femnist(paths, digits_only=digits_only)
 
 
 def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool,
