@@ -204,3 +204,25 @@ def test_checksum_is_of_the_decompressed_bytes(real_paths, tmp_path):
     copy.write_bytes(gzip.compress(gzip.decompress(src.read_bytes()), compresslevel=1, mtime=0))
     assert copy.read_bytes() != src.read_bytes()
     assert file_sha256(copy, decompress=True) == fm.DATASET_FILES["test_labels"].sha256
+
+
+def test_a_dataset_refuses_labels_without_a_class_an_empty_train_split_and_bad_normalisation():
+    import torch
+
+    from robustlr.data.base import ImageDataset
+    from robustlr.errors import DataError
+
+    x, y = torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 1])
+    ok = dict(name="mine", train_x=x, train_y=y, test_x=x, test_y=y, classes=("a", "b", "c"), mean=(0.5,), std=(0.2,))
+    ImageDataset(**ok)
+    cases = [({"classes": ("a", "b")}, "mine: train_y holds labels 0..2, outside 0..1 (one per name in classes, 2): "
+                                       "give every class a name, or relabel to 0..1"),
+             ({"test_y": torch.tensor([0, -1, 0, 0])}, "mine: test_y holds labels -1..0, outside 0..2"),
+             ({"train_x": x[:0], "train_y": y[:0]}, "mine: the train split is empty"),
+             ({"std": (0.0,)}, "mine: mean must be finite and std finite and > 0, got mean (0.5,), std (0.0,)"),
+             ({"mean": (float("nan"),)}, "mine: mean must be finite"),
+             ({"train_y": y[:3]}, "mine: train_y must be int64 of shape (4,), got torch.int64 (3,)")]
+    for change, message in cases:
+        with pytest.raises(DataError) as info:
+            ImageDataset(**{**ok, **change})
+        assert str(info.value).startswith(message)

@@ -94,3 +94,8 @@ def test_the_partition_command_shows_and_writes_the_split(tmp_path, fmnist_dir):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (800, 400)  # 10 classes x 10 agents at 100 dpi
+
+
+def test_a_dataset_without_a_test_split_is_refused_before_training(tiny):
+    with pytest.raises(DataError, match="tiny has no test split: the run evaluates on it"):
+        build_federation(make_config(BASE), tiny(n_test=0))

@@ -7,6 +7,7 @@ simulator. Clients are index arrays into the training split, never copies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +60,20 @@ class ImageDataset:
                 raise DataError(f"{self.name}: {split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise DataError(f"{self.name}: mean/std need one value per channel ({self.channels})")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise DataError(f"{self.name}: mean must be finite and std finite and > 0, got mean {self.mean}, "
+                            f"std {self.std}")
+        if self.train_y.numel() == 0:
+            raise DataError(f"{self.name}: the train split is empty")
+        for split in ("train", "test"):  # an empty test split loads (a train folder alone); a run refuses it
+            y = getattr(self, f"{split}_y")
+            if y.numel() == 0:
+                continue
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= len(self.classes):
+                raise DataError(f"{self.name}: {split}_y holds labels {lo}..{hi}, outside 0..{len(self.classes) - 1} "
+                                f"(one per name in classes, {len(self.classes)}): give every class a name, or "
+                                f"relabel to 0..{len(self.classes) - 1}")
 
     @property
     def channels(self) -> int:

@@ -198,6 +198,9 @@ def partition_agents(cfg: ExperimentConfig, ds: ImageDataset, train_idx: np.ndar
 def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     """Split the data among agents, choose and poison the corrupt agents, build eval sets."""
     n_train = ds.train_x.shape[0]
+    if ds.test_y.numel() == 0:
+        raise DataError(f"{ds.name} has no test split: the run evaluates on it; give the loader (or data_sources) "
+                        f"the test data too")
     train_idx = np.arange(n_train)
     if cfg.train_limit is not None and cfg.partition != "natural":
         if cfg.train_limit > n_train:
