@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from robustlr.sim.config import ExperimentConfig
     from robustlr.sim.loop import RunResult
 
-__all__ = ["__version__", "load_config", "run"]
+__all__ = ["__version__", "load_config", "register_model", "run"]
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> "ExperimentConfig":
@@ -52,3 +52,12 @@ def run(config: "ExperimentConfig | str", out_dir: str | None = None, data_dir: 
 
     cfg = load_config(config) if isinstance(config, str) else config
     return run_experiment(cfg, out_dir, data_dir=data_dir, **kwargs)
+
+
+def register_model(name: str, build: Any, *, input_shape: tuple[int, int, int] | None = None,
+                   replace: bool = False) -> Any:
+    """Make ``build(num_classes) -> torch.nn.Module`` available as ``model = name`` in configs (see
+    :mod:`robustlr.models.registry` for the other two ways: entry points and import strings)."""
+    from robustlr.models.registry import register_model as _register
+
+    return _register(name, build, input_shape=input_shape, replace=replace)

@@ -77,7 +77,7 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
     cfg: ExperimentConfig = load_config(preset, [f"device={device}"])
     dev = torch.device(device)
     torch.manual_seed(0)
-    shape = model_spec(cfg.model).input_shape
+    shape = model_spec(cfg.model).input_shape or cfg.input_shape
     model = build_model(cfg.model, num_classes=cfg.num_classes).to(dev)
     layout = ParamLayout.from_module(model)
     k_total, per_round, per_agent = round_size(cfg)

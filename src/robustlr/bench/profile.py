@@ -56,7 +56,7 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
 
     cfg = load_config(preset)
     tuned = tune_allocator()
-    shape = model_spec(cfg.model).input_shape
+    shape = model_spec(cfg.model).input_shape or cfg.input_shape
     b = cfg.batch_size
     n = steps * b
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def run_levers(preset: str = "iid-fedavg", steps: int = 6, repeats: int = 5, wit
     """Each lever's samples/s and its ratio to the engines' step of the same precision, one thread."""
     cfg = load_config(preset)
     tuned = tune_allocator()
-    shape = model_spec(cfg.model).input_shape
+    shape = model_spec(cfg.model).input_shape or cfg.input_shape
     b = cfg.batch_size
     torch.manual_seed(0)
     x, y = torch.randn(steps * b, *shape), torch.randint(0, cfg.num_classes, (steps * b,))

@@ -8,21 +8,60 @@
 
 To add a model: write its module in ``models/``, then add a :class:`ModelSpec` to ``MODELS``
 (and its name to the config's ``model`` field).
+
+A model of your own needs no edit here. Name it in one of three ways:
+
+- at run time, from Python: ``robustlr.register_model("my-net", build, input_shape=(3, 32, 32))``,
+  where ``build(num_classes) -> nn.Module``;
+- as an entry point of an installed package, group ``robustlr.models`` (``my-net =
+  "mypkg.nets:build"``): installing the package is enough;
+- as an import string in the config: ``model = "mypkg.nets:build"``.
+
+The config refuses a name that none of these resolves ("unknown model ..., choose one of ...").
+A run records where its model came from (``summary.json``: ``model``, with the factory's
+``module:qualname``). The ``processes`` engine sends the factory to its workers by reference, so it
+must be importable (a module-level function, not a lambda).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 from torch import nn
+
+from robustlr.errors import ConfigError
+
+#: the entry-point group through which installed packages add models
+ENTRY_POINT_GROUP = "robustlr.models"
+#: a model's name: letters, digits and . _ - (":" marks an import string)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelError(ConfigError):
+    """A model that cannot be used: an unknown name, a factory that raises or returns no module."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    input_shape: tuple[int, int, int]  # (C, H, W) of one input image
+    input_shape: tuple[int, int, int] | None  # (C, H, W) of one input image; None: not declared
     build: Callable[[int], nn.Module]  # num_classes -> a fresh model
+    origin: str = "built in"  # built in, registered, entry point (its distribution), import string
+
+    @property
+    def factory(self) -> str:
+        """The factory as ``module:qualname``."""
+        return f"{getattr(self.build, '__module__', '?')}:{getattr(self.build, '__qualname__', repr(self.build))}"
+
+    def record(self) -> dict:
+        """What a run records about its model."""
+        return {"name": self.name, "origin": self.origin, "factory": self.factory,
+                "input_shape": list(self.input_shape) if self.input_shape else None}
 
 
 def _mnist(num_classes: int) -> nn.Module:
@@ -47,17 +86,138 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def model_spec(name: str) -> ModelSpec:
+_REGISTERED: dict[str, ModelSpec] = {}
+
+
+def _checked_shape(input_shape) -> tuple[int, int, int] | None:
+    if input_shape is None:
+        return None
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ModelError(f"input_shape must be (channels, height, width) of positive integers, got {input_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def register_model(name: str, build: Callable[[int], nn.Module], *, input_shape=None,
+                   replace: bool = False) -> ModelSpec:
+    """Make ``build(num_classes) -> nn.Module`` available as ``model = name`` in configs.
+
+    ``input_shape`` (C, H, W), if given, is checked against the dataset before any work. Registering
+    a name again with another factory needs ``replace=True``; a built-in name cannot be replaced."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ModelError(f"a model name is letters, digits and . _ - (no ':', which marks an import string), "
+                         f"got {name!r}")
+    if not callable(build):
+        raise ModelError(f"register_model({name!r}, ...): build must be a callable num_classes -> nn.Module, "
+                         f"got {type(build).__name__}")
+    if name in MODELS:
+        raise ModelError(f"{name!r} is a built-in model and cannot be replaced; register yours under another name")
+    old = _REGISTERED.get(name)
+    if old is not None and old.build is not build and not replace:
+        raise ModelError(f"model {name!r} is already registered (factory {old.factory}); pass replace=True")
+    spec = ModelSpec(name, _checked_shape(input_shape), build, "registered")
+    _REGISTERED[name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    """Forget a model registered with :func:`register_model` (nothing if it was not)."""
+    _REGISTERED.pop(name, None)
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _spec_of(name: str, obj, origin: str) -> ModelSpec:
+    if isinstance(obj, ModelSpec):
+        return ModelSpec(name, obj.input_shape, obj.build, origin)
+    if not callable(obj):
+        raise ModelError(f"model {name!r} ({origin}) is a {type(obj).__name__}, not a factory num_classes -> nn.Module")
+    return ModelSpec(name, _checked_shape(getattr(obj, "input_shape", None)), obj, origin)
+
+
+def _from_import_string(name: str) -> ModelSpec:
+    module_name, _, attr = name.partition(":")
     try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"model {name!r}: cannot import {module_name!r} ({exc}); an import string is "
+                         f"'package.module:factory' of a module on the Python path") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ModelError(f"model {name!r}: module {module_name!r} has no {attr!r}") from None
+    return _spec_of(name, obj, "import string")
+
+
+def model_names() -> list[str]:
+    """Every model a config may name without an import string: built in, registered, entry points."""
+    return [*MODELS, *_REGISTERED, *(n for n in _entry_points() if n not in MODELS and n not in _REGISTERED)]
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The model called ``name``: built in, registered, an entry point, or an import string
+    (``module:factory``); a :class:`ModelError` naming the choices otherwise."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if ":" in name:
+        return _from_import_string(name)
+    eps = _entry_points()
+    if name in eps:
+        ep = eps[name]
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in package: name it
+            raise ModelError(f"model {name!r}: the entry point {ep.value!r} (group {ENTRY_POINT_GROUP}) cannot be "
+                             f"loaded: {type(exc).__name__}: {exc}") from exc
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        return _spec_of(name, obj, f"entry point ({dist})" if dist else "entry point")
+    names = model_names()
+    close = difflib.get_close_matches(name, names, n=1)
+    raise ModelError(f"unknown model {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                     + f"; choose one of {', '.join(names)}, or register one (robustlr.register_model, an entry "
+                     f"point in group {ENTRY_POINT_GROUP}, or an import string 'package.module:factory')")
 
 
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """Build a fresh, randomly initialised model by name (see the table above)."""
-    return model_spec(name).build(num_classes)
+def build_model(name: str, num_classes: int = 10, spec: ModelSpec | None = None) -> nn.Module:
+    """Build a fresh, randomly initialised model by name (see the table above); ``spec``, when
+    given, is used instead of looking the name up (worker processes get it from their parent)."""
+    spec = spec or model_spec(name)
+    try:
+        model = spec.build(num_classes)
+    except Exception as exc:
+        raise ModelError(f"model {name!r}: its factory {spec.factory} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name!r}: its factory {spec.factory} returned a {type(model).__name__}, "
+                         f"not a torch.nn.Module")
+    return model
 
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_outputs(name: str, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """A :class:`ModelError` unless ``model`` maps a batch of two inputs of ``input_shape`` to
+    (2, num_classes) logits. Runs in eval mode without gradients and leaves the random state and
+    the model's mode as they were."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            out = model(torch.zeros((2, *input_shape)))
+    except Exception as exc:
+        raise ModelError(f"model {name!r} fails on a batch of 2 images of shape {tuple(input_shape)}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, num_classes):
+        raise ModelError(f"model {name!r} gives outputs of shape {shape} for 2 images of shape {tuple(input_shape)}; "
+                         f"it must give one logit per class: (2, {num_classes})")

@@ -17,10 +17,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustlr.aggregation.rlr import Threshold
 from robustlr.errors import ConfigError, did_you_mean
+from robustlr.models.registry import model_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,23 @@ TRAIN_IMAGES = {"fashion-mnist": 60_000, "cifar10": 50_000}
 def classes_of(dataset: str, digits_only: bool | None) -> int:
     """The number of classes of a dataset setting (FEMNIST: 62, or 10 with ``digits_only``)."""
     return 62 if dataset.startswith("femnist") and not digits_only else 10
+
+
+def _has_batch_norm(name: str) -> bool:
+    if name in ("mnist-cnn", "cifar-cnn"):
+        return False
+    if name == "cifar-cnn-bn":
+        return True
+    from robustlr.models.registry import build_model, has_batch_norm
+
+    spec = model_spec(name)
+    cached = _BATCH_NORM.get((name, spec.build))
+    if cached is None:
+        cached = _BATCH_NORM[(name, spec.build)] = has_batch_norm(build_model(name, 10, spec=spec))
+    return cached
+
+
+_BATCH_NORM: dict = {}
 
 
 class ExperimentConfig(BaseModel):
@@ -90,7 +108,10 @@ class ExperimentConfig(BaseModel):
         None, ge=10, description="use a stratified subset of this many training images (quick runs)"
     )
     # -- model
-    model: Literal["mnist-cnn", "cifar-cnn", "cifar-cnn-bn"] = "mnist-cnn"
+    model: str = Field("mnist-cnn", min_length=1, description="the network: mnist-cnn, cifar-cnn, cifar-cnn-bn, a "
+                       "model registered with robustlr.register_model or by an installed package (entry point group "
+                       "robustlr.models), or an import string 'package.module:factory' (factory(num_classes) -> "
+                       "torch.nn.Module)")
     init_model: str | None = Field(
         None, min_length=1, description="warm start: the run starts from these weights instead of a random "
         "initialisation: a model.pt, a run folder (its final model.pt), or 'pretrained:PRESET' (the clean model "
@@ -224,18 +245,46 @@ class ExperimentConfig(BaseModel):
                 raise ValueError("; ".join(f"{k}={data[k]!r}: a bool where a number or text is expected" for k in bad))
         return data
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        model_spec(name)  # a ModelError (a ValueError) names the choices
+        return name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the dataset's images: what the model takes."""
+        side = IMAGE_SIDE[self.dataset]
+        return (3 if self.dataset == "cifar10" else 1, side, side)
+
+    @property
+    def batch_norm(self) -> bool:
+        """Whether the config's model has batch norm (a plugged-in model is built once to see)."""
+        return _has_batch_norm(self.model)
+
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
         problems = []
         if self.base_class == self.target_class:
             problems.append(f"base_class and target_class are both {self.base_class}: the backdoor must change the label")
-        if self.dataset in ("femnist-leaf", "femnist-tff"):
-            if self.model != "mnist-cnn":
-                problems.append(f"model {self.model!r} does not fit {self.dataset} (28x28 grayscale): use mnist-cnn")
-        elif self.dataset == "fashion-mnist" and self.model != "mnist-cnn":
-            problems.append(f"model {self.model!r} does not fit fashion-mnist (28x28 grayscale): use mnist-cnn")
-        elif self.dataset == "cifar10" and self.model == "mnist-cnn":
-            problems.append("model 'mnist-cnn' does not fit cifar10 (3x32x32): use cifar-cnn or cifar-cnn-bn")
+        spec = model_spec(self.model)  # an unknown name was refused by the field's validator
+        shape = self.input_shape
+        if spec.origin == "built in":
+            if self.dataset in ("femnist-leaf", "femnist-tff"):
+                if self.model != "mnist-cnn":
+                    problems.append(f"model {self.model!r} does not fit {self.dataset} (28x28 grayscale): use mnist-cnn")
+            elif self.dataset == "fashion-mnist" and self.model != "mnist-cnn":
+                problems.append(f"model {self.model!r} does not fit fashion-mnist (28x28 grayscale): use mnist-cnn")
+            elif self.dataset == "cifar10" and self.model == "mnist-cnn":
+                problems.append("model 'mnist-cnn' does not fit cifar10 (3x32x32): use cifar-cnn or cifar-cnn-bn")
+        else:
+            if spec.input_shape is not None and tuple(spec.input_shape) != shape:
+                problems.append(f"model {self.model!r} takes inputs of shape {tuple(spec.input_shape)} but "
+                                f"{self.dataset}'s images are {shape}")
+            try:  # a plugged-in model is built once here: a factory that fails is refused before any work
+                self.batch_norm
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.exact_only and self.dataset != "cifar10":
             problems.append(f"exact_only applies to cifar10 (the 97 JPEG-filled images of cifar10.npz), not {self.dataset}")
         if self.attack_from_round > self.rounds and self.corrupt_fraction > 0:
@@ -266,9 +315,9 @@ class ExperimentConfig(BaseModel):
                 f"trojan_value={self.trojan_value} is not a pixel value: use an integer in 0..255, "
                 "or leave it unset for the dataset's ink"
             )
-        if self.aggregator == "sign" and self.model == "cifar-cnn-bn" and self.buffer_aggregation == "rule":
+        if self.aggregator == "sign" and self.batch_norm and self.buffer_aggregation == "rule":
             problems.append(
-                "aggregator 'sign' with model 'cifar-cnn-bn' and buffer_aggregation 'rule': the sign vote would move "
+                f"aggregator 'sign' with model {self.model!r} and buffer_aggregation 'rule': the sign vote would move "
                 "batch-norm running statistics by +-1 (eta scales trainable parameters only); use "
                 "buffer_aggregation = 'mean'")
         if self.rlr_from_val_acc is not None and self.rlr_from_round != 1:
@@ -355,8 +404,8 @@ class ExperimentConfig(BaseModel):
         if self.dataset == "femnist-tff" and len(self.data_sources) != 2:
             problems.append(f"dataset femnist-tff needs data_sources = [train.h5, test.h5], got {len(self.data_sources)} "
                             "files")
-        if self.train_mode == "vectorized" and self.model == "cifar-cnn-bn":
-            problems.append("the vectorized engine does not support batch-norm models (cifar-cnn-bn); use train_mode = "
+        if self.train_mode == "vectorized" and self.batch_norm:
+            problems.append(f"the vectorized engine does not support batch-norm models ({self.model}); use train_mode = "
                             "'sequential' or 'auto'")
         if self.train_mode == "processes" and self.device != "cpu":
             problems.append(f"train_mode 'processes' runs on the CPU, not on {self.device}; use vectorized, sequential "
@@ -381,7 +430,7 @@ class ExperimentConfig(BaseModel):
         rules: list[tuple[tuple[str, ...], bool, str, bool]] = [  # keys, inert?, why, warn?
             (("rlr_from_round", "rlr_from_val_acc", "rlr_scope"), self.rlr_threshold == 0,
              "rlr_threshold = 0 (no RLR)", True),
-            (("rlr_scope", "buffer_aggregation"), self.model != "cifar-cnn-bn",
+            (("rlr_scope", "buffer_aggregation"), not self.batch_norm,
              f"model {self.model} has no batch-norm buffers", True),
             (("assumed_corrupt",), self.aggregator not in ("krum", "multikrum", "bulyan"),
              f"aggregator {self.aggregator} (only krum, multikrum and bulyan use it)", True),

@@ -106,6 +106,9 @@ class RunSummary(BaseModel):
     engine: str
     federation: dict[str, Any]
     init_model: dict[str, Any] | None = None  # the warm start: spec, sha256 (and pretraining config hash)
+    # the network that ran: name, origin (built in, registered, entry point, import string), factory
+    # (module:qualname), declared input shape; None in summaries written before robustlr 0.3
+    model: dict[str, Any] | None = None
     machine: dict[str, Any]
     torch_version: str
     robustlr_version: str

@@ -38,7 +38,8 @@ from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, Coordin
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
 from robustlr.errors import TrainingError
-from robustlr.models import build_model
+from robustlr.models import build_model, model_spec
+from robustlr.models.registry import check_outputs
 from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.pretrain import InitModel, load_init_state
@@ -154,6 +155,8 @@ def initial_model(cfg: ExperimentConfig, num_classes: int, init: InitModel | Non
     warm start ``init`` (a resolved ``init_model``, see :func:`robustlr.sim.pretrain.resolve_init_model`)."""
     torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
     model = build_model(cfg.model, num_classes=num_classes)
+    if model_spec(cfg.model).origin != "built in":  # a plugged-in model: its outputs must fit, before any work
+        check_outputs(cfg.model, model, cfg.input_shape, num_classes)
     if init is not None:
         model.load_state_dict(load_init_state(init, model))
     return model
@@ -340,7 +343,7 @@ def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, second
     round, the cost and what produced the numbers (machine, versions)."""
     final = next((r for r in reversed(records) if r.evaluated), None)
     collapsed = is_collapsed(final.val_acc, cfg.num_classes) if final is not None else None
-    return RunSummary(collapsed=collapsed,
+    return RunSummary(collapsed=collapsed, model=model_spec(cfg.model).record(),
         name=cfg.name, rounds=cfg.rounds,
         **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
         rlr_switch_round=next((r.round for r in records if r.rlr_on), None),

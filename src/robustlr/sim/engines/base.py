@@ -88,6 +88,9 @@ class EngineContext:
     clean_twins: Mapping[int, int] = field(default_factory=dict)
     # stealth by a penalty: agent -> mu of the term mu/2 ||w - w_global||^2 added to its loss
     penalties: Mapping[int, float] = field(default_factory=dict)
+    # a model that is not built in (registered, an entry point, an import string): its spec, which
+    # worker processes receive with the context instead of looking the name up
+    model_spec: Any = None
 
     def attacking(self, round_: int | None) -> bool:
         return round_ is None or round_ >= self.attack_from_round

@@ -93,10 +93,21 @@ class ProcessesEngine:
             raise EngineError(f"train_mode 'processes' runs on the CPU, not on {ctx.device}; use vectorized or sequential")
         if ctx.workers < 1:
             raise EngineError(f"workers must be >= 1, got {ctx.workers}")
+        if ctx.model_spec is not None:  # the workers get the model's factory by reference: it must pickle
+            import pickle
+
+            try:
+                pickle.dumps(ctx.model_spec)
+            except Exception as exc:  # noqa: BLE001 - pickling raises many types
+                raise EngineError(f"model {ctx.model_name!r}: the processes engine sends its factory "
+                                  f"{ctx.model_spec.factory} to worker processes, which needs a module-level "
+                                  f"function (not a lambda or a local function; {type(exc).__name__}): define it at "
+                                  f"module level, or use train_mode = 'sequential'") from None
         self.ctx = ctx
         self.workers = ctx.workers
         tune_allocator()  # this process evaluates; the workers build a SequentialEngine, which tunes theirs
-        numel = ParamLayout.from_module(build_model(ctx.model_name, num_classes=ctx.num_classes)).numel
+        numel = ParamLayout.from_module(build_model(ctx.model_name, num_classes=ctx.num_classes,
+                                                    spec=ctx.model_spec)).numel
         # shared memory: the data once, the global weights and the output rows reused every round
         ctx.train_x.share_memory_()
         ctx.train_y.share_memory_()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from robustlr.models import build_model, has_batch_norm
+from robustlr.models import model_spec
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines.base import Engine, EngineContext, LocalSettings
 
@@ -69,7 +69,7 @@ def select_mode(cfg: ExperimentConfig, agent_sizes: np.ndarray, device: torch.de
         return cfg.train_mode
     if device.type == "cuda":
         # the vectorized engine has no stealth penalty term
-        return "sequential" if has_batch_norm(build_model(cfg.model)) or cfg.stealth_penalty > 0 else "vectorized"
+        return "sequential" if cfg.batch_norm or cfg.stealth_penalty > 0 else "vectorized"
     per_round = cfg.agents_per_round(len(agent_sizes))
     work = float(np.sort(agent_sizes)[-per_round:].sum()) * cfg.local_epochs
     cores = cfg.threads or available_cores()
@@ -98,4 +98,5 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
         honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
         penalties={int(a): cfg.stealth_penalty for a in fed.corrupt} if cfg.stealth_penalty > 0 else {},
+        model_spec=None if model_spec(cfg.model).origin == "built in" else model_spec(cfg.model),
     )

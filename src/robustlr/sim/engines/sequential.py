@@ -48,7 +48,7 @@ class SequentialEngine:
             raise EngineError(f"precision 'bf16' needs a CPU or CUDA device, not {self.device}")
         if self.device.type == "cpu":
             tune_allocator()  # keep activation buffers between steps (robustlr.sim.engines.allocator)
-        model = build_model(ctx.model_name, num_classes=ctx.num_classes)
+        model = build_model(ctx.model_name, num_classes=ctx.num_classes, spec=ctx.model_spec)
         # channels-last activations: oneDNN's convolutions run about 1.4x faster on the CPU
         self.model = model.to(device=self.device, memory_format=torch.channels_last)
         self.layout = ParamLayout.from_module(self.model)

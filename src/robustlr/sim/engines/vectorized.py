@@ -39,7 +39,7 @@ class VectorizedEngine:
     name = "vectorized"
 
     def __init__(self, ctx: EngineContext) -> None:
-        model = build_model(ctx.model_name, num_classes=ctx.num_classes)
+        model = build_model(ctx.model_name, num_classes=ctx.num_classes, spec=ctx.model_spec)
         if has_batch_norm(model):
             raise EngineError("the vectorized engine does not support batch-norm models; use train_mode = 'sequential'")
         if not hasattr(model, "dropout_shapes"):
