@@ -61,6 +61,10 @@ def _same_model(out: Path, reference) -> bool:
 def _no_partial_files(out: Path) -> None:
     # a kill may leave a *.tmp temporary beside a file being replaced; it is never read
     json.loads((out / "config.json").read_text())
+    if (out / "partition.json").exists():
+        json.loads((out / "partition.json").read_text())
+    if not (out / "metrics.jsonl").exists():  # a write failed before the first record
+        return
     lines = (out / "metrics.jsonl").read_text().splitlines()
     for line in lines[:-1]:
         json.loads(line)  # only the last line may be cut by a kill; a resume rewrites it
@@ -116,8 +120,9 @@ def _failing(target, fail_on_call: int, err: int):
 @pytest.mark.parametrize("what, call", [
     ("torch.save", 2),             # the checkpoint after round 2, while it is written
     ("append_line", 3),            # the record of round 3
-    ("atomic_write_text", 3),      # summary.json at the end (after config.json and the metrics rewrite)
-], ids=["checkpoint-write", "metrics-append", "summary-write"])
+    ("atomic_write_text", 2),      # partition.json at the start (after config.json)
+    ("atomic_write_text", 4),      # summary.json at the end (after config.json, partition.json and the metrics rewrite)
+], ids=["checkpoint-write", "metrics-append", "partition-write", "summary-write"])
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["disk-full", "read-only"])
 def test_a_failed_write_stops_with_a_clear_error_and_resume_is_bit_identical(tmp_path, tiny, monkeypatch,
                                                                             what, call, err):
