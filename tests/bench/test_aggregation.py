@@ -21,9 +21,11 @@ def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():
     assert table.count("RobustLR(FedAvg)") == 2 and "x mean" in table
 
 
-def test_unknown_rule_is_refused():
-    with pytest.raises(ValueError, match="unknown rules"):
+def test_unknown_rule_is_refused_and_names_match_in_any_case():
+    with pytest.raises(ValueError, match=r"unknown rule 'Krum' for --rule; choose from FedAvg, CoordinateMedian"):
         run_benchmark(n_agents_list=(3,), n_params=100, repeats=1, rules=["Krum"])
+    rows = run_benchmark(n_agents_list=(3,), n_params=100, repeats=1, rules=["fedavg", "ROBUSTLR(FEDAVG)"])
+    assert [r["rule"] for r in rows] == ["mean(0) baseline", "FedAvg", "RobustLR(FedAvg)"]
 
 
 def test_command_filters_rules_and_prints_json():

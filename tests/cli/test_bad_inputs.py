@@ -188,6 +188,8 @@ ROWS = [
     ("misspelt preset", ["run", "iid-rlrr"], "did you mean 'iid-rlr'?"),
     ("misspelt suite", ["sweep", "table1-idd"], "did you mean 'table1-iid'?"),
     ("misspelt bench preset", ["bench", "engines", "--preset", "iid-fedavgg"], "did you mean 'iid-fedavg'?"),
+    ("misspelt bench rule", ["bench", "aggregation", "--rule", "fedavgg", "--agents", "10", "--params", "1000"],
+     "unknown rule 'fedavgg' (did you mean 'FedAvg'?) for --rule; choose from FedAvg, CoordinateMedian"),
     ("misspelt aggregator", CONFIG + [SET, "aggregator=comedd"], "(got 'comedd') (did you mean 'comed'?)"),
     ("misspelt dataset", CONFIG + [SET, "dataset=cifar"], "(got 'cifar') (did you mean 'cifar10'?)"),
     ("a name that is markup", CONFIG + [SET, "name=[/x]"], "(got '[/x]')"),

@@ -24,6 +24,7 @@ import torch
 from robustlr.aggregation import (ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, RobustLR, SignAggregation,
                                   threshold_range)
 from robustlr.bench.common import time_pair
+from robustlr.errors import ConfigError, did_you_mean
 
 __all__ = ["run_benchmark", "format_table"]
 
@@ -77,10 +78,13 @@ def run_benchmark(
             )(updates),
             "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta)(updates),
         }
-        unknown = set(rules or ()) - set(candidates)
+        by_lower = {name.lower(): name for name in candidates}  # names match case-insensitively
+        unknown = [r for r in rules or () if r.lower() not in by_lower]
         if unknown:
-            raise ValueError(f"unknown rules {sorted(unknown)}; choose from {list(candidates)}")
-        selected = [(name, fn) for name, fn in candidates.items() if rules is None or name in rules]
+            raise ConfigError(f"unknown rule {unknown[0]!r}{did_you_mean(unknown[0], candidates)} for --rule; choose "
+                              f"from {', '.join(candidates)}")
+        wanted = None if rules is None else {by_lower[r.lower()] for r in rules}
+        selected = [(name, fn) for name, fn in candidates.items() if wanted is None or name in wanted]
         baseline = lambda: updates.mean(0)  # noqa: E731
         common = {"n_agents": n_agents, "n_params": n_params, "device": str(dev), "threads": torch.get_num_threads()}
         base_row = {**common, "rule": "mean(0) baseline", "seconds": 0.0, "ratio": 1.0}
