@@ -30,6 +30,7 @@ err = Console(stderr=True, markup=False)
 
 DataDirOpt = typer.Option(None, "--data-dir", help="folder holding the datasets (else $ROBUSTLR_DATA_DIR, "
                           "~/.cache/robustlr, system packages, download)")
+ConfigArg = typer.Argument(..., help="a TOML config file or a preset name (see `robustlr presets`)")
 SetOpt = typer.Option(None, "--set", "-s", help="override a key: --set rounds=20 (repeatable)")
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from robustlr.cli._common import SetOpt, console, user_errors
+from robustlr.cli._common import ConfigArg, SetOpt, console, user_errors
 
 
 @user_errors
@@ -26,7 +26,7 @@ def presets() -> None:
 
 @user_errors
 def show_config(
-    config: str = typer.Argument(..., help="a TOML config file or a preset name"),
+    config: str = ConfigArg,
     set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Validate a config and print it resolved (presets' `extends` applied), as JSON; nothing is run.

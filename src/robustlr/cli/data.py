@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from robustlr.cli._common import DataDirOpt, SetOpt, console, err, fail, styled, user_errors
+from robustlr.cli._common import ConfigArg, DataDirOpt, SetOpt, console, err, fail, styled, user_errors
 
 
 @user_errors
@@ -88,7 +88,7 @@ def _femnist(dataset: str, data_dir) -> None:
 
 @user_errors
 def partition(
-    config: str = typer.Argument(..., help="a TOML config file or a preset name (see `robustlr presets`)"),
+    config: str = ConfigArg,
     set_: Optional[List[str]] = SetOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for partition.json and partition.png "
                                        "(default partition/<name>)"),

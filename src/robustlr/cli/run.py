@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from robustlr.cli._common import (
+    ConfigArg,
     DataDirOpt,
     SetOpt,
     command_line,
@@ -45,7 +46,7 @@ def _resume_command(config: str, set_: Optional[List[str]], out: Path, data_dir:
 
 @user_errors
 def run(
-    config: str = typer.Argument(..., help="a TOML config file or a preset name (see `robustlr presets`)"),
+    config: str = ConfigArg,
     set_: Optional[List[str]] = SetOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/<name>); "
                                        "an existing folder of the same config resumes from its checkpoint"),

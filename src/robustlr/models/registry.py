@@ -52,6 +52,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int] | None  # (C, H, W) of one input image; None: not declared
     build: Callable[[int], nn.Module]  # num_classes -> a fresh model
     origin: str = "built in"  # built in, registered, entry point (its distribution), import string
+    batch_norm: bool | None = None  # known for the built-in models; None: build one to see
 
     @property
     def factory(self) -> str:
@@ -80,9 +81,9 @@ def _cifar(batch_norm: bool) -> Callable[[int], nn.Module]:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "mnist-cnn": ModelSpec("mnist-cnn", (1, 28, 28), _mnist),
-    "cifar-cnn": ModelSpec("cifar-cnn", (3, 32, 32), _cifar(False)),
-    "cifar-cnn-bn": ModelSpec("cifar-cnn-bn", (3, 32, 32), _cifar(True)),
+    "mnist-cnn": ModelSpec("mnist-cnn", (1, 28, 28), _mnist, batch_norm=False),
+    "cifar-cnn": ModelSpec("cifar-cnn", (3, 32, 32), _cifar(False), batch_norm=False),
+    "cifar-cnn-bn": ModelSpec("cifar-cnn-bn", (3, 32, 32), _cifar(True), batch_norm=True),
 }
 
 
@@ -131,7 +132,7 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 def _spec_of(name: str, obj, origin: str) -> ModelSpec:
     if isinstance(obj, ModelSpec):
-        return ModelSpec(name, obj.input_shape, obj.build, origin)
+        return ModelSpec(name, obj.input_shape, obj.build, origin, obj.batch_norm)
     if not callable(obj):
         raise ModelError(f"model {name!r} ({origin}) is a {type(obj).__name__}, not a factory num_classes -> nn.Module")
     return ModelSpec(name, _checked_shape(getattr(obj, "input_shape", None)), obj, origin)

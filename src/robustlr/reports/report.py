@@ -6,7 +6,8 @@ that reruns it and the runs' wall time; a table with one line per table row of t
 label and non-seed grid point), our final validation, base-class and backdoor accuracy (mean +-
 sd over seeds, with the number of seeds), the round RLR was switched on where it was, the
 paper's value (``reports/paper.toml``, the setting the suite names in ``paper``) and the
-difference, and how many seeds collapsed to chance (the summary's flag: under attack a result, not a failure); grid points that share a run (the suite's aliases) get a line each, marked. Then
+difference, and how many seeds collapsed to chance (the summary's flag: under attack a result,
+not a failure); grid points that share a run (the suite's aliases) get a line each, marked. Then
 the figures: training curves (validation, base-class, backdoor accuracy and RLR's flipped
 fraction per round, one colour per method, a dashed line where RLR was switched on) for suites
 of a few rows, final accuracies per grid point for larger grids, and the panels a suite asks for

@@ -57,13 +57,11 @@ def classes_of(dataset: str, digits_only: bool | None) -> int:
 
 
 def _has_batch_norm(name: str) -> bool:
-    if name in ("mnist-cnn", "cifar-cnn"):
-        return False
-    if name == "cifar-cnn-bn":
-        return True
+    spec = model_spec(name)
+    if spec.batch_norm is not None:  # the built-in models say so
+        return spec.batch_norm
     from robustlr.models.registry import build_model, has_batch_norm
 
-    spec = model_spec(name)
     cached = _BATCH_NORM.get((name, spec.build))
     if cached is None:
         cached = _BATCH_NORM[(name, spec.build)] = has_batch_norm(build_model(name, 10, spec=spec))
