@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from robustlr.sim.config import ExperimentConfig
     from robustlr.sim.loop import RunResult
 
-__all__ = ["__version__", "load_config", "register_model", "run"]
+__all__ = ["ImageDataset", "__version__", "load_config", "register_dataset", "register_model", "run"]
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> "ExperimentConfig":
@@ -54,10 +54,27 @@ def run(config: "ExperimentConfig | str", out_dir: str | None = None, data_dir: 
     return run_experiment(cfg, out_dir, data_dir=data_dir, **kwargs)
 
 
-def register_model(name: str, build: Any, *, input_shape: tuple[int, int, int] | None = None,
+def register_model(name: str, build: Any, *, input_shape: tuple[int, ...] | None = None,
                    replace: bool = False) -> Any:
     """Make ``build(num_classes) -> torch.nn.Module`` available as ``model = name`` in configs (see
     :mod:`robustlr.models.registry` for the other two ways: entry points and import strings)."""
     from robustlr.models.registry import register_model as _register
 
     return _register(name, build, input_shape=input_shape, replace=replace)
+
+
+def register_dataset(name: str, load: Any, *, replace: bool = False) -> Any:
+    """Make ``load() -> robustlr.ImageDataset`` available as ``dataset = name`` in configs; ``load``
+    may take ``data_dir`` and ``data_sources`` keywords (see :mod:`robustlr.data.registry` for the
+    other two ways: entry points and import strings)."""
+    from robustlr.data.registry import register_dataset as _register
+
+    return _register(name, load, replace=replace)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageDataset":  # the in-memory dataset a loader returns (torch and numpy only)
+        from robustlr.data.base import ImageDataset
+
+        return ImageDataset
+    raise AttributeError(f"module 'robustlr' has no attribute {name!r}")

@@ -191,7 +191,7 @@ ROWS = [
     ("misspelt bench rule", ["bench", "aggregation", "--rule", "fedavgg", "--agents", "10", "--params", "1000"],
      "unknown rule 'fedavgg' (did you mean 'FedAvg'?) for --rule; choose from FedAvg, CoordinateMedian"),
     ("misspelt aggregator", CONFIG + [SET, "aggregator=comedd"], "(got 'comedd') (did you mean 'comed'?)"),
-    ("misspelt dataset", CONFIG + [SET, "dataset=cifar"], "(got 'cifar') (did you mean 'cifar10'?)"),
+    ("misspelt dataset", CONFIG + [SET, "dataset=cifar"], "dataset: unknown dataset 'cifar' (did you mean 'cifar10'?)"),
     ("a name that is markup", CONFIG + [SET, "name=[/x]"], "(got '[/x]')"),
     ("a budget that is markup", ["sweep", "table1-iid", "--budget", "[/x]"], "has no budget '[/x]'"),
     ("misspelt preset in extends", ["config", "{tmp}/ext-typo.toml"], "unknown preset 'iid-rrl' (did you mean 'iid-rlr'?)"),

@@ -221,7 +221,18 @@ def test_a_dataset_refuses_labels_without_a_class_an_empty_train_split_and_bad_n
              ({"train_x": x[:0], "train_y": y[:0]}, "mine: the train split is empty"),
              ({"std": (0.0,)}, "mine: mean must be finite and std finite and > 0, got mean (0.5,), std (0.0,)"),
              ({"mean": (float("nan"),)}, "mine: mean must be finite"),
-             ({"train_y": y[:3]}, "mine: train_y must be int64 of shape (4,), got torch.int64 (3,)")]
+             ({"train_y": y[:3]}, "mine: train_x has 4 samples (shape (4, 1, 2, 2)) but train_y has 3 labels"),
+             ({"train_y": y.to(torch.int32)}, "mine: train_y must be int64 labels of shape (N,), got torch.int32"),
+             ({"train_x": x[:, 0]}, "mine: uint8 train_x is read as images and must be (N, C, H, W), got (4, 2, 2)"),
+             ({"test_x": torch.zeros(4, 1, 3, 3, dtype=torch.uint8)},
+              "mine: test_x is torch.uint8 (1, 3, 3) per sample but train_x is torch.uint8 (1, 2, 2)"),
+             ({"train_x": x.double()}, "mine: train_x must be uint8 images (N, C, H, W), float32 features or int64"),
+             ({"train_x": x.float().flatten(1), "test_x": x.float().flatten(1)},
+              "mine: mean/std normalise uint8 images; torch.float32 data is used as given: leave them empty"),
+             ({"train_x": torch.tensor([[0.0], [float("nan")], [1.0], [float("inf")]]), "test_x": x.float()[:, 0, 0, :1],
+               "mean": (), "std": ()}, "mine: train_x holds NaN or infinite values (2 samples)"),
+             ({"train_x": torch.tensor([[0], [-1], [1], [2]]), "test_x": torch.zeros(4, 1, dtype=torch.int64),
+               "mean": (), "std": ()}, "mine: train_x (token ids) holds negative values")]
     for change, message in cases:
         with pytest.raises(DataError) as info:
             ImageDataset(**{**ok, **change})

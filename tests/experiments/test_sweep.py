@@ -174,3 +174,53 @@ def test_a_sweep_reruns_finished_runs_whose_files_are_damaged_from_their_checkpo
         {k: v for k, v in summary.items() if k != "robustlr_commit"}
     assert {n: (r["status"], r["val_acc"], r["backdoor_acc"]) for n, r in rows.items()} == \
         {r["name"]: (r["status"], r["val_acc"], r["backdoor_acc"]) for r in store.query(out)}
+
+
+PLUGGED_BASE = """# the tutorial's own dataset and model (import strings)
+dataset = "custom_model_and_data:load_digits"
+model = "custom_model_and_data:digits_cnn"
+partition = "dirichlet"
+num_agents = 6
+corrupt_fraction = 0.2
+base_class = 1
+target_class = 7
+local_epochs = 1
+batch_size = 32
+eval_every = 1
+checkpoint_every = 0
+"""
+
+PLUGGED_SUITE = """# the tutorial's dataset and model, swept
+name = "digits"
+preset = "{base}"
+
+[budget.lite]
+rounds = 2
+
+[[row]]
+label = "fedavg"
+rlr_threshold = 0
+
+[[row]]
+label = "rlr"
+rlr_threshold = 2
+"""
+
+
+def test_a_sweep_runs_a_model_and_dataset_defined_outside_robustlr(tmp_path, monkeypatch):
+    """Each run of a sweep is a child process: it imports the user's module from PYTHONPATH; the store
+    records the data's fingerprint beside the plugged names."""
+    pytest.importorskip("sklearn")
+    from pathlib import Path
+
+    examples = str(Path(__file__).resolve().parents[2] / "examples")
+    monkeypatch.syspath_prepend(examples)
+    monkeypatch.setenv("PYTHONPATH", examples)
+    (tmp_path / "base.toml").write_text(PLUGGED_BASE)
+    (tmp_path / "digits.toml").write_text(PLUGGED_SUITE.format(base=tmp_path / "base.toml"))
+    state = sweep(load_suite(tmp_path / "digits.toml"), tmp_path / "res", "lite", jobs=2)
+    assert (state.done, state.failed) == (2, [])
+    rows = store.query(tmp_path / "res")
+    assert {(r["label"], r["dataset"], r["model"]) for r in rows} == {
+        (label, "custom_model_and_data:load_digits", "custom_model_and_data:digits_cnn") for label in ("fedavg", "rlr")}
+    assert len({r["data_fingerprint"] for r in rows}) == 1 and rows[0]["data_fingerprint"]

@@ -128,7 +128,7 @@ def test_an_installed_packages_entry_point_names_a_model(tmp_path, tiny, nets, m
 def test_bad_models_are_refused_before_training_with_one_line(tmp_path, tiny, nets, registered):
     cases = {
         "my-nett": "unknown model 'my-nett' (did you mean 'my-net'?); choose one of mnist-cnn, cifar-cnn, "
-                   "cifar-cnn-bn, my-net",
+                   "cifar-cnn-bn, resnet20-bn, resnet20-gn, resnet18-bn, resnet18-gn, my-net",
         "robustlr_test_nets:nothing": "model 'robustlr_test_nets:nothing': module 'robustlr_test_nets' has no "
                                       "'nothing'",
         "no_such_module_x:build": "model 'no_such_module_x:build': cannot import 'no_such_module_x'",
@@ -142,13 +142,14 @@ def test_bad_models_are_refused_before_training_with_one_line(tmp_path, tiny, ne
             make_config({**BASE, "model": name})
         assert message in str(info.value), name
     with pytest.raises(ModelError, match=r"model 'robustlr_test_nets:wrong_outputs' gives outputs of shape \(2, 11\) "
-                                         r"for 2 images of shape \(1, 28, 28\); it must give one logit per class: "
+                                         r"for 2 samples of shape \(1, 28, 28\); it must give one logit per class: "
                                          r"\(2, 10\)"):
         run_experiment(make_config({**BASE, "model": "robustlr_test_nets:wrong_outputs"}), tmp_path / "w",
                        dataset=tiny())
     assert not (tmp_path / "w" / "metrics.jsonl").exists()
-    with pytest.raises(ValueError, match=r"model 'my-net' takes inputs of shape \(1, 28, 28\) but cifar10's images "
-                                         r"are \(3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"model 'my-net' takes inputs of shape \(1, 28, 28\): it does not fit "
+                                         r"cifar10 \(images of shape \(3, 32, 32\)\); use cifar-cnn or cifar-cnn-bn or "
+                                         r"resnet20-bn"):
         make_config({**BASE, "model": "my-net", "dataset": "cifar10"})
     with pytest.raises(ModelError, match="'cifar-cnn' is a built-in model and cannot be replaced"):
         robustlr.register_model("cifar-cnn", nets.build)

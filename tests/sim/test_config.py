@@ -123,7 +123,7 @@ INERT = [
     ("iid-rlr", "dirichlet_alpha=0.1", "partition iid (only dirichlet)"),
     ("iid-rlr", "classes_per_client=100", "partition iid (only shards)"),
     ("iid-rlr", "digits_only=false", "dataset fashion-mnist (only femnist-leaf and femnist-tff)"),
-    ("iid-rlr", "data_sources=['x']", "dataset fashion-mnist (only femnist-leaf and femnist-tff)"),
+    ("iid-rlr", "data_sources=['x']", "dataset fashion-mnist (only femnist-leaf, femnist-tff and plugged-in datasets)"),
     ("iid-rlr", "dba_parts=3", "attack trojan (only dba)"),
     ("iid-rlr", "dba_split='disjoint'", "attack trojan (only dba)"),
     ("cifar-dba-paper-fedavg", "dba_parts=3 dba_split='disjoint'", "trojan plus in 3 parts (only the plus in 4 parts has a split choice)"),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustlr.attacks.trojans import _PLUS, _mask_np, canonical_dataset
+from robustlr.attacks.trojans import _mask_np, canonical_dataset, plus_geometry
 
 __all__ = ["dba_parts"]
 
@@ -37,7 +37,7 @@ SPLITS = ("authors", "disjoint")
 
 
 def _plus_halves(mask: np.ndarray, dataset: str, split: str) -> list[np.ndarray]:
-    g = _PLUS[dataset]
+    g = plus_geometry(mask.shape[0], mask.shape[1], dataset)
     rows, cols = np.nonzero(mask)
     vertical = cols == g.col
     if split == "authors":

@@ -94,7 +94,7 @@ def poison_agents(
     y: torch.Tensor,
     agent_indices: list[np.ndarray],
     corrupt: np.ndarray,
-    masks: list[torch.Tensor],
+    masks: list[torch.Tensor | None],
     value: int,
     base_class: int,
     target_class: int,
@@ -120,8 +120,12 @@ def poison_agents(
         idx = select_poisoned(y, agent_indices[agent], base_class, fraction, rng_for(int(agent)))
         poisoned[int(agent)] = len(idx)
         if len(idx):
-            x_new, y_new = poison(x_uint8, y, idx, masks[i % len(masks)], value, target_class)
             rows = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            mask = masks[i % len(masks)]
+            if mask is None:  # a semantic backdoor (label flip): relabelled, nothing drawn; any kind of sample
+                y_out[rows] = target_class
+                continue
+            x_new, y_new = poison(x_uint8, y, idx, mask, value, target_class)
             x_out[rows] = x_new
             y_out[rows] = y_new
     return x_out, y_out, poisoned

@@ -40,6 +40,13 @@ The four trojans of the paper (Ozdayi et al. 2021, main text and appendix, after
       0.28 apart), a disc of radius 0.26 centred on the right edge bites into its right side,
       and a leaf (an ellipse, semi-axes 0.17 x 0.09, tilted 45 degrees) sits above it.
 
+Any other image size: the ``generic`` family (what a dataset registered by a user gets) scales
+the Fashion-MNIST geometry to an H x W image: the plus is centred at (round(7H/28), round(5W/28))
+with bars of the odd length nearest 5 min(H, W)/28 (at least 3), the square is
+max(2, round(5 s/28)) pixels wide, max(1, round(2 s/28)) in from the bottom and right edges
+(s = min(H, W)), and the logos scale as above. On 28x28 it equals the Fashion-MNIST geometry.
+The smallest image a trojan fits is 5x5 (plus), 3x3 (square) and 4x4 (logos).
+
 Their split into parts for a distributed backdoor lives in :mod:`robustlr.attacks.dba`.
 """
 
@@ -52,13 +59,14 @@ import torch
 
 TROJANS = ("plus", "square", "copyright", "apple")
 
-DATASETS = ("fashion-mnist", "femnist", "cifar10")
+DATASETS = ("fashion-mnist", "femnist", "cifar10", "generic")
 _DATASET_ALIASES = {
     "fashionmnist": "fashion-mnist",
     "fmnist": "fashion-mnist",
     "femnist": "femnist",
     "fedemnist": "femnist",
     "cifar10": "cifar10",
+    "generic": "generic",
 }
 
 
@@ -99,8 +107,17 @@ def _check_size(height: int, width: int) -> None:
             raise ValueError(f"{label} must be a positive integer, got {v!r}")
 
 
+def plus_geometry(height: int, width: int, dataset: str) -> _PlusGeometry:
+    """Where the plus sits on a ``height`` x ``width`` image of trojan family ``dataset``."""
+    if dataset != "generic":
+        return _PLUS[dataset]
+    length = max(3, 2 * round((5 * min(height, width) / 28 - 1) / 2) + 1)
+    return _PlusGeometry(row=max(length // 2, round(7 * height / 28)), col=max(length // 2, round(5 * width / 28)),
+                         length=length)
+
+
 def _plus(height: int, width: int, dataset: str) -> np.ndarray:
-    g = _PLUS[dataset]
+    g = plus_geometry(height, width, dataset)
     half = g.length // 2
     if g.row + half >= height or g.col + half >= width:
         raise ValueError(f"the {dataset} plus (centre {(g.row, g.col)}, bars of {g.length}) does not fit a {height}x{width} image")
@@ -110,12 +127,16 @@ def _plus(height: int, width: int, dataset: str) -> np.ndarray:
     return m
 
 
-def _square(height: int, width: int) -> np.ndarray:
-    need = _SQUARE_SIZE + _SQUARE_MARGIN
+def _square(height: int, width: int, dataset: str = "fashion-mnist") -> np.ndarray:
+    size, margin = _SQUARE_SIZE, _SQUARE_MARGIN
+    if dataset == "generic":
+        side = min(height, width)
+        size, margin = max(2, round(_SQUARE_SIZE * side / 28)), max(1, round(_SQUARE_MARGIN * side / 28))
+    need = size + margin
     if height < need or width < need:
         raise ValueError(f"the square trojan needs an image of at least {need}x{need}, got {height}x{width}")
     m = np.zeros((height, width), dtype=bool)
-    m[height - need : height - _SQUARE_MARGIN, width - need : width - _SQUARE_MARGIN] = True
+    m[height - need : height - margin, width - need : width - margin] = True
     return m
 
 
@@ -172,7 +193,7 @@ def _mask_np(name: str, height: int, width: int, dataset: str) -> np.ndarray:
     if name == "plus":
         return _plus(height, width, dataset)
     if name == "square":
-        return _square(height, width)
+        return _square(height, width, dataset)
     return _logo(name, height, width)
 
 
@@ -182,8 +203,9 @@ def trojan_mask(name: str, height: int = 28, width: int = 28, dataset: str = "fa
     Args:
         name: one of :data:`TROJANS`.
         height, width: image size.
-        dataset: ``"fashion-mnist"`` (alias ``"fmnist"``), ``"femnist"`` (alias
-            ``"fedemnist"``) or ``"cifar10"``; it decides where the plus sits.
+        dataset: the trojan family: ``"fashion-mnist"`` (alias ``"fmnist"``), ``"femnist"`` (alias
+            ``"fedemnist"``), ``"cifar10"``, or ``"generic"`` (scaled to any size); it decides where
+            the plus sits (and, for ``"generic"``, the square's size).
 
     Returns:
         A bool tensor of shape (height, width), True on the trojan's pixels.

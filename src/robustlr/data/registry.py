@@ -1,21 +1,44 @@
 """The datasets, by name: the one place a new dataset is registered.
 
-Each entry says how to load the dataset (a function of the data folder, the config's
+Each built-in entry says how to load the dataset (a function of the data folder, the config's
 ``data_sources`` and ``digits_only``), which trojan geometry fits its images (see
-:mod:`robustlr.attacks.trojans`), and its nominal training-set size (what ``robustlr bench``
-assumes without loading the files).
+:mod:`robustlr.attacks.trojans`), its input shape and classes, and its nominal training-set size
+(what ``robustlr bench`` and the config's checks assume without loading the files).
 
-To add a dataset: write a loader that returns an :class:`~robustlr.data.base.ImageDataset`
-(uint8 pixels, its normalisation, its ink), add a :class:`DatasetSpec` below, and add its
-name to the config's ``dataset`` field.
+A dataset of your own needs no edit here. Write a loader that returns a
+:class:`~robustlr.data.base.ImageDataset` (uint8 images (N, C, H, W) with their normalisation, or
+float32 features / int64 token ids of any shape), and name it in one of three ways:
+
+- at run time, from Python: ``robustlr.register_dataset("my-data", load)``;
+- as an entry point of an installed package, group ``robustlr.datasets``
+  (``my-data = "mypkg.data:load"``): installing the package is enough;
+- as an import string in the config: ``dataset = "mypkg.data:load"``.
+
+``load`` is called with the keyword arguments it accepts among ``data_dir`` (the run's
+``--data-dir``, else None) and ``data_sources`` (the config's list). It is called once, when a
+config naming it is validated (the config's checks need its shape, classes and size), and the
+result is kept for the run in the same process. Images get the trojan geometry scaled to their
+size (family ``generic``); data that is not images runs the attacks that draw nothing
+(``label-flip``, with boosting, stealth or the adaptive attacks) and the config refuses the rest.
+A run records the dataset's name, origin, loader and a fingerprint of its arrays
+(``summary.json``: ``dataset``; the results store: ``data_fingerprint``), and a resume refuses a
+checkpoint written on other data.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import inspect
 import os
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
+
+import torch
 
 from robustlr.data.base import ImageDataset
 from robustlr.data.store import ENV_DATA_DIR
@@ -110,33 +133,236 @@ def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only:
     return load_tff_emnist(train_h5, test_h5, digits_only=digits_only)
 
 
+#: the entry-point group through which installed packages add datasets
+ENTRY_POINT_GROUP = "robustlr.datasets"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
     load: Callable[[PathLike | None, Sequence[str], bool, bool], ImageDataset]  # dir, sources, digits_only, exact_only
     trojan_family: str  # the trojan geometry of robustlr.attacks.trojans that fits the images
-    nominal_train_size: int  # training images (digits only for FEMNIST), without loading the files
+    nominal_train_size: int | None  # training images (digits only for FEMNIST), without loading the files
     nominal_writers: int | None = None  # writers of the natural partition, if any
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) of the built-in ones; a plugged one's is read from it
+    origin: str = "built in"  # built in, registered, entry point (its distribution), import string
+    loader: Callable | None = None  # a plugged dataset's own loader
+
+    @property
+    def plugged(self) -> bool:
+        return self.origin != "built in"
+
+    @property
+    def loader_name(self) -> str:
+        fn = self.loader or self.load
+        return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec("fashion-mnist", _fashion_mnist, "fashion-mnist", 60_000),
-    "cifar10": DatasetSpec("cifar10", _cifar10, "cifar10", 50_000),
+    "fashion-mnist": DatasetSpec("fashion-mnist", _fashion_mnist, "fashion-mnist", 60_000, input_shape=(1, 28, 28)),
+    "cifar10": DatasetSpec("cifar10", _cifar10, "cifar10", 50_000, input_shape=(3, 32, 32)),
     # the shared LEAF shards: 293 writers with digit samples, about 100 each
-    "femnist-leaf": DatasetSpec("femnist-leaf", _femnist_leaf, "femnist", 29_300, 293),
+    "femnist-leaf": DatasetSpec("femnist-leaf", _femnist_leaf, "femnist", 29_300, 293, input_shape=(1, 28, 28)),
     # TFF's digits-only Federated EMNIST: 3,383 writers, 341,873 training images
-    "femnist-tff": DatasetSpec("femnist-tff", _femnist_tff, "femnist", 341_873, 3_383),
+    "femnist-tff": DatasetSpec("femnist-tff", _femnist_tff, "femnist", 341_873, 3_383, input_shape=(1, 28, 28)),
 }
+
+_REGISTERED: dict[str, DatasetSpec] = {}
+#: plugged datasets loaded in this process: (name, loader, data_dir, sources) -> the dataset
+_LOADED: dict[tuple, ImageDataset] = {}
+
+
+def _plugged_load(name: str, loader: Callable) -> Callable[..., ImageDataset]:
+    """The registry's load signature around a user's loader (called with the keywords it accepts)."""
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: call it without arguments
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    def load(data_dir: PathLike | None, sources: Sequence[str], digits_only: bool = True,
+             exact_only: bool = False) -> ImageDataset:
+        key = (name, loader, str(data_dir) if data_dir else None, tuple(sources))
+        if key in _LOADED:
+            return _LOADED[key]
+        kwargs: dict = {}
+        if takes_all or "data_dir" in params:
+            kwargs["data_dir"] = data_dir
+        if takes_all or "data_sources" in params:
+            kwargs["data_sources"] = list(sources)
+        where = f"dataset {name!r}: its loader {getattr(loader, '__module__', '?')}:" \
+                f"{getattr(loader, '__qualname__', repr(loader))}"
+        try:
+            ds = loader(**kwargs)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from exc
+        except Exception as exc:
+            raise DataError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(ds, ImageDataset):
+            raise DataError(f"{where} returned a {type(ds).__name__}, not a robustlr.data.ImageDataset (build one "
+                            f"from your arrays: ImageDataset(name, train_x, train_y, test_x, test_y, classes, ...))")
+        if ds.name != name:  # the records name what the config names
+            ds = replace(ds, name=name)
+        _LOADED[key] = ds
+        return ds
+
+    return load
+
+
+def _spec_of(name: str, obj, origin: str) -> DatasetSpec:
+    if isinstance(obj, DatasetSpec):
+        return replace(obj, name=name, origin=origin)
+    if not callable(obj):
+        raise DataError(f"dataset {name!r} ({origin}) is a {type(obj).__name__}, not a loader (a function returning "
+                        f"a robustlr.data.ImageDataset)")
+    return DatasetSpec(name, _plugged_load(name, obj), "generic", None, origin=origin, loader=obj)
+
+
+def register_dataset(name: str, load: Callable[..., ImageDataset], *, replace: bool = False) -> DatasetSpec:
+    """Make ``load() -> ImageDataset`` available as ``dataset = name`` in configs.
+
+    ``load`` may take ``data_dir`` and ``data_sources`` keyword arguments (the run's data folder and
+    the config's list); it is called once per process and setting. Registering a name again with
+    another loader needs ``replace=True``; a built-in name cannot be replaced."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise DataError(f"a dataset name is letters, digits and . _ - (no ':', which marks an import string), "
+                        f"got {name!r}")
+    if not callable(load):
+        raise DataError(f"register_dataset({name!r}, ...): load must be a callable returning a "
+                        f"robustlr.data.ImageDataset, got {type(load).__name__}")
+    if name in DATASETS:
+        raise DataError(f"{name!r} is a built-in dataset and cannot be replaced; register yours under another name")
+    old = _REGISTERED.get(name)
+    if old is not None and old.loader is not load and not replace:
+        raise DataError(f"dataset {name!r} is already registered (loader {old.loader_name}); pass replace=True")
+    spec = _spec_of(name, load, "registered")
+    _REGISTERED[name] = spec
+    return spec
+
+
+def unregister_dataset(name: str) -> None:
+    """Forget a dataset registered with :func:`register_dataset` (nothing if it was not)."""
+    spec = _REGISTERED.pop(name, None)
+    if spec is not None:
+        for key in [k for k in _LOADED if k[0] == name]:
+            del _LOADED[key]
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _from_import_string(name: str) -> DatasetSpec:
+    module_name, _, attr = name.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(f"dataset {name!r}: cannot import {module_name!r} ({exc}); an import string is "
+                        f"'package.module:loader' of a module on the Python path") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise DataError(f"dataset {name!r}: module {module_name!r} has no {attr!r}") from None
+    return _spec_of(name, obj, "import string")
+
+
+def dataset_names() -> list[str]:
+    """Every dataset a config may name without an import string: built in, registered, entry points."""
+    return [*DATASETS, *_REGISTERED, *(n for n in _entry_points() if n not in DATASETS and n not in _REGISTERED)]
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    try:
+    """The dataset called ``name``: built in, registered, an entry point, or an import string
+    (``module:loader``); a :class:`DataError` naming the choices otherwise."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if ":" in name:
+        return _from_import_string(name)
+    eps = _entry_points()
+    if name in eps:
+        ep = eps[name]
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in package: name it
+            raise DataError(f"dataset {name!r}: the entry point {ep.value!r} (group {ENTRY_POINT_GROUP}) cannot be "
+                            f"loaded: {type(exc).__name__}: {exc}") from exc
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        return _spec_of(name, obj, f"entry point ({dist})" if dist else "entry point")
+    names = dataset_names()
+    close = difflib.get_close_matches(name, names, n=1)
+    raise DataError(f"unknown dataset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; choose one of {', '.join(names)}, or register one (robustlr.register_dataset, an entry "
+                    f"point in group {ENTRY_POINT_GROUP}, or an import string 'package.module:loader')")
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None, sources: Sequence[str] = (),
                  digits_only: bool = True, exact_only: bool = False) -> ImageDataset:
     """Load dataset ``name`` from the documented search order (see :mod:`robustlr.data.store`)."""
     return dataset_spec(name).load(data_dir, sources, digits_only, exact_only)
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a config's checks need to know about a dataset before a run loads it."""
+
+    input_shape: tuple[int, ...]  # one sample: (C, H, W) for images
+    num_classes: int
+    train_size: int | None  # None: known only once loaded (FEMNIST's shards)
+    has_writers: bool  # a natural partition exists
+    image: bool  # uint8 (C, H, W) images a trojan can be drawn on
+    trojan_family: str
+    token_ids: bool = False  # int64 samples (a model takes them as they are, not as float32)
+
+
+def dataset_facts(name: str, sources: Sequence[str] = (), digits_only: bool = True,
+                  exact_only: bool = False) -> DatasetFacts:
+    """:class:`DatasetFacts` of a setting: declared for the built-in datasets, read from a plugged
+    one (loading it once; :func:`load_dataset` then returns the same object)."""
+    spec = dataset_spec(name)
+    if not spec.plugged:
+        femnist = spec.trojan_family == "femnist"
+        size = spec.nominal_train_size if name in ("fashion-mnist", "cifar10") else None
+        if size is not None and exact_only:
+            size -= 77
+        return DatasetFacts(spec.input_shape or (1, 28, 28), 62 if femnist and not digits_only else 10, size,
+                            femnist, True, spec.trojan_family)
+    ds = spec.load(None, sources, digits_only, exact_only)
+    return DatasetFacts(tuple(ds.train_x.shape[1:]), ds.num_classes, int(ds.train_x.shape[0]),
+                        ds.train_writers is not None, ds.is_image, spec.trojan_family,
+                        token_ids=ds.train_x.dtype == torch.int64)
+
+
+def fingerprint(ds: ImageDataset) -> str:
+    """16 hex digits of sha256 over the dataset's arrays, classes and writers: the same data gives
+    the same fingerprint on every machine. Computed once per dataset object."""
+    cached = ds.extra.get("_fingerprint")
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    h.update(repr((ds.classes, tuple(ds.train_x.shape), str(ds.train_x.dtype), tuple(ds.test_x.shape))).encode())
+    for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+        h.update(t.contiguous().numpy().tobytes())
+    for w in ds.train_writers or []:
+        h.update(w.astype("int64").tobytes())
+    ds.extra["_fingerprint"] = out = h.hexdigest()[:16]
+    return out
+
+
+def dataset_record(name: str, ds: ImageDataset) -> dict:
+    """What a run records about its data: the config's name, where the dataset came from, the
+    loaded object's own name and source, and its :func:`fingerprint`."""
+    try:
+        spec = dataset_spec(name)
+        origin, loader = spec.origin, spec.loader_name
+    except DataError:
+        origin, loader = "unknown", None
+    if ds.name != name:  # run(cfg, dataset=...) with an object the config does not name
+        origin = "passed to run (dataset=)"
+        loader = None
+    return {"name": name, "loaded": ds.name, "origin": origin, "loader": loader, "source": ds.source,
+            "fingerprint": fingerprint(ds), "train_samples": int(ds.train_x.shape[0]),
+            "test_samples": int(ds.test_x.shape[0])}

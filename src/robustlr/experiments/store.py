@@ -12,6 +12,7 @@ users' own queries)::
          path TEXT,                     -- the run folder, relative to the results folder
          robustlr_version TEXT,
          machine TEXT, updated TEXT,
+         data_fingerprint TEXT,         -- the data that ran (robustlr.data.fingerprint)
          PRIMARY KEY (suite, name))     -- one row per run folder
 
 and every config key as a column of its own (``aggregator``, ``rlr_threshold``, ...), so a
@@ -60,7 +61,7 @@ log = logging.getLogger("robustlr")
 DB_NAME = "results.sqlite"
 _FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
           "backdoor_acc", "collapsed", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
-          "updated"]
+          "updated", "data_fingerprint"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
 
 
@@ -233,7 +234,9 @@ def _write_row(con: sqlite3.Connection, results: Path, folder: Path, cfg: Experi
                    # a summary written before robustlr 0.3 has no collapse flag: the same test on its numbers
                    collapsed=s.collapsed if s.collapsed is not None else is_collapsed(s.val_acc, cfg.num_classes),
                    rlr_switch_round=s.rlr_switch_round, seconds=s.seconds, engine=s.engine,
-                   robustlr_version=s.robustlr_version, machine=json.dumps(s.machine))
+                   robustlr_version=s.robustlr_version, machine=json.dumps(s.machine),
+                   # which data ran (robustlr.data.fingerprint); NULL for summaries before robustlr 0.3
+                   data_fingerprint=(s.dataset or {}).get("fingerprint"))
     for k in _CONFIG_COLUMNS:
         row[k] = _value(getattr(cfg, k))
     names = ", ".join(f'"{k}"' for k in row)

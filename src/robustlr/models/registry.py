@@ -5,6 +5,8 @@
 | ``mnist-cnn`` | Fashion-MNIST, FEMNIST (1x28x28) | 1,199,882 parameters with 10 classes |
 | ``cifar-cnn`` | CIFAR-10 (3x32x32) | three conv blocks (64/128/256), three linear layers |
 | ``cifar-cnn-bn`` | CIFAR-10 | the same with batch normalisation after each conv |
+| ``resnet20-bn``, ``resnet20-gn`` | CIFAR-10 | He et al.'s CIFAR ResNet-20, batch / group norm; 269,722 parameters |
+| ``resnet18-bn``, ``resnet18-gn`` | CIFAR-10 | ResNet-18, CIFAR stem, batch / group norm; 11,173,962 parameters |
 
 To add a model: write its module in ``models/``, then add a :class:`ModelSpec` to ``MODELS``
 (and its name to the config's ``model`` field).
@@ -49,7 +51,7 @@ class ModelError(ConfigError):
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    input_shape: tuple[int, int, int] | None  # (C, H, W) of one input image; None: not declared
+    input_shape: tuple[int, ...] | None  # one input sample, (C, H, W) for images; None: not declared
     build: Callable[[int], nn.Module]  # num_classes -> a fresh model
     origin: str = "built in"  # built in, registered, entry point (its distribution), import string
     batch_norm: bool | None = None  # known for the built-in models; None: build one to see
@@ -80,30 +82,44 @@ def _cifar(batch_norm: bool) -> Callable[[int], nn.Module]:
     return build
 
 
+def _resnet(depth: int, norm: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from robustlr.models.resnet import resnet18, resnet20
+
+        return (resnet20 if depth == 20 else resnet18)(num_classes, norm)
+
+    build.__qualname__ = f"resnet{depth}[{norm}]"
+    return build
+
+
 MODELS: dict[str, ModelSpec] = {
     "mnist-cnn": ModelSpec("mnist-cnn", (1, 28, 28), _mnist, batch_norm=False),
     "cifar-cnn": ModelSpec("cifar-cnn", (3, 32, 32), _cifar(False), batch_norm=False),
     "cifar-cnn-bn": ModelSpec("cifar-cnn-bn", (3, 32, 32), _cifar(True), batch_norm=True),
+    **{f"resnet{d}-{n}": ModelSpec(f"resnet{d}-{n}", (3, 32, 32), _resnet(d, n), batch_norm=n == "bn")
+       for d in (20, 18) for n in ("bn", "gn")},
 }
 
 
 _REGISTERED: dict[str, ModelSpec] = {}
 
 
-def _checked_shape(input_shape) -> tuple[int, int, int] | None:
+def _checked_shape(input_shape) -> tuple[int, ...] | None:
     if input_shape is None:
         return None
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ModelError(f"input_shape must be (channels, height, width) of positive integers, got {input_shape!r}")
-    return shape  # type: ignore[return-value]
+    if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise ModelError(f"input_shape must be the shape of one sample, positive integers ((channels, height, width) "
+                         f"for images), got {input_shape!r}")
+    return shape
 
 
 def register_model(name: str, build: Callable[[int], nn.Module], *, input_shape=None,
                    replace: bool = False) -> ModelSpec:
     """Make ``build(num_classes) -> nn.Module`` available as ``model = name`` in configs.
 
-    ``input_shape`` (C, H, W), if given, is checked against the dataset before any work. Registering
+    ``input_shape`` (one sample: (C, H, W) for images), if given, is checked against the dataset
+    before any work. Registering
     a name again with another factory needs ``replace=True``; a built-in name cannot be replaced."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ModelError(f"a model name is letters, digits and . _ - (no ':', which marks an import string), "
@@ -202,23 +218,24 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def check_outputs(name: str, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> None:
-    """A :class:`ModelError` unless ``model`` maps a batch of two inputs of ``input_shape`` to
-    (2, num_classes) logits. Runs in eval mode without gradients and leaves the random state and
-    the model's mode as they were."""
+def check_outputs(name: str, model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
+                  dtype=None) -> None:
+    """A :class:`ModelError` unless ``model`` maps a batch of two inputs of ``input_shape`` (zeros of
+    ``dtype``, float32 by default; int64 for token ids) to (2, num_classes) logits. Runs in eval mode
+    without gradients and leaves the random state and the model's mode as they were."""
     import torch
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng():
-            out = model(torch.zeros((2, *input_shape)))
+            out = model(torch.zeros((2, *input_shape), dtype=dtype or torch.float32))
     except Exception as exc:
-        raise ModelError(f"model {name!r} fails on a batch of 2 images of shape {tuple(input_shape)}: "
+        raise ModelError(f"model {name!r} fails on a batch of 2 samples of shape {tuple(input_shape)}: "
                          f"{type(exc).__name__}: {exc}") from exc
     finally:
         model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (2, num_classes):
-        raise ModelError(f"model {name!r} gives outputs of shape {shape} for 2 images of shape {tuple(input_shape)}; "
+        raise ModelError(f"model {name!r} gives outputs of shape {shape} for 2 samples of shape {tuple(input_shape)}; "
                          f"it must give one logit per class: (2, {num_classes})")

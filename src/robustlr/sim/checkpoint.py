@@ -121,9 +121,23 @@ def append_line(path: Path, line: str) -> None:
 
 
 def save_checkpoint(path: Path, *, round_: int, global_params: torch.Tensor, rule_state: dict,
-                    records: list[dict], elapsed: float) -> None:
+                    records: list[dict], elapsed: float, identity: dict | None = None) -> None:
+    """``identity``: what the run is made of beyond its config (the data's fingerprint, the model's
+    factory); a resume compares it (:func:`check_identity`)."""
     atomic_save({"format": FORMAT, "version": VERSION, "round": round_, "global_params": global_params.cpu(),
-                 "rule_state": rule_state, "records": records, "elapsed": elapsed}, path)
+                 "rule_state": rule_state, "records": records, "elapsed": elapsed, "identity": identity or {}}, path)
+
+
+def check_identity(path: Path, state: dict, identity: dict) -> None:
+    """A :class:`ResumeError` if the checkpoint was written by a run on other data or another model
+    factory than this one (a checkpoint from before robustlr 0.3 has no identity and passes)."""
+    stored = state.get("identity") or {}
+    for key, what in (("dataset_fingerprint", "data"), ("model_factory", "model factory")):
+        if key in stored and key in identity and stored[key] != identity[key]:
+            raise ResumeError(
+                f"{path} was written by a run on other {what} ({key} {stored[key]}, this run: {identity[key]}): the "
+                f"config is the same but what it names is not (a re-registered dataset or model, or dataset= given "
+                f"to run). Resuming would mix two experiments: choose another --out, or delete the folder to rerun")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

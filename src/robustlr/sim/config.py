@@ -21,14 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robustlr.aggregation.rlr import Threshold
 from robustlr.errors import ConfigError, did_you_mean
-from robustlr.models.registry import model_spec
+from robustlr.models.registry import MODELS, model_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-Dataset = Literal["fashion-mnist", "femnist-leaf", "femnist-tff", "cifar10"]
 Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
                      "flame"]
@@ -45,14 +44,12 @@ SERVER_LR_MAX = 1e3
 #: the largest model-replacement factor: Bagdasaryan et al. boost by about (agents per round) / eta, at
 #: most 3,383 / 1 here (every FEMNIST writer in a round); larger factors overflow float32 into inf/nan
 BOOST_FACTOR_MAX = 1e4
-#: image side of each dataset (checks made before the data loads: trojan placement, DBA parts)
-IMAGE_SIDE = {"fashion-mnist": 28, "femnist-leaf": 28, "femnist-tff": 28, "cifar10": 32}
-#: training images known before loading, for the train_limit check (FEMNIST's depend on the shards)
-TRAIN_IMAGES = {"fashion-mnist": 60_000, "cifar10": 50_000}
 
 
 def classes_of(dataset: str, digits_only: bool | None) -> int:
-    """The number of classes of a dataset setting (FEMNIST: 62, or 10 with ``digits_only``)."""
+    """The number of classes of a built-in dataset setting (FEMNIST: 62, or 10 with ``digits_only``);
+    10 for a name that is not built in (the store's migration of old rows; a config knows its own:
+    :attr:`ExperimentConfig.num_classes`)."""
     return 62 if dataset.startswith("femnist") and not digits_only else 10
 
 
@@ -85,7 +82,10 @@ class ExperimentConfig(BaseModel):
                       description="a label for reports and the default output folder runs/<name>: letters, digits "
                       "and . _ + = - (no path separators)")
     # -- data
-    dataset: Dataset = Field("fashion-mnist", description="which dataset to load")
+    dataset: str = Field("fashion-mnist", min_length=1, description="which dataset: fashion-mnist, femnist-leaf, "
+                         "femnist-tff, cifar10, a dataset registered with robustlr.register_dataset or by an "
+                         "installed package (entry point group robustlr.datasets), or an import string "
+                         "'package.module:loader' (loader() -> robustlr.data.ImageDataset)")
     data_sources: list[str] = Field(
         default_factory=list,
         description="dataset-specific inputs, relative to the data directory or absolute: "
@@ -249,11 +249,26 @@ class ExperimentConfig(BaseModel):
         model_spec(name)  # a ModelError (a ValueError) names the choices
         return name
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from robustlr.data.registry import dataset_spec
+
+        dataset_spec(name)  # a DataError (a ValueError) names the choices
+        return name
+
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the dataset's images: what the model takes."""
-        side = IMAGE_SIDE[self.dataset]
-        return (3 if self.dataset == "cifar10" else 1, side, side)
+    def facts(self):
+        """What the checks know of the dataset before a run loads it
+        (:class:`robustlr.data.registry.DatasetFacts`; a plugged dataset is loaded once to see)."""
+        from robustlr.data.registry import dataset_facts
+
+        return dataset_facts(self.dataset, self.data_sources, self.digits_only, self.exact_only)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, (C, H, W) for images: what the model takes."""
+        return self.facts.input_shape
 
     @property
     def batch_norm(self) -> bool:
@@ -266,19 +281,18 @@ class ExperimentConfig(BaseModel):
         if self.base_class == self.target_class:
             problems.append(f"base_class and target_class are both {self.base_class}: the backdoor must change the label")
         spec = model_spec(self.model)  # an unknown name was refused by the field's validator
-        shape = self.input_shape
-        if spec.origin == "built in":
-            if self.dataset in ("femnist-leaf", "femnist-tff"):
-                if self.model != "mnist-cnn":
-                    problems.append(f"model {self.model!r} does not fit {self.dataset} (28x28 grayscale): use mnist-cnn")
-            elif self.dataset == "fashion-mnist" and self.model != "mnist-cnn":
-                problems.append(f"model {self.model!r} does not fit fashion-mnist (28x28 grayscale): use mnist-cnn")
-            elif self.dataset == "cifar10" and self.model == "mnist-cnn":
-                problems.append("model 'mnist-cnn' does not fit cifar10 (3x32x32): use cifar-cnn or cifar-cnn-bn")
-        else:
-            if spec.input_shape is not None and tuple(spec.input_shape) != shape:
-                problems.append(f"model {self.model!r} takes inputs of shape {tuple(spec.input_shape)} but "
-                                f"{self.dataset}'s images are {shape}")
+        try:
+            facts = self.facts
+        except ValueError as exc:  # a plugged dataset's loader failed or returned garbage
+            raise ValueError(str(exc)) from None
+        shape = facts.input_shape
+        if spec.input_shape is not None and tuple(spec.input_shape) != shape:
+            fits = [n for n, m in MODELS.items() if m.input_shape == shape]
+            what = "images" if facts.image else "samples"
+            problems.append(f"model {self.model!r} takes inputs of shape {tuple(spec.input_shape)}: it does not fit "
+                            f"{self.dataset} ({what} of shape {shape})"
+                            + (f"; use {' or '.join(fits)}" if fits else "; use a model for that shape"))
+        elif spec.origin != "built in":
             try:  # a plugged-in model is built once here: a factory that fails is refused before any work
                 self.batch_norm
             except ValueError as exc:
@@ -288,8 +302,13 @@ class ExperimentConfig(BaseModel):
         if self.attack_from_round > self.rounds and self.corrupt_fraction > 0:
             problems.append(f"attack_from_round={self.attack_from_round} is after the last round ({self.rounds}): "
                             "the run would have no attack; lower it, or set corrupt_fraction = 0 for a clean run")
-        if self.partition == "natural" and self.dataset not in ("femnist-leaf", "femnist-tff"):
-            problems.append(f"partition 'natural' needs a dataset with writers (femnist-leaf, femnist-tff), not {self.dataset}")
+        if self.partition == "natural" and not facts.has_writers:
+            problems.append(f"partition 'natural' needs a dataset with writers (femnist-leaf, femnist-tff, or one "
+                            f"whose loader sets train_writers), not {self.dataset}")
+        if not facts.image and self.attack != "label-flip" and self.corrupt_fraction > 0:
+            problems.append(f"attack {self.attack!r} draws a trojan on images, but {self.dataset} is not images "
+                            f"(samples of shape {shape}, not uint8 (C, H, W)): use attack = 'label-flip' (with "
+                            f"boost_factor, stealth or adaptive if you like)")
         if self.num_agents is None and self.partition != "natural":
             problems.append("num_agents may be omitted only with partition = 'natural'")
         n_classes = self.num_classes
@@ -359,7 +378,6 @@ class ExperimentConfig(BaseModel):
         """Ranges and combinations a run would refuse only after loading the data, or would run as garbage."""
         from robustlr.attacks.dba import dba_parts
         from robustlr.attacks.trojans import placement_offset, trojan_mask
-        from robustlr.data.registry import dataset_spec
 
         problems = []
         if self.server_lr is not None and self.server_lr > SERVER_LR_MAX:
@@ -368,28 +386,30 @@ class ExperimentConfig(BaseModel):
         if self.boost_factor > BOOST_FACTOR_MAX:
             problems.append(f"boost_factor={self.boost_factor:g} is outside (0, {BOOST_FACTOR_MAX:g}]: model "
                             "replacement needs about (agents per round) / eta; larger factors overflow")
-        side = IMAGE_SIDE[self.dataset]
-        family = dataset_spec(self.dataset).trojan_family
-        if self.attack != "label-flip":
-            try:
-                placement_offset(trojan_mask(self.trojan, side, side, dataset=family), self.trojan_position)
-            except ValueError as exc:
-                problems.append(f"trojan_position={self.trojan_position!r}: {exc}")
-        if self.attack == "dba":
-            try:
-                dba_parts(self.trojan, self.dba_parts, side, side, dataset=family, split=self.dba_split)
-            except ValueError as exc:
-                problems.append(f"dba_parts={self.dba_parts}: {str(exc).replace('n_parts ', '', 1)}")
+        facts = self.facts
+        family = facts.trojan_family
+        if facts.image and len(facts.input_shape) == 3:
+            _, height, width = facts.input_shape
+            if self.attack != "label-flip":
+                try:
+                    placement_offset(trojan_mask(self.trojan, height, width, dataset=family), self.trojan_position)
+                except ValueError as exc:
+                    problems.append(f"trojan_position={self.trojan_position!r}: {exc}")
+            if self.attack == "dba":
+                try:
+                    dba_parts(self.trojan, self.dba_parts, height, width, dataset=family, split=self.dba_split)
+                except ValueError as exc:
+                    problems.append(f"dba_parts={self.dba_parts}: {str(exc).replace('n_parts ', '', 1)}")
         if self.train_limit is not None:
             if self.partition == "natural":
                 problems.append("train_limit cannot be combined with partition = 'natural'; choose fewer writers "
                                 "with num_agents")
-            elif self.dataset in TRAIN_IMAGES:
-                n_train = TRAIN_IMAGES[self.dataset] - (77 if self.exact_only else 0)
+            elif facts.train_size is not None:
+                n_train = facts.train_size
                 if self.train_limit > n_train:
                     problems.append(f"train_limit={self.train_limit} exceeds the {n_train} training images of "
                                     f"{self.dataset}: use at most {n_train}, or leave it unset for all of them")
-        n_samples = self.train_limit if self.train_limit is not None else TRAIN_IMAGES.get(self.dataset)
+        n_samples = self.train_limit if self.train_limit is not None else facts.train_size
         if self.partition != "natural" and self.num_agents is not None and n_samples is not None:
             need = self.num_agents * (self.classes_per_client if self.partition == "shards" else 1)
             if need > n_samples:
@@ -441,8 +461,10 @@ class ExperimentConfig(BaseModel):
             (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
              f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),
-            (("digits_only", "data_sources"), not self.dataset.startswith("femnist"),
+            (("digits_only",), not self.dataset.startswith("femnist"),
              f"dataset {self.dataset} (only femnist-leaf and femnist-tff)", True),
+            (("data_sources",), self.dataset in ("fashion-mnist", "cifar10"),
+             f"dataset {self.dataset} (only femnist-leaf, femnist-tff and plugged-in datasets)", True),
             (("dba_parts", "dba_split"), self.attack != "dba", f"attack {self.attack} (only dba)", True),
             (("dba_split",), not (self.trojan == "plus" and self.dba_parts == 4),
              f"trojan {self.trojan} in {self.dba_parts} parts (only the plus in 4 parts has a split choice)", True),
@@ -472,7 +494,7 @@ class ExperimentConfig(BaseModel):
     # -- derived values
     @property
     def num_classes(self) -> int:
-        return classes_of(self.dataset, self.digits_only)
+        return self.facts.num_classes
 
     @property
     def resolved_server_lr(self) -> float:

@@ -212,19 +212,23 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     rng = seeding.numpy_rng(cfg.seed, seeding.SETUP, 2)
     corrupt = np.sort(rng.choice(k, size=n_corrupt, replace=False)) if n_corrupt else np.zeros(0, dtype=np.int64)
 
-    h, w = ds.image_shape[1:]
-    family = registry.dataset_spec(cfg.dataset).trojan_family
-    full_mask = trojan_mask(cfg.trojan, h, w, dataset=family)
-    masks = (dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family, split=cfg.dba_split) if cfg.attack == "dba"
-             else [full_mask])
-    try:
-        offset = placement_offset(full_mask, cfg.trojan_position)
-    except ValueError as exc:
-        raise DataError(f"trojan_position = {cfg.trojan_position!r}: {exc}") from None
-    full_mask, masks = shift_mask(full_mask, offset), [shift_mask(m, offset) for m in masks]
-    if cfg.attack == "label-flip":  # a semantic backdoor: relabelled, nothing drawn
-        full_mask = torch.zeros_like(full_mask)
-        masks = [full_mask]
+    if ds.is_image:
+        h, w = ds.image_shape[1:]
+        family = registry.dataset_spec(cfg.dataset).trojan_family
+        full_mask = trojan_mask(cfg.trojan, h, w, dataset=family)
+        masks: list = (dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family, split=cfg.dba_split)
+                       if cfg.attack == "dba" else [full_mask])
+        try:
+            offset = placement_offset(full_mask, cfg.trojan_position)
+        except ValueError as exc:
+            raise DataError(f"trojan_position = {cfg.trojan_position!r}: {exc}") from None
+        full_mask, masks = shift_mask(full_mask, offset), [shift_mask(m, offset) for m in masks]
+    elif cfg.attack != "label-flip" and cfg.corrupt_fraction > 0:
+        raise DataError(f"attack {cfg.attack!r} draws a trojan on images, but {ds.name} is not images (samples of "
+                        f"shape {tuple(ds.image_shape)}): use attack = 'label-flip'")
+    if cfg.attack == "label-flip" or not ds.is_image:  # a semantic backdoor: relabelled, nothing drawn
+        full_mask = torch.zeros(ds.image_shape[1:], dtype=torch.bool) if ds.is_image else None
+        masks = [None]
 
     value = ds.ink if cfg.trojan_value is None else cfg.trojan_value
     x, y, poisoned = poison_agents(
@@ -243,12 +247,13 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "num_corrupt": int(n_corrupt),
         "corrupt_without_base_samples": int(sum(1 for v in poisoned.values() if v == 0)),
         "poisoned_samples": int(sum(poisoned.values())),
-        "trojan_value": int(value),
+        "trojan_value": int(value) if ds.is_image else None,
         "train_samples": int(sum(len(a) for a in agents)),
         "data_source": ds.source,
+        "dataset": registry.dataset_record(cfg.dataset, ds),
         "attack_from_round": int(cfg.attack_from_round),
     }
-    if n_corrupt and cfg.attack != "label-flip":
+    if n_corrupt and cfg.attack != "label-flip" and ds.is_image:
         # the trojan-contrast diagnostic: how much the trojan changes the base class's test images
         contrast = trojan_contrast(base_x_u8, full_mask, value)
         notes["trojan_contrast"] = round(contrast, 4)
@@ -259,17 +264,24 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
                    f"trojan_position or trojan_value")
             log.warning(msg)
             notes["warnings"] = [msg]
+    if ds.is_image:
+        train_x: NormalisedImages | torch.Tensor = NormalisedImages(x, ds.mean, ds.std)
+        val_x, base_x = normalise(ds.test_x, ds.mean, ds.std), normalise(base_x_u8, ds.mean, ds.std)
+        backdoor_x = normalise(apply_trojan(base_x_u8, full_mask, value), ds.mean, ds.std)
+    else:  # features or token ids: used as given; the backdoor set is the clean base class (label flip)
+        train_x, val_x, base_x = x.contiguous(), ds.test_x.clone(), base_x_u8.clone()
+        backdoor_x = base_x
     return Federation(
         dataset=ds,
-        train_x=NormalisedImages(x, ds.mean, ds.std),
+        train_x=train_x,
         train_y=y,
         agent_indices=agents,
         corrupt=corrupt.astype(np.int64),
         poisoned_per_agent=poisoned,
-        val_x=normalise(ds.test_x, ds.mean, ds.std),
+        val_x=val_x,
         val_y=test_y.clone(),
-        base_x=normalise(base_x_u8, ds.mean, ds.std),
-        backdoor_x=normalise(apply_trojan(base_x_u8, full_mask, value), ds.mean, ds.std),
+        base_x=base_x,
+        backdoor_x=backdoor_x,
         notes=notes,
         honest_indices=honest,
         attack_from_round=int(cfg.attack_from_round),

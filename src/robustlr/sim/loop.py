@@ -161,6 +161,7 @@ class Simulation:
 
     def _resume(self, ckpt: Path) -> None:
         state = checkpoint.load_checkpoint(ckpt)
+        checkpoint.check_identity(ckpt, state, self._identity())
         self.global_params = state["global_params"].to(self.device)
         self.server.load_state_dict(state["rule_state"])
         self.records = [RoundRecord.model_validate(r) for r in state["records"]]
@@ -195,7 +196,17 @@ class Simulation:
         assert self.out_dir is not None
         checkpoint.save_checkpoint(self.out_dir / checkpoint.NAME, round_=round_, global_params=self.global_params,
                                    rule_state=self.server.state_dict(), records=[r.model_dump() for r in self.records],
-                                   elapsed=self.elapsed)
+                                   elapsed=self.elapsed, identity=self._identity())
+
+    def _identity(self) -> dict:
+        """What the run is made of beyond its config: the data's fingerprint, the model's factory."""
+        from robustlr.models.registry import model_spec
+
+        out = {"model_factory": model_spec(self.cfg.model).factory}
+        record = self.fed.notes.get("dataset")
+        if record:
+            out["dataset_fingerprint"] = record["fingerprint"]
+        return out
 
     # -- one round
     def run_round(self, round_: int) -> RoundRecord:

@@ -109,6 +109,9 @@ class RunSummary(BaseModel):
     # the network that ran: name, origin (built in, registered, entry point, import string), factory
     # (module:qualname), declared input shape; None in summaries written before robustlr 0.3
     model: dict[str, Any] | None = None
+    # the data that ran: the config's name, origin, loader, source and a fingerprint of its arrays
+    # (robustlr.data.registry.dataset_record); None in summaries written before robustlr 0.3
+    dataset: dict[str, Any] | None = None
     machine: dict[str, Any]
     torch_version: str
     robustlr_version: str

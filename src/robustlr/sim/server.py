@@ -156,7 +156,8 @@ def initial_model(cfg: ExperimentConfig, num_classes: int, init: InitModel | Non
     torch.manual_seed(seeding.seed_of(cfg.seed, seeding.INIT))
     model = build_model(cfg.model, num_classes=num_classes)
     if model_spec(cfg.model).origin != "built in":  # a plugged-in model: its outputs must fit, before any work
-        check_outputs(cfg.model, model, cfg.input_shape, num_classes)
+        check_outputs(cfg.model, model, cfg.input_shape, num_classes,
+                      dtype=torch.int64 if cfg.facts.token_ids else torch.float32)
     if init is not None:
         model.load_state_dict(load_init_state(init, model))
     return model
@@ -343,7 +344,9 @@ def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, second
     round, the cost and what produced the numbers (machine, versions)."""
     final = next((r for r in reversed(records) if r.evaluated), None)
     collapsed = is_collapsed(final.val_acc, cfg.num_classes) if final is not None else None
-    return RunSummary(collapsed=collapsed, model=model_spec(cfg.model).record(),
+    federation = dict(federation)
+    dataset = federation.pop("dataset", None)  # the federation's record of its data goes to its own field
+    return RunSummary(collapsed=collapsed, model=model_spec(cfg.model).record(), dataset=dataset,
         name=cfg.name, rounds=cfg.rounds,
         **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
         rlr_switch_round=next((r.round for r in records if r.rlr_on), None),

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from robustlr.aggregation import ParamLayout
 from robustlr.errors import EngineError
 from robustlr.models import build_model
-from robustlr.models.common import make_dropout_masks
+from robustlr.models.common import call_with_masks, explicit_dropout, make_dropout_masks
 from robustlr.sim import seeding
 from robustlr.sim.engines.allocator import tune_allocator
 from robustlr.sim.engines.base import EngineContext, RoundUpdates, batch_plan
@@ -49,6 +49,9 @@ class SequentialEngine:
         if self.device.type == "cpu":
             tune_allocator()  # keep activation buffers between steps (robustlr.sim.engines.allocator)
         model = build_model(ctx.model_name, num_classes=ctx.num_classes, spec=ctx.model_spec)
+        # a plugged model's nn.Dropout layers take masks drawn like the built-in models' (every engine the same)
+        self.shapes = (model.dropout_shapes() if hasattr(model, "dropout_shapes")
+                       else explicit_dropout(model, ctx.train_x[:2]))
         # channels-last activations: oneDNN's convolutions run about 1.4x faster on the CPU
         self.model = model.to(device=self.device, memory_format=torch.channels_last)
         self.layout = ParamLayout.from_module(self.model)
@@ -104,10 +107,10 @@ class SequentialEngine:
         mu = self.ctx.penalty(agent, round_)
         start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 or mu > 0 else None
         drop_gen = seeding.torch_generator(self.s.seed, seeding.DROPOUT, round_, agent)
-        shapes = model.dropout_shapes() if hasattr(model, "dropout_shapes") else None
+        shapes = self.shapes
         autocast = self.s.autocast(self.device)
         mask_dtype = self.s.mask_dtype
-        # models without explicit dropout masks draw from torch's default generator: seed a fork of it
+        # dropout other than nn.Dropout draws from torch's default generator: seed a fork of it
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(seeding.seed_of(self.s.seed, seeding.DROPOUT, round_, agent))
             for pos in batch_plan(self.s, len(indices), round_, agent):
@@ -117,7 +120,8 @@ class SequentialEngine:
                 opt.zero_grad(set_to_none=True)
                 with autocast:
                     if shapes is not None:
-                        out = model(xb, make_dropout_masks(shapes, len(rows), drop_gen, self.device, mask_dtype))
+                        out = call_with_masks(model, xb, make_dropout_masks(shapes, len(rows), drop_gen, self.device,
+                                                                            mask_dtype))
                     else:
                         out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from robustlr.aggregation import ParamLayout
 from robustlr.errors import EngineError
 from robustlr.models import build_model, has_batch_norm
-from robustlr.models.common import make_dropout_masks
+from robustlr.models.common import call_with_masks, explicit_dropout, make_dropout_masks
 from robustlr.sim import seeding
 from robustlr.sim.engines.base import EngineContext, RoundUpdates, batch_plan
 
@@ -42,9 +42,12 @@ class VectorizedEngine:
         model = build_model(ctx.model_name, num_classes=ctx.num_classes, spec=ctx.model_spec)
         if has_batch_norm(model):
             raise EngineError("the vectorized engine does not support batch-norm models; use train_mode = 'sequential'")
-        if not hasattr(model, "dropout_shapes"):
-            raise EngineError(f"{type(model).__name__} has no explicit dropout masks (dropout_shapes); "
-                              "use train_mode = 'sequential'")
+        try:  # a plugged model's nn.Dropout layers take explicit masks (vmap cannot draw them itself)
+            shapes = (model.dropout_shapes() if hasattr(model, "dropout_shapes")
+                      else explicit_dropout(model, ctx.train_x[:2]))
+        except ValueError as exc:
+            raise EngineError(f"the vectorized engine cannot train model {ctx.model_name!r}: {exc}; use train_mode = "
+                              f"'sequential' or 'processes', or plain nn.Dropout") from None
         self.ctx = ctx
         self.device = device = ctx.device
         self.model = model.to(device)
@@ -53,12 +56,12 @@ class VectorizedEngine:
         self.x = ctx.train_x
         self.y = ctx.train_y
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.shapes = model.dropout_shapes()
+        self.shapes = shapes or []
         self._mask_dtype = self.s.mask_dtype
         self._autocast = lambda: self.s.autocast(device)
 
         def loss_fn(params, xb, yb, masks, sign):
-            out = functional_call(self.model, params, (xb, masks))
+            out = call_with_masks(self.model, xb, masks, lambda *args: functional_call(self.model, params, args))
             return F.cross_entropy(out.float(), yb) * sign
 
         self._grad = vmap(grad(loss_fn), in_dims=(0, 0, 0, 0, 0))
@@ -105,8 +108,16 @@ class VectorizedEngine:
                 masks_per = [make_dropout_masks(self.shapes, bsz, gens[i], self.device, self._mask_dtype) for i in members]
                 masks = [torch.stack([m[j] for m in masks_per]) for j in range(len(self.shapes))]
                 p_g = params if whole else {n: v[g_idx] for n, v in params.items()}
-                with self._autocast():
-                    grads = self._grad(p_g, xb, yb, masks, signs[g_idx] if not whole else signs)
+                try:
+                    with self._autocast():
+                        grads = self._grad(p_g, xb, yb, masks, signs[g_idx] if not whole else signs)
+                except RuntimeError as exc:
+                    if "randomness" not in str(exc):
+                        raise
+                    raise EngineError(f"the vectorized engine cannot train model {self.ctx.model_name!r}: it draws "
+                                      f"random numbers in its forward pass outside nn.Dropout (e.g. F.dropout), "
+                                      f"which vmap cannot replay; use nn.Dropout layers, or train_mode = "
+                                      f"'sequential' or 'processes'") from exc
                 self._sgd_step(params, p_g, grads, g_idx, whole)
                 if start is not None:
                     self._project(params, start, g_idx, whole)
