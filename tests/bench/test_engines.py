@@ -82,3 +82,29 @@ def test_bench_runs_on_cifar_and_noniid_presets():
     noniid = _bench("--preset", "noniid-paper-rlr", "--agents", "2")
     # extrapolated to the round's floor(C*K) = 33 agents, not K = 3,383
     assert (noniid["agents_per_round"], noniid["samples_per_agent"], noniid["samples_per_round"]) == (33, 101, 33 * 101 * 10)
+
+
+def test_bench_times_a_model_and_dataset_defined_outside_robustlr(tmp_path, monkeypatch):
+    """The tutorial's digits and CNN (import strings) in `robustlr bench engines`: its size comes from
+    the loaded data (1,437 images / 20 agents), the vectorized engine runs its plain nn.Dropout, and
+    data that is not images is refused with the reason."""
+    pytest.importorskip("sklearn")
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
+    (tmp_path / "digits.toml").write_text(
+        'dataset = "custom_model_and_data:load_digits"\nmodel = "custom_model_and_data:digits_cnn"\n'
+        'num_agents = 20\nbatch_size = 32\nbase_class = 1\ntarget_class = 7\n')
+    out = _bench("--preset", str(tmp_path / "digits.toml"), "--agents", "2")
+    assert (out["input_shape"], out["samples_per_agent"]) == ([1, 8, 8], 1437 // 20)
+    assert {"processes", "sequential", "vectorized", "naive"} <= set(out["samples_per_s"])
+    (tmp_path / "robustlr_bench_feats.py").write_text(
+        "import torch\nfrom torch import nn\nfrom robustlr import ImageDataset\n"
+        "def load():\n    x, y = torch.randn(40, 5), torch.arange(40) % 10\n"
+        "    return ImageDataset('f', x, y, x.clone(), y.clone(), tuple('abcdefghij'))\n"
+        "def mlp(k):\n    return nn.Linear(5, k)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "feat.toml").write_text('dataset = "robustlr_bench_feats:load"\nmodel = "robustlr_bench_feats:mlp"\n'
+                                        'attack = "label-flip"\n')
+    res = CliRunner().invoke(app, ["bench", "engines", "--preset", str(tmp_path / "feat.toml")])
+    assert res.exit_code == 2 and "bench engines times image models" in " ".join(res.output.split()), res.output

@@ -39,6 +39,7 @@ from robustlr.aggregation import FedAvg, ParamLayout, RobustLR
 from robustlr.bench.common import matmul_gflops, sync, training_flops_per_sample
 from robustlr.bench.naive import PerSampleDataset, naive_model, naive_train
 from robustlr.data.registry import dataset_spec
+from robustlr.errors import ConfigError
 from robustlr.models import build_model, has_batch_norm, model_spec
 from robustlr.sim.config import ExperimentConfig, load_config
 from robustlr.sim.engines import EngineContext, LocalSettings, build_engine
@@ -60,7 +61,8 @@ def round_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
     """(agents K, agents per round, samples per agent) of ``cfg``, from the dataset's nominal size."""
     spec = dataset_spec(cfg.dataset)
     k = cfg.num_agents or spec.nominal_writers or 10
-    n_train = cfg.train_limit or spec.nominal_train_size
+    # a plugged dataset's size is read from it (the config loaded it once already)
+    n_train = cfg.train_limit or spec.nominal_train_size or cfg.facts.train_size or 0
     if cfg.partition == "natural" and spec.nominal_writers:
         n_train = spec.nominal_train_size * k // spec.nominal_writers
     return k, cfg.agents_per_round(k), max(1, n_train // k)
@@ -75,6 +77,10 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
     after a warm-up; the throughput is extrapolated to the preset's round.
     """
     cfg: ExperimentConfig = load_config(preset, [f"device={device}"])
+    if not cfg.facts.image:
+        raise ConfigError(f"bench engines times image models (its naive baseline reads uint8 images); {cfg.dataset} "
+                          f"is not images (samples of shape {cfg.input_shape}): time a run of it instead "
+                          f"(seconds_per_round in its summary.json)")
     dev = torch.device(device)
     torch.manual_seed(0)
     shape = model_spec(cfg.model).input_shape or cfg.input_shape
@@ -100,7 +106,8 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         settings = LocalSettings(epochs=1, batch_size=b, lr=cfg.client_lr, momentum=cfg.client_momentum,
                                  grad_clip=cfg.grad_clip, clip_norm=0.0, seed=0, precision=precision)
         return EngineContext(cfg.model, cfg.num_classes, settings, x.to(dev), y.to(dev), indices, dev,
-                             max_agents=k, workers=workers)
+                             max_agents=k, workers=workers,
+                             model_spec=None if model_spec(cfg.model).origin == "built in" else model_spec(cfg.model))
 
     engines: dict[str, float] = {}
     bf16_wanted = precision_bf16 and (dev.type == "cuda" or torch.backends.mkldnn.is_available())
