@@ -214,3 +214,23 @@ def test_bad_datasets_are_refused_before_training_with_one_line(mods):
                          "partition": "natural", "num_agents": None})
     finally:
         unregister_dataset("my-images")
+
+
+def test_the_commands_take_a_plugged_dataset_by_import_string(tmp_path, mods):
+    from typer.testing import CliRunner
+
+    from robustlr.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "robustlr_test_data:images"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "robustlr_test_data:images: import string" in text and "images of shape (3, 12, 12), torch.uint8; 120 " \
+        "train, 40 test; 3 classes (a, b, c)" in text and f"fingerprint {fingerprint(mods.images())}" in text
+    res = runner.invoke(app, ["data", "robustlr_test_data:raises"])
+    assert res.exit_code == 2 and "raised OSError: disk on fire" in " ".join(res.output.split())
+    res = runner.invoke(app, ["run", "demo-iid", "--set", "dataset=robustlr_test_data:images", "--set",
+                              "model=robustlr_test_data:small_cnn", "--set", "rounds=1", "--set", "train_limit=60",
+                              "--set", "base_class=1", "--set", "target_class=2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["dataset"]["origin"] == "import string"

@@ -12,12 +12,14 @@ from robustlr.cli._common import ConfigArg, DataDirOpt, SetOpt, console, err, fa
 
 @user_errors
 def data(
-    dataset: str = typer.Argument("fashion-mnist", help="fashion-mnist, cifar10, femnist-leaf or femnist-tff"),
+    dataset: str = typer.Argument("fashion-mnist", help="fashion-mnist, cifar10, femnist-leaf, femnist-tff, or a "
+                                  "plugged-in dataset (an entry point or an import string 'package.module:loader')"),
     data_dir: Optional[Path] = DataDirOpt,
     download: bool = typer.Option(False, "--download", help="download missing files into the cache when online"),
 ) -> None:
     """Show where each file of a dataset is found (verified by sha256 where its files are fixed);
-    exit 1 if one is missing, with where to get it."""
+    exit 1 if one is missing, with where to get it. A plugged-in dataset is loaded and described
+    (origin, loader, sizes, sample shape, classes, fingerprint)."""
     from robustlr.data.store import DataNotFoundError, locate
 
     if dataset == "cifar10":
@@ -27,7 +29,8 @@ def data(
         _femnist(dataset, data_dir)
         return
     if dataset != "fashion-mnist":
-        fail(f"unknown dataset {dataset!r}; `robustlr data` checks: fashion-mnist, cifar10, femnist-leaf, femnist-tff")
+        _plugged(dataset, data_dir)
+        return
     from robustlr.data.fashion_mnist import DATASET_FILES
 
     missing = False
@@ -40,6 +43,24 @@ def data(
             err.print(styled(f"{key:<13} ", ("missing", "red"), f"\n{exc}"), highlight=False)
     if missing:
         raise typer.Exit(1)
+
+
+def _plugged(dataset: str, data_dir) -> None:
+    from robustlr.data.registry import dataset_spec, fingerprint
+    from robustlr.errors import DataError
+
+    try:
+        spec = dataset_spec(dataset)
+        ds = spec.load(str(data_dir) if data_dir else None, [], True, False)
+    except DataError as exc:
+        fail(str(exc))
+    kind = "images" if ds.is_image else ("token ids" if ds.train_x.dtype.is_floating_point is False else "features")
+    console.print(f"{dataset}: {spec.origin}, loader {spec.loader_name}\n"
+                  f"  {kind} of shape {tuple(ds.train_x.shape[1:])}, {ds.train_x.dtype}; {ds.train_x.shape[0]} train, "
+                  f"{ds.test_x.shape[0]} test; {ds.num_classes} classes ({', '.join(ds.classes[:10])}"
+                  f"{', ...' if ds.num_classes > 10 else ''})\n"
+                  f"  fingerprint {fingerprint(ds)}" + (f"\n  source: {ds.source}" if ds.source else ""),
+                  highlight=False)
 
 
 def _cifar10(data_dir) -> None:
