@@ -160,3 +160,26 @@ def test_bad_models_are_refused_before_training_with_one_line(tmp_path, tiny, ne
         robustlr.register_model("a:b", nets.build)
     res = CliRunner().invoke(app, ["config", "demo-iid", "--set", "model=my-nett"])
     assert res.exit_code == 2 and "did you mean 'my-net'?" in " ".join(res.output.split()), res.output
+
+
+def test_explicit_dropout_keeps_the_state_and_replays_the_given_masks():
+    from robustlr.models.common import MaskedDropout, call_with_masks, explicit_dropout
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 3), nn.Dropout(0.25))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = explicit_dropout(model, torch.randn(2, 4))
+    assert shapes == [((6,), 0.5), ((3,), 0.25)]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # statistics untouched
+    assert sum(isinstance(m, MaskedDropout) for m in model.modules()) == 2
+    x = torch.randn(5, 4)
+    ones = [torch.ones(5, 6), torch.ones(5, 3)]
+    model.train()
+    plain = model[3](model[1](model[0](x)))  # no dropout: what masks of ones must give
+    model.load_state_dict(before)
+    assert torch.allclose(call_with_masks(model, x, ones), plain)
+    zeros = [torch.ones(5, 6), torch.zeros(5, 3)]
+    assert torch.equal(call_with_masks(model, x, zeros), torch.zeros(5, 3))
+    assert explicit_dropout(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2)) is None
+    with pytest.raises(ValueError, match="Dropout2d: explicit masks are supported for nn.Dropout only"):
+        explicit_dropout(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Dropout2d(0.1)), torch.randn(1, 1, 2, 2))

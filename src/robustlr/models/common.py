@@ -76,6 +76,7 @@ def explicit_dropout(model: torch.nn.Module, sample: torch.Tensor) -> list[tuple
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, MaskedDropout)]
     was_training = model.training
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # a train-mode pass moves batch-norm statistics
     model.train()
     try:
         with torch.no_grad(), torch.random.fork_rng():
@@ -84,6 +85,9 @@ def explicit_dropout(model: torch.nn.Module, sample: torch.Tensor) -> list[tuple
         for h in hooks:
             h.remove()
         model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
     model._robustlr_dropout_shapes = shapes  # type: ignore[assignment]
     return shapes
 
