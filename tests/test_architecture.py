@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "robustlr"
 LAYER = {
     "errors": 0, "_version": 0,
     "_optional": 0.5,  # names the extra to install when an optional package is missing
+    "_plugins": 0.5,  # finds a user's model or dataset: import strings, entry points
     "aggregation": 1, "data": 1, "attacks": 1, "models": 1,
     "sim": 2,
     "experiments": 3, "analysis": 3, "integrations": 3,

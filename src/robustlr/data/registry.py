@@ -27,19 +27,16 @@ checkpoint written on other data.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib
 import inspect
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+import robustlr._plugins as _plugins
 from robustlr.data.base import ImageDataset
 from robustlr.data.store import ENV_DATA_DIR
 from robustlr.errors import DataError, DataNotFoundError
@@ -135,7 +132,6 @@ def _femnist_tff(data_dir: PathLike | None, sources: Sequence[str], digits_only:
 
 #: the entry-point group through which installed packages add datasets
 ENTRY_POINT_GROUP = "robustlr.datasets"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -155,8 +151,7 @@ class DatasetSpec:
 
     @property
     def loader_name(self) -> str:
-        fn = self.loader or self.load
-        return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        return _plugins.callable_name(self.loader or self.load)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -191,8 +186,7 @@ def _plugged_load(name: str, loader: Callable) -> Callable[..., ImageDataset]:
             kwargs["data_dir"] = data_dir
         if takes_all or "data_sources" in params:
             kwargs["data_sources"] = list(sources)
-        where = f"dataset {name!r}: its loader {getattr(loader, '__module__', '?')}:" \
-                f"{getattr(loader, '__qualname__', repr(loader))}"
+        where = f"dataset {name!r}: its loader {_plugins.callable_name(loader)}"
         try:
             ds = loader(**kwargs)
         except DataError as exc:
@@ -225,9 +219,7 @@ def register_dataset(name: str, load: Callable[..., ImageDataset], *, replace: b
     ``load`` may take ``data_dir`` and ``data_sources`` keyword arguments (the run's data folder and
     the config's list); it is called once per process and setting. Registering a name again with
     another loader needs ``replace=True``; a built-in name cannot be replaced."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise DataError(f"a dataset name is letters, digits and . _ - (no ':', which marks an import string), "
-                        f"got {name!r}")
+    _plugins.check_name("dataset", name, DataError)
     if not callable(load):
         raise DataError(f"register_dataset({name!r}, ...): load must be a callable returning a "
                         f"robustlr.data.ImageDataset, got {type(load).__name__}")
@@ -249,23 +241,12 @@ def unregister_dataset(name: str) -> None:
             del _LOADED[key]
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+def _entry_points():
+    return _plugins.entry_points(ENTRY_POINT_GROUP)
 
 
 def _from_import_string(name: str) -> DatasetSpec:
-    module_name, _, attr = name.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"dataset {name!r}: cannot import {module_name!r} ({exc}); an import string is "
-                        f"'package.module:loader' of a module on the Python path") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise DataError(f"dataset {name!r}: module {module_name!r} has no {attr!r}") from None
-    return _spec_of(name, obj, "import string")
+    return _spec_of(name, _plugins.import_object("dataset", name, "loader", DataError), "import string")
 
 
 def dataset_names() -> list[str]:
@@ -284,19 +265,10 @@ def dataset_spec(name: str) -> DatasetSpec:
         return _from_import_string(name)
     eps = _entry_points()
     if name in eps:
-        ep = eps[name]
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in package: name it
-            raise DataError(f"dataset {name!r}: the entry point {ep.value!r} (group {ENTRY_POINT_GROUP}) cannot be "
-                            f"loaded: {type(exc).__name__}: {exc}") from exc
-        dist = getattr(getattr(ep, "dist", None), "name", None)
-        return _spec_of(name, obj, f"entry point ({dist})" if dist else "entry point")
-    names = dataset_names()
-    close = difflib.get_close_matches(name, names, n=1)
-    raise DataError(f"unknown dataset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                    + f"; choose one of {', '.join(names)}, or register one (robustlr.register_dataset, an entry "
-                    f"point in group {ENTRY_POINT_GROUP}, or an import string 'package.module:loader')")
+        obj, origin = _plugins.load_entry_point("dataset", name, eps[name], ENTRY_POINT_GROUP, DataError)
+        return _spec_of(name, obj, origin)
+    raise _plugins.unknown("dataset", name, dataset_names(), "robustlr.register_dataset", ENTRY_POINT_GROUP, "loader",
+                           DataError)
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None, sources: Sequence[str] = (),

@@ -27,21 +27,16 @@ must be importable (a module-level function, not a lambda).
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 
 from torch import nn
 
+import robustlr._plugins as _plugins
 from robustlr.errors import ConfigError
 
 #: the entry-point group through which installed packages add models
 ENTRY_POINT_GROUP = "robustlr.models"
-#: a model's name: letters, digits and . _ - (":" marks an import string)
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ModelError(ConfigError):
@@ -59,7 +54,7 @@ class ModelSpec:
     @property
     def factory(self) -> str:
         """The factory as ``module:qualname``."""
-        return f"{getattr(self.build, '__module__', '?')}:{getattr(self.build, '__qualname__', repr(self.build))}"
+        return _plugins.callable_name(self.build)
 
     def record(self) -> dict:
         """What a run records about its model."""
@@ -121,9 +116,7 @@ def register_model(name: str, build: Callable[[int], nn.Module], *, input_shape=
     ``input_shape`` (one sample: (C, H, W) for images), if given, is checked against the dataset
     before any work. Registering
     a name again with another factory needs ``replace=True``; a built-in name cannot be replaced."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ModelError(f"a model name is letters, digits and . _ - (no ':', which marks an import string), "
-                         f"got {name!r}")
+    _plugins.check_name("model", name, ModelError)
     if not callable(build):
         raise ModelError(f"register_model({name!r}, ...): build must be a callable num_classes -> nn.Module, "
                          f"got {type(build).__name__}")
@@ -142,8 +135,8 @@ def unregister_model(name: str) -> None:
     _REGISTERED.pop(name, None)
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+def _entry_points():
+    return _plugins.entry_points(ENTRY_POINT_GROUP)
 
 
 def _spec_of(name: str, obj, origin: str) -> ModelSpec:
@@ -155,18 +148,7 @@ def _spec_of(name: str, obj, origin: str) -> ModelSpec:
 
 
 def _from_import_string(name: str) -> ModelSpec:
-    module_name, _, attr = name.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"model {name!r}: cannot import {module_name!r} ({exc}); an import string is "
-                         f"'package.module:factory' of a module on the Python path") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ModelError(f"model {name!r}: module {module_name!r} has no {attr!r}") from None
-    return _spec_of(name, obj, "import string")
+    return _spec_of(name, _plugins.import_object("model", name, "factory", ModelError), "import string")
 
 
 def model_names() -> list[str]:
@@ -185,19 +167,10 @@ def model_spec(name: str) -> ModelSpec:
         return _from_import_string(name)
     eps = _entry_points()
     if name in eps:
-        ep = eps[name]
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in package: name it
-            raise ModelError(f"model {name!r}: the entry point {ep.value!r} (group {ENTRY_POINT_GROUP}) cannot be "
-                             f"loaded: {type(exc).__name__}: {exc}") from exc
-        dist = getattr(getattr(ep, "dist", None), "name", None)
-        return _spec_of(name, obj, f"entry point ({dist})" if dist else "entry point")
-    names = model_names()
-    close = difflib.get_close_matches(name, names, n=1)
-    raise ModelError(f"unknown model {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                     + f"; choose one of {', '.join(names)}, or register one (robustlr.register_model, an entry "
-                     f"point in group {ENTRY_POINT_GROUP}, or an import string 'package.module:factory')")
+        obj, origin = _plugins.load_entry_point("model", name, eps[name], ENTRY_POINT_GROUP, ModelError)
+        return _spec_of(name, obj, origin)
+    raise _plugins.unknown("model", name, model_names(), "robustlr.register_model", ENTRY_POINT_GROUP, "factory",
+                           ModelError)
 
 
 def build_model(name: str, num_classes: int = 10, spec: ModelSpec | None = None) -> nn.Module:
