@@ -151,6 +151,9 @@ def test_features_run_the_label_flip_on_every_engine_and_refuse_the_trojan(mods)
     assert torch.allclose(seq.global_params, vec.global_params, atol=1e-4)
     assert seq.records[-1].val_acc > 0.5  # the features separate the classes: it trains
     assert seq.summary.dataset["origin"] == "import string" and seq.summary.federation["trojan_value"] is None
+    bf16 = run_experiment(cfg.model_copy(update={"precision": "bf16"}))
+    assert torch.equal(bf16.global_params, run_experiment(cfg.model_copy(update={"precision": "bf16"})).global_params)
+    assert not torch.equal(bf16.global_params, seq.global_params) and bf16.records[-1].val_acc > 0.5
     boosted = run_experiment(cfg.model_copy(update={"boost_factor": 3.0}))
     assert not torch.equal(boosted.global_params, seq.global_params)
     for attack in ("trojan", "dba"):
