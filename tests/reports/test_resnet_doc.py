@@ -1,0 +1,39 @@
+"""docs/resnet.md's table holds the committed ResNet runs' numbers (read only)."""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "resnet" / "results"
+RUNS = {"FedAvg, no attack": "clean", "FedAvg, attacked": "fedavg", "FedAvg + RLR (theta 8), attacked": "rlr"}
+
+
+def _rows() -> list[list[str]]:
+    text = (ROOT / "docs" / "resnet.md").read_text()
+    section = text[text.index("## Numbers"):]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ResNet-")]
+
+
+def _expected(folder: Path) -> list[str]:
+    summary = json.loads((folder / "summary.json").read_text())
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    at10 = next(r for r in records if r["round"] == 10)
+    flipped = [r["flipped_fraction"] for r in records if r.get("flipped_fraction") is not None]
+    return [f"{100 * at10['val_acc']:.1f}", f"{100 * at10['backdoor_acc']:.1f}",
+            f"{100 * summary['val_acc']:.1f}", f"{100 * summary['base_acc']:.1f}",
+            f"{100 * summary['backdoor_acc']:.1f}",
+            f"{100 * sum(flipped) / len(flipped):.1f} %" if flipped else ""]
+
+
+def test_every_cell_is_the_committed_run():
+    rows = _rows()
+    assert len(rows) == 6
+    for model, label, *cells in rows:
+        norm = model.removeprefix("ResNet-20-").lower()
+        folder = RESULTS / f"cifar-resnet20-{norm}-{RUNS[label]}"
+        summary = json.loads((folder / "summary.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        assert summary["rounds"] == config["rounds"] == 20, folder.name
+        assert config["model"] == f"resnet20-{norm}" and config["dirichlet_alpha"] == 0.5
+        assert cells == _expected(folder), (model, label)
