@@ -70,6 +70,7 @@ TIER_OF = {
     "tests/sim/test_faults.py": "multiprocess",
     "tests/sim/test_rundir.py::test_processes": "multiprocess",
     "tests/experiments/test_sweep.py": "multiprocess",
+    "tests/experiments/test_ray_sweep.py": "multiprocess",
     "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
     "tests/integrations/flower/test_simulation.py": "multiprocess",
     "tests/integrations/flower/test_example.py": "multiprocess",

@@ -173,6 +173,12 @@ def _flame(tmp_path):
     Flame()(torch.eye(3))
 
 
+def _ray_sweep(tmp_path):
+    from robustlr.experiments.ray_backend import RayBackend
+
+    RayBackend().open(tmp_path, [])
+
+
 @pytest.mark.parametrize("call, blocked, extra, package", [
     (_explain, ("captum",), "attribution", "captum"),
     (_tff, ("h5py",), "femnist", "h5py"),
@@ -180,7 +186,8 @@ def _flame(tmp_path):
     (_tensorboard, ("tensorboard",), "tensorboard", "tensorboard"),
     (_figures, ("matplotlib",), "sim", "matplotlib"),
     (_flame, ("sklearn",), "flame", "scikit-learn"),
-], ids=["explain", "femnist-h5", "cifar-image-folder", "tensorboard", "figures", "flame"])
+    (_ray_sweep, ("ray",), "ray", "ray"),
+], ids=["explain", "femnist-h5", "cifar-image-folder", "tensorboard", "figures", "flame", "ray-sweep"])
 def test_each_extra_feature_names_its_extra(call, blocked, extra, package, tmp_path, monkeypatch):
     _block(monkeypatch, *blocked)
     with pytest.raises(MissingDependencyError, match=rf"needs {package}\b.*pip install 'robustlr\[{extra}\]'"):
@@ -208,7 +215,7 @@ def test_the_extras_hold_what_they_say():
     assert sorted(project["dependencies"]) == ["numpy>=1.24", "torch>=2.2"]
     extras = project["optional-dependencies"]
     features = {k: v for k, v in extras.items() if k not in ("all", "test")}
-    assert sorted(features) == ["attribution", "cifar-images", "femnist", "flame", "flower", "sim", "tensorboard"]
+    assert sorted(features) == ["attribution", "cifar-images", "femnist", "flame", "flower", "ray", "sim", "tensorboard"]
     union = {req for reqs in features.values() for req in reqs}
     assert set(extras["all"]) == union and len(extras["all"]) == len(union)  # each once, none forgotten
     assert union <= set(extras["test"])  # `make test` installs .[test]: every feature is tested

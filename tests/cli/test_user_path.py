@@ -219,7 +219,7 @@ def test_sweep_lines_one_per_finished_run_with_the_overall_eta():
 def test_sweep_off_a_terminal_says_each_run_as_it_ends(monkeypatch, tmp_path):
     from robustlr.experiments.sweep import SweepState
 
-    def fake_sweep(suite, results, budget, jobs, data_dir, on_update=None, on_warning=None):
+    def fake_sweep(suite, results, budget, jobs, data_dir, on_update=None, on_warning=None, backend=None):
         state = SweepState(total=2)
         state.running = {"r1": (tmp_path, 2, 0.0), "r2": (tmp_path, 2, 0.0)}
         on_update(state)

@@ -93,27 +93,59 @@ def sweep(
     suite: str = typer.Argument(..., help="a suite name (see `robustlr suites`) or a suite TOML file"),
     budget: str = typer.Option("lite", "--budget", help="lite (minutes on 2 cores) or paper (the paper's R, E, B)"),
     results: Path = ResultsOpt,
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once (default: the cores); each run gets cores // jobs threads"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once (default: the cores, or on Ray the "
+                                       "cluster's CPUs // --cpus-per-run); locally each run gets cores // jobs threads"),
     data_dir: Optional[Path] = DataDirOpt,
+    backend: str = typer.Option("local", "--backend", help="local (child processes here) or ray (each run a Ray "
+                                "task; see docs/ray.md)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster's head, HOST:PORT or auto "
+                                          "(default: start a Ray cluster on this machine)"),
+    cpus_per_run: int = typer.Option(1, "--cpus-per-run", help="ray: CPUs (and threads) each run holds"),
+    storage: str = typer.Option("ship", "--storage", help="ray: ship (run folders stream back to this machine) or "
+                                "shared (RESULTS is mounted at the same path on every node)"),
+    retries: int = typer.Option(2, "--retries", help="ray: how often a run whose worker or node died starts again "
+                                "from its last checkpoint"),
 ) -> None:
     """Run a suite's grid: finished runs are skipped, interrupted ones resume; results go to RESULTS/results.sqlite."""
     from robustlr.experiments.suite import load_suite
 
+    runner = _backend(backend, address, cpus_per_run, storage, retries)
     s = load_suite(suite)
     console.print(styled((s.name, "bold"), f" ({budget}): {s.description}"))
     try:
-        state = _sweep_shown(s, results, budget, jobs, data_dir)
+        state = _sweep_shown(s, results, budget, jobs, data_dir, runner)
     except (KeyboardInterrupt, Terminated) as exc:
         stopped(exc, "finished runs are kept in the store, interrupted ones go on from their last checkpoint. "
                 "To go on, run the same command again",
                 command_line("sweep", suite, options={"--budget": budget, "-r": results, "-j": jobs,
-                                                      "--data-dir": data_dir}))
+                                                      "--data-dir": data_dir,
+                                                      **({"--backend": backend, "--address": address,
+                                                          "--cpus-per-run": cpus_per_run, "--storage": storage,
+                                                          "--retries": retries} if backend == "ray" else {})}))
     if state.failed:
         fail(f"{len(state.failed)} run(s) failed: {', '.join(state.failed)}; see sweep.log in their folders")
     console.print(f"{state.done} runs done; the store: {results / 'results.sqlite'} (`robustlr runs -r {results}`)")
 
 
-def _sweep_shown(s, results: Path, budget: str, jobs: Optional[int], data_dir: Optional[Path]):
+def _backend(backend: str, address: Optional[str], cpus_per_run: int, storage: str, retries: int):
+    """The sweep's backend from the options, refusing Ray options without ``--backend ray``."""
+    from robustlr.errors import ConfigError
+
+    if backend == "local":
+        given = [opt for opt, value, default in (("--address", address, None), ("--cpus-per-run", cpus_per_run, 1),
+                                                 ("--storage", storage, "ship"), ("--retries", retries, 2))
+                 if value != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to --backend ray only; add --backend ray, or drop them")
+        return None
+    if backend != "ray":
+        raise ConfigError(f"--backend {backend!r}: choose local (child processes here) or ray (a Ray cluster)")
+    from robustlr.experiments.ray_backend import RayBackend
+
+    return RayBackend(address=address, cpus_per_run=cpus_per_run, storage=storage, retries=retries)
+
+
+def _sweep_shown(s, results: Path, budget: str, jobs: Optional[int], data_dir: Optional[Path], backend=None):
     """Run the sweep, showing its progress: a live table on a terminal, plain lines elsewhere."""
     from rich.live import Live
 
@@ -121,13 +153,13 @@ def _sweep_shown(s, results: Path, budget: str, jobs: Optional[int], data_dir: O
 
     if not is_live():  # a file or a pipe: one line per run that ends (a live table shows only when it stops)
         state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
-                          on_update=_SweepLines(), on_warning=_warn)
+                          on_update=_SweepLines(), on_warning=_warn, backend=backend)
         console.print(_status_table(state, s.name))
     else:
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             state = run_sweep(s, results, budget, jobs, str(data_dir) if data_dir else None,
                               on_update=lambda st: live.update(_status_table(st, s.name)),
-                              on_warning=lambda m: _warn(m, live.console))
+                              on_warning=lambda m: _warn(m, live.console), backend=backend)
             live.update(_status_table(state, s.name))
     return state
 

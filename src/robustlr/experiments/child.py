@@ -2,12 +2,14 @@
 
 It dies with the sweep (:func:`robustlr.sim.lifecycle.die_with_parent`), and its own engine
 workers die with it: killing the sweep leaves no process behind at any depth. Exit codes:
-0 done, 2 a robustlr error (its message on stderr), 143 SIGTERM.
+0 done, 2 a robustlr error (its message on stderr), 143 SIGTERM. robustlr's log lines (a resume
+and the round it goes on from, warnings) go to stderr, that is the run's ``sweep.log``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +21,12 @@ def main(argv: list[str]) -> int:
     from robustlr.sim.lifecycle import Terminated, die_with_parent
     from robustlr.sim.loop import run_experiment
 
+    # the run's log (sweep.log): robustlr's info lines (a resume and its round) and warnings, timed
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("robustlr")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     parent = int(os.environ.get("ROBUSTLR_PARENT_PID", os.getppid()))
     die_with_parent(parent)
     cfg_path, out = Path(argv[0]), Path(argv[1])

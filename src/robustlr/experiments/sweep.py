@@ -1,18 +1,23 @@
-"""``robustlr sweep SUITE``: run a suite's grid in parallel processes, skip what is done, resume
-what was interrupted, and keep the results store up to date.
+"""``robustlr sweep SUITE``: run a suite's grid in parallel, skip what is done, resume what was
+interrupted, and keep the results store up to date.
 
-Each run is a child process (:mod:`robustlr.experiments.child`) with ``cores // jobs`` threads
+Where the runs execute is a backend (:mod:`robustlr.experiments.backends`): by default each run is
+a child process here (:mod:`robustlr.experiments.child`) with ``cores // jobs`` threads
 (``threads``, a key that cannot change the numbers: one thread each at the default, two
 training workers each at ``-j 1`` on two cores), and ``jobs`` of them run at once (default: the
-cores), so cores are never oversubscribed. A run whose folder holds a finished run of the same config is
+cores), so cores are never oversubscribed; with
+:class:`robustlr.experiments.ray_backend.RayBackend` each run is a task on a Ray cluster. A run
+whose folder holds a finished run of the same config is
 skipped; one that was interrupted resumes from its checkpoint. A run is finished when its
 ``summary.json`` is a run record this robustlr reads and its ``model.pt`` is a saved model
 (:func:`robustlr.experiments.store.finished_run`); a run whose finished files are damaged (a
 ``summary.json`` that is no run record, a deleted ``model.pt``) is run again, with a warning: from
 its checkpoint, which after the last round only rewrites the final files. Only this process writes the
-results store, after a run's files are atomically in place; a damaged store stops the sweep before
-any run starts (:class:`robustlr.experiments.store.StoreError`). Killing the sweep kills every run
-and every run's workers (each level dies with its parent); SIGTERM stops the runs cleanly.
+results store, after a run's files are atomically in place; a damaged store or a results folder
+this process cannot write stops the sweep before any run starts
+(:class:`robustlr.experiments.store.StoreError`, :class:`robustlr.errors.OutputError`). Killing
+the sweep kills every run and every run's workers (each level dies with its parent); SIGTERM
+stops the runs cleanly.
 """
 
 from __future__ import annotations
@@ -20,19 +25,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustlr.errors import OutputError, RobustlrError
 from robustlr.experiments import store
-from robustlr.errors import RobustlrError
+from robustlr.experiments.backends import Backend, LocalBackend, RunHandle
 from robustlr.experiments.suite import Suite, SuiteRun
-from robustlr.sim.checkpoint import atomic_write_text
+from robustlr.sim.checkpoint import atomic_write_text, write_fix
 from robustlr.sim.config import ExperimentConfig
-from robustlr.sim.engines.select import available_cores
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.rundir import read_run_config
 
@@ -83,17 +86,41 @@ def _reference_val_acc(base: Path, run: SuiteRun) -> float | None:
     return summary.val_acc if summary is not None else None
 
 
+def check_results_folder(results: Path) -> None:
+    """Refuse a results folder this process cannot write, before any run starts."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".robustlr-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write the results folder {results} ({exc.strerror or exc}): "
+                          f"{write_fix(exc)}, or pass another folder with --results") from exc
+
+
 def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = None, data_dir: str | None = None,
-          on_update=None, on_warning: Callable[[str], None] | None = None) -> SweepState:
-    """Run ``suite``'s grid (see the module's text). ``on_warning`` hears of each finished run whose
-    files are damaged and that is run again (default: the ``robustlr`` logger); ``state.warnings``
-    keeps them too."""
+          on_update=None, on_warning: Callable[[str], None] | None = None, backend: Backend | None = None) -> SweepState:
+    """Run ``suite``'s grid (see the module's text) on ``backend`` (default: :class:`LocalBackend`,
+    child processes here; :class:`robustlr.experiments.ray_backend.RayBackend` for a Ray cluster).
+    ``jobs``: runs at once (default: the backend's slots). ``on_warning`` hears of each finished run
+    whose files are damaged and that is run again (default: the ``robustlr`` logger);
+    ``state.warnings`` keeps them too."""
     runs = suite.runs(budget)
+    check_results_folder(results)
     store.check(results)  # a damaged store stops the sweep now, not when its first run is done
+    backend = backend or LocalBackend()
+    backend.open(results, [run.config for run in runs])  # an unreachable cluster stops the sweep before any run
+    try:
+        return _sweep(suite, runs, results, jobs, data_dir, on_update, on_warning, backend)
+    finally:
+        backend.close()
+
+
+def _sweep(suite, runs, results, jobs, data_dir, on_update, on_warning, backend) -> SweepState:
     base = results / suite.name
     base.mkdir(parents=True, exist_ok=True)
-    jobs = max(1, jobs or available_cores())
-    threads = max(1, available_cores() // jobs)  # each run's share of the cores
+    jobs = max(1, jobs or backend.slots())
+    threads = backend.threads(jobs)
     state = SweepState(total=len(runs))
 
     def warn(message: str) -> None:
@@ -135,8 +162,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
                 done_names.add(run.config.name)
                 record(run, folder, cfg, "done")
                 progress = True
-    procs: dict[str, tuple[subprocess.Popen, SuiteRun, Path, ExperimentConfig]] = {}
-    env = {**os.environ, "ROBUSTLR_PARENT_PID": str(os.getpid())}
+    procs: dict[str, tuple[RunHandle, SuiteRun, Path, ExperimentConfig]] = {}
     try:
         with sigterm_raises():
             while pending or procs:
@@ -155,12 +181,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
                         failed_names.add(run.config.name)
                         continue
                     cfg = cfg.model_copy(update={"threads": threads})
-                    request = folder / "sweep-request.json"
-                    atomic_write_text(request, cfg.to_json())
-                    log = open(folder / "sweep.log", "a")
-                    procs[cfg.name] = (subprocess.Popen(
-                        [sys.executable, "-m", "robustlr.experiments.child", str(request), str(folder), data_dir or ""],
-                        env=env, stdout=log, stderr=log), run, folder, cfg)
+                    procs[cfg.name] = (backend.start(cfg, folder, data_dir), run, folder, cfg)
                     state.running[cfg.name] = (folder, cfg.rounds, time.time())
                 for name, (proc, run, folder, cfg) in list(procs.items()):
                     rc = proc.poll()
@@ -185,8 +206,5 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
             if proc.poll() is None:
                 proc.terminate()
         for proc, _, _, _ in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                proc.kill()
+            proc.wait(timeout=60)
     return state
