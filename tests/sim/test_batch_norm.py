@@ -227,3 +227,22 @@ def test_plain_buffers_rejects_bad_masks_and_non_finite_rows():
     for bad in (torch.tensor([[1.0, float("nan")], [1.0, 1.0]]), torch.tensor([[float("inf"), 1.0], [1.0, 1.0]])):
         with pytest.raises(ValueError, match="non-finite|not finite|NaN|inf"):
             rule(bad)
+
+
+def test_rlr_scope_weights_and_the_soft_rule_in_the_simulator(tiny):
+    """``rlr_scope = "weights"`` flips conv/linear weights only: biases, batch-norm scales and shifts
+    and buffers move by the plain mean; ``rlr_soft`` scales by the margin (recorded per round)."""
+    sim = _sim(tiny, rlr_threshold=4, rlr_scope="weights", rlr_soft=True)
+    weights = sim.layout.weight_mask()
+    before, updates, rec = _round_with_updates(sim)
+    plain = before + updates.mean(dim=0)  # equal agents: the size-weighted mean is the plain mean
+    torch.testing.assert_close(sim.global_params[~weights], plain[~weights])
+    flipped = sim.server.rlr.flipped
+    assert bool(flipped[weights].any()) and not bool(flipped[~weights].any())
+    assert rec.flipped_fraction == pytest.approx(float(flipped[weights].float().mean()))
+    assert -1.0 < rec.rlr_mean_scale < 1.0
+    moved = sim.global_params[weights] - before[weights]
+    mean = updates.mean(dim=0)[weights]
+    # soft: every weight moves by at most the plain step, and against it exactly where flipped
+    assert bool((moved.abs() <= mean.abs() * (1 + 1e-5) + 1e-7).all())
+    assert bool((moved[flipped[weights]] * mean[flipped[weights]] <= 0).all())

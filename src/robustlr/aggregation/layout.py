@@ -160,6 +160,23 @@ class ParamLayout:
                 mask[e.offset : e.offset + e.numel] = True
         return mask
 
+    def weight_mask(self) -> Tensor:
+        """Bool ``(numel,)`` tensor, True on the trainable entries of two or more dimensions: the
+        weights of convolutions and linear layers, not biases nor normalisation scales and shifts
+        (one dimension) nor buffers.
+
+        Example:
+            >>> from torch import nn
+            >>> layout = ParamLayout.from_module(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))
+            >>> layout.weight_mask().nonzero().flatten().tolist()
+            [0, 1, 2, 3, 4, 5]
+        """
+        mask = torch.zeros(self.numel, dtype=torch.bool)
+        for e in self.entries:
+            if e.is_trainable and len(e.shape) >= 2:
+                mask[e.offset : e.offset + e.numel] = True
+        return mask
+
     def mask_for(self, names_or_prefixes: str | Iterable[str]) -> Tensor:
         """Bool ``(numel,)`` tensor, True on the entries named.
 

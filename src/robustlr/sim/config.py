@@ -186,9 +186,14 @@ class ExperimentConfig(BaseModel):
         "mean", description="batch-norm buffers (running statistics, num_batches_tracked): 'mean' averages them "
         "plainly under every rule (the rule, clipping, noise and FoolsGold's similarities see parameters only); "
         "'rule' treats them as coordinates of the rule")
-    rlr_scope: Literal["trainable", "all"] = Field(
-        "trainable", description="coordinates RLR may flip; 'trainable' averages batch-norm statistics plainly"
+    rlr_scope: Literal["trainable", "all", "weights"] = Field(
+        "trainable", description="coordinates RLR may flip; 'trainable' averages batch-norm statistics plainly; "
+        "'weights' flips convolution and linear weights only (biases, normalisation scales and shifts get the "
+        "plain rule); 'all' flips buffers too"
     )
+    rlr_soft: bool = Field(
+        False, description="scale each coordinate by the vote's margin, (a - theta) / (n - theta) above theta and "
+        "(a - theta) / theta below it, instead of +-1 (robustlr's variant; see RobustLR)")
     rlr_from_round: int = Field(1, ge=1, description="RLR is on from this round (the rounds before aggregate "
                                 "without it); Table 6 non-iid switches it on for the last 50 of 500 rounds")
     rlr_from_val_acc: float | None = Field(
@@ -446,9 +451,11 @@ class ExperimentConfig(BaseModel):
 
     def _inert(self) -> dict[str, tuple[str, bool]]:
         rules: list[tuple[tuple[str, ...], bool, str, bool]] = [  # keys, inert?, why, warn?
-            (("rlr_from_round", "rlr_from_val_acc", "rlr_scope"), self.rlr_threshold == 0,
+            (("rlr_from_round", "rlr_from_val_acc", "rlr_scope", "rlr_soft"), self.rlr_threshold == 0,
              "rlr_threshold = 0 (no RLR)", True),
-            (("rlr_scope", "buffer_aggregation"), not self.batch_norm,
+            (("rlr_scope",), not self.batch_norm and self.rlr_scope == "all",
+             f"model {self.model} has no batch-norm buffers ('all' differs from 'trainable' only on them)", True),
+            (("buffer_aggregation",), not self.batch_norm,
              f"model {self.model} has no batch-norm buffers", True),
             (("assumed_corrupt",), self.aggregator not in ("krum", "multikrum", "bulyan"),
              f"aggregator {self.aggregator} (only krum, multikrum and bulyan use it)", True),

@@ -58,6 +58,7 @@ class RoundRecord(BaseModel):
     corrupt_unpoisoned_in_round: int = 0  # ... or with floor(P x their base samples) = 0
     flipped_fraction: float | None = None  # RLR: share of the coordinates whose sign was flipped
     threshold: int | None = None  # RLR: theta used in the round
+    rlr_mean_scale: float | None = None  # soft RLR (rlr_soft): the mean scale of the flippable coordinates
     rlr_on: bool | None = None  # RLR switched on in this round (None: the run has no RLR)
     # vote telemetry (robustlr.aggregation.telemetry): agreement of each group's update signs with
     # the applied step, how often each group's collective sign vote lost, RLR's flips per layer

@@ -110,13 +110,22 @@ def rlr_threshold(cfg: ExperimentConfig, agents_per_round: int | None = None) ->
 def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Generator,
                agents_per_round: int | None = None) -> AggregationRule:
     """The server's whole rule for ``cfg``: :func:`build_base_rule`, wrapped in
-    :class:`RobustLR` when ``rlr_threshold > 0`` (RLR flips trainable coordinates only unless
-    ``rlr_scope = "all"``; theta as :func:`rlr_threshold` says)."""
+    :class:`RobustLR` when ``rlr_threshold > 0`` (:func:`build_rlr`; theta as :func:`rlr_threshold`
+    says)."""
     base = build_base_rule(cfg, layout, noise_gen, agents_per_round)
     theta = rlr_threshold(cfg, agents_per_round)
     if theta is None:
         return base
-    return RobustLR(base, theta, layout=layout if cfg.rlr_scope == "trainable" else None)
+    return build_rlr(cfg, base, theta, layout)
+
+
+def build_rlr(cfg: ExperimentConfig, base: AggregationRule, theta: Threshold, layout: ParamLayout) -> RobustLR:
+    """:class:`RobustLR` around ``base`` as the config says: its scope (``rlr_scope``: trainable
+    coordinates, conv/linear weights only, or all) and ``rlr_soft``."""
+    if cfg.rlr_scope == "all":
+        return RobustLR(base, theta, soft=cfg.rlr_soft)
+    mask = layout.weight_mask() if cfg.rlr_scope == "weights" else None
+    return RobustLR(base, theta, layout=layout, mask=mask, soft=cfg.rlr_soft)
 
 
 def rlr_on(cfg: ExperimentConfig, round_: int, records: Iterable[RoundRecord]) -> bool | None:
@@ -208,8 +217,7 @@ class Server:
         full_round = cfg.agents_per_round(self.num_agents)
         self.base_rule = build_base_rule(cfg, layout, self.noise_gen, full_round)
         theta = rlr_threshold(cfg, full_round)
-        self.rlr: RobustLR | None = None if theta is None else RobustLR(
-            self.base_rule, theta, layout=layout if cfg.rlr_scope == "trainable" else None)
+        self.rlr: RobustLR | None = None if theta is None else build_rlr(cfg, self.base_rule, theta, layout)
         eta = server_lr_vector(cfg.resolved_server_lr, layout.trainable_mask())
         self.eta = eta.to(self.device) if isinstance(eta, Tensor) else eta
 
@@ -317,6 +325,8 @@ class Server:
         if "flipped_fraction" in tel:
             rec.flipped_fraction = float(tel["flipped_fraction"])
             rec.threshold = tel.get("threshold")
+            if "mean_scale" in tel:
+                rec.rlr_mean_scale = float(tel["mean_scale"])
         excluded = excluded_agents(tel, agents)
         if excluded is not None:
             rec.excluded = excluded
