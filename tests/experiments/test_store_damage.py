@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from robustlr.cli import app
 from robustlr.errors import RobustlrError
 from robustlr.experiments import store
+from robustlr.experiments import backends
 from robustlr.experiments import sweep as sweep_mod
 from robustlr.experiments.suite import load_suite
 from robustlr.sim.config import make_config
@@ -279,7 +280,7 @@ def test_a_sweep_reruns_finished_runs_whose_files_are_damaged(tmp_path, suite, m
     assert sorted(runs) == ["tiny-fedavg", "tiny-rlr"]
     _run(results, "tiny", "tiny-fedavg", cfg=runs["tiny-fedavg"], summary="[]")
     _run(results, "tiny", "tiny-rlr", cfg=runs["tiny-rlr"], model=False)
-    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(backends.subprocess, "Popen", _FakeChild)
     monkeypatch.setattr(sweep_mod.time, "sleep", lambda s: None)
     _FakeChild.started = []
     state = sweep_mod.sweep(suite, results, "lite", jobs=1)
@@ -307,7 +308,7 @@ def test_a_sweep_over_a_damaged_store_stops_before_any_run(tmp_path, suite, monk
     results = tmp_path / "results"
     results.mkdir()
     (results / store.DB_NAME).write_bytes(b"\x00garbage" * 100)
-    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(backends.subprocess, "Popen", _FakeChild)
     _FakeChild.started = []
     with pytest.raises(store.StoreError, match="rebuild it from the run folders"):
         sweep_mod.sweep(suite, results, "lite", jobs=1)
@@ -329,7 +330,7 @@ def test_the_sweep_command_prints_each_warning(tmp_path, suite, monkeypatch):
     results = tmp_path / "results"
     runs = {r.config.name: r.config for r in suite.runs("lite")}
     _run(results, "tiny", "tiny-fedavg", cfg=runs["tiny-fedavg"], summary="[]")
-    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(backends.subprocess, "Popen", _FakeChild)
     monkeypatch.setattr(sweep_mod.time, "sleep", lambda s: None)
     res, text = _cli("sweep", tmp_path / "tiny.toml", "-r", results, "-j", "1")
     assert res.exit_code == 0, res.output
