@@ -164,6 +164,16 @@ class ExperimentConfig(BaseModel):
         "clean|, where all send the mean poisoned update (x boost_factor); 'scale' sends the poisoned updates with "
         "only those coordinates x boost_factor")
     adaptive_top_fraction: float = Field(0.01, gt=0, le=1, description="adaptive: share of trainable coordinates attacked")
+    byzantine: Literal["none", "alie", "ipm", "min-max", "min-sum"] = Field(
+        "none", description="untargeted colluding attacks on convergence (simulator only; robustlr.attacks.byzantine): "
+        "every corrupt agent sends the same update crafted from the round's honest updates, on trainable "
+        "coordinates: 'alie' mean - z std (Baruch et al. 2019), 'ipm' -epsilon mean (Xie et al. 2020), 'min-max' / "
+        "'min-sum' mean + gamma p (Shejwalkar and Houmansadr 2021); measured by validation accuracy")
+    alie_z: float | None = Field(None, gt=0, description="byzantine = 'alie': z (default: the paper's z_max from the "
+                                 "agents and corrupt agents of the round)")
+    ipm_epsilon: float = Field(0.1, gt=0, description="byzantine = 'ipm': epsilon, the scale of the negated mean")
+    minmax_perturbation: Literal["std", "unit-vec", "sign"] = Field(
+        "std", description="byzantine = 'min-max' / 'min-sum': the direction p (-std, -mean/|mean|, -sign(mean))")
     poison_fraction: float = Field(0.5, gt=0, le=1, description="P: share of a corrupt agent's base-class samples poisoned")
     base_class: int = Field(5, ge=0)
     target_class: int = Field(7, ge=0)
@@ -364,8 +374,19 @@ class ExperimentConfig(BaseModel):
             problems.append("stealth_penalty is not implemented in the vectorized engine: use train_mode sequential, "
                             "processes or auto")
         model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"),
-                                         ("stealth_penalty", 0.0))
+                                         ("stealth_penalty", 0.0), ("byzantine", "none"))
                         if getattr(self, k) != off]
+        if self.byzantine != "none":
+            crafted = [k for k in model_attack if k != "byzantine"]
+            if crafted:
+                problems.append(f"byzantine = {self.byzantine!r} replaces the corrupt agents' updates entirely, so "
+                                f"{', '.join(crafted)} cannot act on them: leave them at their defaults")
+            if self.num_agents is not None and self.corrupt_fraction > 0:
+                per_round = self.agents_per_round(self.num_agents)
+                if per_round - min(per_round, self.num_corrupt(self.num_agents)) < 2:
+                    problems.append(f"byzantine = {self.byzantine!r} crafts its update from the spread of a round's "
+                                    f"honest updates, and a round of {per_round} agents may hold fewer than 2 honest "
+                                    f"ones: raise num_agents or participation, or lower corrupt_fraction")
         if model_attack and self.corrupt_fraction == 0:
             problems.append(f"{', '.join(model_attack)} set but corrupt_fraction = 0: no agent would attack")
         if self.adaptive == "scale" and self.boost_factor == 1.0:
@@ -477,6 +498,10 @@ class ExperimentConfig(BaseModel):
              f"trojan {self.trojan} in {self.dba_parts} parts (only the plus in 4 parts has a split choice)", True),
             (("stealth_multiple",), self.stealth != "project", "stealth = 'none'", True),
             (("adaptive_top_fraction",), self.adaptive == "none", "adaptive = 'none'", True),
+            (("alie_z",), self.byzantine != "alie", f"byzantine = {self.byzantine!r} (only alie)", True),
+            (("ipm_epsilon",), self.byzantine != "ipm", f"byzantine = {self.byzantine!r} (only ipm)", True),
+            (("minmax_perturbation",), self.byzantine not in ("min-max", "min-sum"),
+             f"byzantine = {self.byzantine!r} (only min-max and min-sum)", True),
             (("clip_scope",), self.clip_norm == 0, "clip_norm = 0 (no clipping)", True),
             (("poison_fraction", "corrupt_loss", "attack_from_round", "dba_parts", "dba_split"),
              self.corrupt_fraction == 0, "corrupt_fraction = 0 (a clean run)", False),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from robustlr.aggregation import ParamLayout
+from robustlr.attacks.byzantine import byzantine_update
 from robustlr.attacks.model import craft_updates
 from robustlr.errors import DataNotFoundError, OutputError, ResumeError, TrainingError
 from robustlr.sim import checkpoint, seeding
@@ -246,7 +247,7 @@ class Simulation:
         cfg, fed, ctx = self.cfg, self.fed, self.engine_ctx
         sampled = sample_agents(cfg, fed.num_agents, round_)
         attack = self.update_attack
-        attacking = attack.active and ctx.attacking(round_)
+        attacking = (attack.active or cfg.byzantine != "none") and ctx.attacking(round_)
         corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
         twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
         trained = self.engine.train_round(self.global_params, [int(a) for a in sampled] + twins, round_)
@@ -255,8 +256,28 @@ class Simulation:
         if len(corrupt_rows):
             rows = torch.from_numpy(corrupt_rows).to(updates.device)
             clean = trained.updates[n:] if twins else None
-            updates[rows] = craft_updates(updates[rows], attack, clean, self.layout.trainable_mask().to(updates.device))
+            trainable = self.layout.trainable_mask().to(updates.device)
+            if cfg.byzantine != "none":
+                updates[rows] = self._byzantine(updates, rows, trainable)
+            else:
+                updates[rows] = craft_updates(updates[rows], attack, clean, trainable)
         return updates, agents, trained.seconds
+
+    def _byzantine(self, updates: Tensor, rows: Tensor, trainable: Tensor) -> Tensor:
+        """The corrupt rows under ``cfg.byzantine``: every one the update crafted from the honest rows,
+        on trainable coordinates (batch-norm statistics stay what each trained: a crafted running
+        variance could turn negative)."""
+        cfg = self.cfg
+        honest_rows = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
+        honest_rows[rows] = False
+        try:
+            crafted = byzantine_update(cfg.byzantine, updates[honest_rows][:, trainable], updates.shape[0], len(rows),
+                                       z=cfg.alie_z, epsilon=cfg.ipm_epsilon, perturbation=cfg.minmax_perturbation)
+        except ValueError as exc:
+            raise TrainingError(f"byzantine = {cfg.byzantine!r}: {exc}") from exc
+        out = updates[rows].clone()
+        out[:, trainable] = crafted.to(out.dtype)[None]
+        return out
 
     def _kept(self) -> str:
         if self.out_dir is None:

@@ -209,6 +209,12 @@ class ExperimentStrategy(FedAvg):
 
 def check_flower_config(cfg: ExperimentConfig) -> None:
     """Refuse, before any work, what a Flower run cannot do."""
+    if cfg.byzantine != "none":
+        from robustlr.errors import ConfigError
+
+        raise ConfigError(f"byzantine = {cfg.byzantine!r}: the attack crafts the corrupt agents' update from the "
+                          f"round's honest updates, which a Flower client never sees; run it with the built-in "
+                          f"simulator (robustlr run)")
     if cfg.adaptive != "none":
         from robustlr.errors import ConfigError
 
