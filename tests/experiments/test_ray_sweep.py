@@ -31,31 +31,12 @@ from robustlr.experiments.suite import load_suite  # noqa: E402
 from robustlr.experiments.sweep import sweep  # noqa: E402
 from robustlr.sim.lifecycle import is_alive  # noqa: E402
 
-SUITE = """# a tiny suite for tests
-name = "tiny"
-preset = "demo-iid"
 
-[budget.lite]
-rounds = 3
-train_limit = 300
-precision = "fp32"
-checkpoint_every = 1
-eval_every = 1
+def _long(tiny: str) -> str:
+    """One run of the tiny suite, long enough to be killed in the middle."""
+    return (tiny.replace('name = "tiny"', 'name = "long"').replace("rounds = 3", "rounds = 5")
+            .replace('[[row]]\nlabel = "fedavg"\nrlr_threshold = 0\n\n', "").replace("seed = [0, 1]", "seed = [0]"))
 
-[[row]]
-label = "fedavg"
-rlr_threshold = 0
-
-[[row]]
-label = "rlr"
-
-[grid]
-seed = [0, 1]
-"""
-
-#: one run, long enough to be killed in the middle
-LONG = SUITE.replace('name = "tiny"', 'name = "long"').replace("rounds = 3", "rounds = 5").replace(
-    '[[row]]\nlabel = "fedavg"\nrlr_threshold = 0\n\n', "").replace("seed = [0, 1]", "seed = [0]")
 
 STORE_KEYS = ("config_hash", "suite", "label", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
               "backdoor_acc", "rounds", "engine", "path", "data_fingerprint")
@@ -92,21 +73,20 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def suites(tmp_path_factory):
+def suites(tmp_path_factory, tiny_suite_text):
     d = tmp_path_factory.mktemp("suites")
-    (d / "tiny.toml").write_text(SUITE)
-    (d / "long.toml").write_text(LONG)
+    (d / "tiny.toml").write_text(tiny_suite_text)
+    (d / "long.toml").write_text(_long(tiny_suite_text))
     return d
 
 
 @pytest.fixture(scope="module")
-def local(suites, tmp_path_factory, fmnist_dir):
-    """Both suites swept locally: the reference numbers."""
+def local(suites, tmp_path_factory, fmnist_dir, tiny_local_sweep):
+    """The long suite swept locally; with the tiny suite's local sweep (conftest), the reference numbers."""
     out = tmp_path_factory.mktemp("local")
-    for name in ("tiny", "long"):
-        state = sweep(load_suite(suites / f"{name}.toml"), out, "lite", jobs=2, data_dir=str(fmnist_dir))
-        assert (state.done, state.failed) == (len(load_suite(suites / f"{name}.toml").runs("lite")), [])
-    return out
+    state = sweep(load_suite(suites / "long.toml"), out, "lite", jobs=2, data_dir=str(fmnist_dir))
+    assert (state.done, state.failed) == (1, [])
+    return {"tiny": tiny_local_sweep, "long": out}
 
 
 def _models(results: Path, suite: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -137,8 +117,8 @@ def test_a_sweep_on_a_ray_cluster_equals_the_local_sweep(cluster, suites, local,
     state = sweep(load_suite(suites / "tiny.toml"), out, "lite", data_dir=str(fmnist_dir),
                   backend=RayBackend(address=cluster))
     assert (state.done, state.failed) == (4, [])
-    _same_models(local, out, "tiny")
-    local_rows = {n: r for n, r in _rows(local).items() if n.startswith("tiny-")}
+    _same_models(local["tiny"], out, "tiny")
+    local_rows = _rows(local["tiny"])
     assert _rows(out) == local_rows and len(local_rows) == 4
     # both nodes ran runs (one CPU each, two runs at once), each from a temporary folder shipped back
     nodes = {a[2] for f in (out / "tiny").iterdir() for a in _attempts(f)}
@@ -173,8 +153,8 @@ def test_a_run_whose_worker_dies_starts_again_from_its_checkpoint(storage, clust
     log = (folder / "sweep.log").read_text()
     assert "attempt 1 lost" in log and [a[0] for a in _attempts(folder)] == [1, 2], log
     assert "resuming" in log, log  # attempt 2 went on from the checkpoint, not from round 1
-    _same_models(local, out, "long")
-    assert _rows(out) == {n: r for n, r in _rows(local).items() if n.startswith("long-")}
+    _same_models(local["long"], out, "long")
+    assert _rows(out) == _rows(local["long"])
 
 
 def test_ctrl_c_on_the_driver_cancels_every_task(cluster, suites, tmp_path, fmnist_dir):

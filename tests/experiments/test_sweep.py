@@ -20,34 +20,6 @@ from robustlr.experiments.suite import list_suites, load_suite
 from robustlr.experiments.sweep import sweep
 from robustlr.sim.lifecycle import child_pids, is_alive
 
-SUITE = """# a tiny suite for tests
-name = "tiny"
-preset = "demo-iid"
-
-[budget.lite]
-rounds = 3
-train_limit = 300
-precision = "fp32"
-checkpoint_every = 1
-eval_every = 1
-
-[[row]]
-label = "fedavg"
-rlr_threshold = 0
-
-[[row]]
-label = "rlr"
-
-[grid]
-seed = [0, 1]
-"""
-
-
-@pytest.fixture
-def suite_file(tmp_path):
-    p = tmp_path / "tiny.toml"
-    p.write_text(SUITE)
-    return p
 
 
 def test_a_suite_expands_rows_times_grid(suite_file):
@@ -75,10 +47,9 @@ def _models(results):
     return {p.parent.name: torch.load(p, weights_only=True) for p in sorted((results / "tiny").glob("*/model.pt"))}
 
 
-def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, suite_file, fmnist_dir):
-    ref = tmp_path / "ref"
-    state = sweep(load_suite(suite_file), ref, "lite", jobs=2, data_dir=str(fmnist_dir))
-    assert (state.done, state.failed) == (4, [])
+def test_a_killed_sweep_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, suite_file, fmnist_dir,
+                                                                      tiny_local_sweep):
+    ref = tiny_local_sweep  # the tiny suite swept locally with -j 2 (conftest; shared with the Ray tests)
     from robustlr.sim.engines.select import available_cores
 
     # each run gets its share of the cores (cores // jobs threads, at least one)

@@ -146,6 +146,9 @@ class ExperimentConfig(BaseModel):
         "pixels, no pixel in two parts. Other trojans or part counts are always disjoint strips")
     attack_from_round: int = Field(
         1, ge=1, description="corrupt agents behave honestly (their clean data, the standard loss) before this round")
+    attack_until_round: int | None = Field(
+        None, ge=1, description="the attack window's last round: corrupt agents behave honestly after it (None: to "
+        "the end); the run records the backdoor's durability after it (backdoor_durability in summary.json)")
     boost_factor: float = Field(
         1.0, gt=0, description="model replacement (Bagdasaryan et al.): corrupt agents scale their updates' trainable "
         "coordinates by this factor (1 = off); with adaptive = 'scale', only the chosen coordinates. In (0, 1e4]: "
@@ -314,6 +317,15 @@ class ExperimentConfig(BaseModel):
                 problems.append(str(exc))
         if self.exact_only and self.dataset != "cifar10":
             problems.append(f"exact_only applies to cifar10 (the 97 JPEG-filled images of cifar10.npz), not {self.dataset}")
+        if self.attack_until_round is not None and self.corrupt_fraction > 0:
+            if self.attack_until_round < self.attack_from_round:
+                problems.append(f"attack_until_round={self.attack_until_round} ends the attack window before it "
+                                f"starts (attack_from_round={self.attack_from_round}): raise it, or unset it to "
+                                f"attack to the end")
+            elif self.attack_until_round >= self.rounds:
+                problems.append(f"attack_until_round={self.attack_until_round} is not before the last round "
+                                f"({self.rounds}): no round would show the backdoor's durability; lower it, or "
+                                f"unset it to attack to the end")
         if self.attack_from_round > self.rounds and self.corrupt_fraction > 0:
             problems.append(f"attack_from_round={self.attack_from_round} is after the last round ({self.rounds}): "
                             "the run would have no attack; lower it, or set corrupt_fraction = 0 for a clean run")
@@ -503,7 +515,7 @@ class ExperimentConfig(BaseModel):
             (("minmax_perturbation",), self.byzantine not in ("min-max", "min-sum"),
              f"byzantine = {self.byzantine!r} (only min-max and min-sum)", True),
             (("clip_scope",), self.clip_norm == 0, "clip_norm = 0 (no clipping)", True),
-            (("poison_fraction", "corrupt_loss", "attack_from_round", "dba_parts", "dba_split"),
+            (("poison_fraction", "corrupt_loss", "attack_from_round", "attack_until_round", "dba_parts", "dba_split"),
              self.corrupt_fraction == 0, "corrupt_fraction = 0 (a clean run)", False),
         ]
         out: dict[str, tuple[str, bool]] = {}

@@ -103,6 +103,7 @@ class Federation:
     # attack_from_round > 1: corrupt agent -> its rows with every poisoned one replaced by a clean copy
     honest_indices: dict[int, np.ndarray] = field(default_factory=dict)
     attack_from_round: int = 1
+    attack_until_round: int | None = None  # corrupt agents behave honestly after it (None: to the end)
 
     @property
     def num_agents(self) -> int:
@@ -236,7 +237,8 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         cfg.poison_fraction, lambda agent: seeding.numpy_rng(cfg.seed, seeding.SETUP, 3, agent))
 
     honest: dict[int, np.ndarray] = {}
-    if (cfg.attack_from_round > 1 or cfg.update_attack().needs_clean) and len(corrupt):
+    if (cfg.attack_from_round > 1 or cfg.attack_until_round is not None or cfg.update_attack().needs_clean) \
+            and len(corrupt):
         x, y, honest = honest_copies(x, y, ds.train_x, ds.train_y, agents, corrupt)
 
     test_y = ds.test_y
@@ -252,6 +254,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "data_source": ds.source,
         "dataset": registry.dataset_record(cfg.dataset, ds),
         "attack_from_round": int(cfg.attack_from_round),
+        "attack_until_round": cfg.attack_until_round,
     }
     if n_corrupt and cfg.attack != "label-flip" and ds.is_image:
         # the trojan-contrast diagnostic: how much the trojan changes the base class's test images
@@ -285,4 +288,5 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         notes=notes,
         honest_indices=honest,
         attack_from_round=int(cfg.attack_from_round),
+        attack_until_round=cfg.attack_until_round,
     )

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,15 @@ class RunSummary(BaseModel):
     base_acc: float | None = None
     backdoor_acc: float | None = None
     rlr_switch_round: int | None = None  # the first round RLR was on (None: never, or no RLR)
+    # the backdoor over time (robustlr.sim.records.backdoor_durability): the mean backdoor accuracy over
+    # the evaluated rounds (the area under the backdoor curve per evaluated round); with an attack
+    # window (attack_until_round b): its peak in rounds <= b, the rounds after b until it first falls
+    # below half that peak, and whether it never did before the run ended (then durability = rounds - b
+    # is a lower bound)
+    backdoor_auc: float | None = None
+    backdoor_peak: float | None = None
+    backdoor_durability: int | None = None
+    backdoor_durability_censored: bool | None = None
     # the final validation accuracy at or below 1.5 x chance (1 / classes): the model collapsed. Under
     # attack that is a result (the attack won), not a failure; None when nothing was evaluated
     collapsed: bool | None = None
@@ -117,6 +127,35 @@ class RunSummary(BaseModel):
     torch_version: str
     robustlr_version: str
     robustlr_commit: str | None = None
+
+
+def backdoor_durability(records: Sequence[RoundRecord], until: int | None, rounds: int) -> dict[str, Any]:
+    """The :class:`RunSummary` fields of the backdoor over time (see there) from the round records.
+
+    Example: evaluated rounds 1-5 with backdoor 0.2, 0.8, 0.6, 0.3, 0.5 and the window ending at
+    round 2: the peak is 0.8, round 4 (0.3 < 0.4) is the first below half of it, 2 rounds after.
+
+        >>> recs = [RoundRecord(round=r, agents=1, corrupt_in_round=0, evaluated=True, backdoor_acc=b)
+        ...         for r, b in enumerate([0.2, 0.8, 0.6, 0.3, 0.5], start=1)]
+        >>> out = backdoor_durability(recs, until=2, rounds=5)
+        >>> out["backdoor_peak"], out["backdoor_durability"], out["backdoor_durability_censored"]
+        (0.8, 2, False)
+        >>> round(out["backdoor_auc"], 4)
+        0.48
+    """
+    seen = [(r.round, r.backdoor_acc) for r in records if r.evaluated and r.backdoor_acc is not None]
+    out: dict[str, Any] = {"backdoor_auc": sum(b for _, b in seen) / len(seen) if seen else None}
+    if until is None:
+        return out
+    window = [b for r, b in seen if r <= until]
+    if not window:
+        return out
+    peak = max(window)
+    out["backdoor_peak"] = peak
+    below = next((r for r, b in seen if r > until and b < peak / 2), None)
+    out["backdoor_durability"] = (below - until) if below is not None else rounds - until
+    out["backdoor_durability_censored"] = below is None
+    return out
 
 
 def finite_or_none(obj: Any) -> Any:

@@ -43,7 +43,7 @@ from robustlr.models.registry import check_outputs
 from robustlr.sim import seeding
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.pretrain import InitModel, load_init_state
-from robustlr.sim.records import RoundRecord, RunSummary, is_collapsed, provenance
+from robustlr.sim.records import RoundRecord, RunSummary, backdoor_durability, is_collapsed, provenance
 
 log = logging.getLogger("robustlr")
 
@@ -360,6 +360,7 @@ def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, second
         name=cfg.name, rounds=cfg.rounds,
         **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
         rlr_switch_round=next((r.round for r in records if r.rlr_on), None),
+        **backdoor_durability(records, cfg.attack_until_round if cfg.corrupt_fraction > 0 else None, cfg.rounds),
         seconds=seconds, seconds_per_round=seconds / max(1, cfg.rounds),
         engine=engine, federation=dict(federation),
         init_model=init.record() if init is not None else None, **provenance(),

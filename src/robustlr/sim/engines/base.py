@@ -83,6 +83,7 @@ class EngineContext:
     # corrupt agents behave honestly before attack_from_round: these rows, the standard loss
     honest_indices: Mapping[int, np.ndarray] = field(default_factory=dict)
     attack_from_round: int = 1
+    attack_until_round: int | None = None  # and after this round (None: to the end)
     # attacks that need the corrupt agents' clean updates: corrupt agent -> the id under which it
     # trains on its clean rows (appended to agent_indices; the standard loss)
     clean_twins: Mapping[int, int] = field(default_factory=dict)
@@ -93,7 +94,11 @@ class EngineContext:
     model_spec: Any = None
 
     def attacking(self, round_: int | None) -> bool:
-        return round_ is None or round_ >= self.attack_from_round
+        """Whether corrupt agents attack in ``round_``: within [attack_from_round, attack_until_round]."""
+        if round_ is None:
+            return True
+        return round_ >= self.attack_from_round and (self.attack_until_round is None
+                                                     or round_ <= self.attack_until_round)
 
     def indices(self, agent: int, round_: int) -> np.ndarray:
         """The rows ``agent`` trains on in round ``round_``."""

@@ -97,6 +97,7 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
         honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
+        attack_until_round=fed.attack_until_round,
         penalties={int(a): cfg.stealth_penalty for a in fed.corrupt} if cfg.stealth_penalty > 0 else {},
         model_spec=None if model_spec(cfg.model).origin == "built in" else model_spec(cfg.model),
     )
