@@ -71,6 +71,8 @@ TIER_OF = {
     "tests/sim/test_rundir.py::test_processes": "multiprocess",
     "tests/experiments/test_sweep.py": "multiprocess",
     "tests/experiments/test_ray_sweep.py": "multiprocess",
+    # the worker-kill test with the run folder on shared storage repeats the [ship] one (45 s on 2 cores)
+    "tests/experiments/test_ray_sweep.py::test_a_run_whose_worker_dies_starts_again_from_its_checkpoint[shared]": "long",
     "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
     "tests/integrations/flower/test_simulation.py": "multiprocess",
     "tests/integrations/flower/test_example.py": "multiprocess",

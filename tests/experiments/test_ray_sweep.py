@@ -4,8 +4,9 @@
 Determinism: the tiny suite swept locally and on the cluster gives bitwise the same models and the
 same store rows. Faults: a run whose Ray worker is killed mid-run is started again from the last
 checkpoint the driver has and ends on the uninterrupted numbers; Ctrl-C on the driver leaves no
-worker and no run behind. Budget: about 2-3 min on 2 cores (the cluster's start ~15 s, five
-sweeps of one to four tiny runs)."""
+worker and no run behind. Budget: about 2.5 min on 2 cores (the cluster's start ~15 s, a local
+sweep of one run, Ray sweeps of one to four tiny runs; the tiny suite's local sweep is shared with
+test_sweep.py)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ def suites(tmp_path_factory, tiny_suite_text):
     d = tmp_path_factory.mktemp("suites")
     (d / "tiny.toml").write_text(tiny_suite_text)
     (d / "long.toml").write_text(_long(tiny_suite_text))
+    # one run that is sure to be mid-way when stopped (it is never run to its end)
+    (d / "endless.toml").write_text(_long(tiny_suite_text).replace('name = "long"', 'name = "endless"')
+                                    .replace("rounds = 5", "rounds = 200"))
     return d
 
 
@@ -130,6 +134,7 @@ def test_a_sweep_on_a_ray_cluster_equals_the_local_sweep(cluster, suites, local,
     assert (again.skipped, again.done, again.failed) == (4, 4, [])
 
 
+# [shared] is in the long tier (tests/conftest.py): it repeats [ship]'s 45 s with the folder written in place
 @pytest.mark.parametrize("storage", ["ship", "shared"])
 def test_a_run_whose_worker_dies_starts_again_from_its_checkpoint(storage, cluster, suites, local, tmp_path,
                                                                   fmnist_dir):
@@ -158,12 +163,14 @@ def test_a_run_whose_worker_dies_starts_again_from_its_checkpoint(storage, clust
 
 
 def test_ctrl_c_on_the_driver_cancels_every_task(cluster, suites, tmp_path, fmnist_dir):
+    """With --storage shared (every node sees the folder: one machine), so that path runs in the full tier."""
     out = tmp_path / "stopped"
     code = "import sys; from robustlr.cli import main; sys.argv = ['robustlr'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "sweep", str(suites / "long.toml"), "-r", str(out),
-                             "--data-dir", str(fmnist_dir), "--backend", "ray", "--address", cluster],
+    proc = subprocess.Popen([sys.executable, "-c", code, "sweep", str(suites / "endless.toml"), "-r", str(out),
+                             "--data-dir", str(fmnist_dir), "--backend", "ray", "--address", cluster,
+                             "--storage", "shared"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    folder = out / "long" / "long-rlr-seed=0"
+    folder = out / "endless" / "endless-rlr-seed=0"
     t0 = time.time()
     while time.time() - t0 < 120 and not _attempts(folder):
         time.sleep(0.2)

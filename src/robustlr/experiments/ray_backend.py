@@ -71,9 +71,9 @@ def _node_facts(marker: str | None) -> dict:
 
     import torch
 
-    import robustlr
+    from robustlr._version import __version__
 
-    return {"host": platform.node(), "robustlr": robustlr.__version__, "torch": torch.__version__,
+    return {"host": platform.node(), "robustlr": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "sees_results": marker is None or os.path.exists(marker)}
 
 
