@@ -37,3 +37,28 @@ def test_every_cell_is_the_committed_run():
         assert summary["rounds"] == config["rounds"] == 20, folder.name
         assert config["model"] == f"resnet20-{norm}" and config["dirichlet_alpha"] == 0.5
         assert cells == _expected(folder), (model, label)
+
+
+VARIANTS = {"RLR, theta 8 (the paper's rule)": "rlr", "RLR, conv/linear weights only": "rlr-weights",
+            "RLR, soft": "rlr-soft", "RLR, soft, weights only": "rlr-soft-weights"}
+
+
+def test_every_variant_cell_is_the_committed_run():
+    text = (ROOT / "docs" / "resnet.md").read_text()
+    section = text[text.index("## RLR's variants"):text.index("## Not run")]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| RLR")]
+    assert [r[0] for r in rows] == list(VARIANTS)
+    for label, keys, *cells in rows:
+        folder = RESULTS / f"cifar-resnet20-bn-{VARIANTS[label]}"
+        summary = json.loads((folder / "summary.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert summary["rounds"] == config["rounds"] == 20 and config["seed"] == 0
+        assert config.get("rlr_soft", False) == ("soft" in label)  # the plain run predates the key
+        assert config["rlr_scope"] == ("weights" if "weights" in label else "trainable")
+        flipped = sum(r["flipped_fraction"] for r in records) / len(records)
+        scales = [r["rlr_mean_scale"] for r in records if r.get("rlr_mean_scale") is not None]
+        assert cells == [f"{100 * summary['val_acc']:.1f}", f"{100 * summary['base_acc']:.1f}",
+                         f"{100 * summary['backdoor_acc']:.1f}", f"{100 * flipped:.1f} %",
+                         f"{sum(scales) / len(scales):.3f}" if scales else ""], label
