@@ -276,7 +276,7 @@ class RayBackend:
         self._cpus = 0
 
     def open(self, results: Path, configs: list[ExperimentConfig]) -> None:
-        ray = _ray()
+        ray = self.ray = _ray()
         if self.address:
             _probe_address(self.address)
         # Ray 2.55 warns that a later Ray stops overriding CUDA_VISIBLE_DEVICES for tasks without GPUs;
@@ -294,7 +294,6 @@ class RayBackend:
             except (ConnectionError, RuntimeError) as exc:
                 raise ConfigError(f"could not join the Ray cluster at {self.address or 'this machine'}: {exc}") from exc
             self._started_ray = True
-        self.ray = ray
         try:
             self._check(ray, results, configs)
         except BaseException:
@@ -353,8 +352,6 @@ class RayBackend:
         return _RayRun(self, cfg, folder, data_dir)
 
     def close(self) -> None:
-        if self._started_ray and self.ray is not None:
+        if self._started_ray:  # a cluster this backend joined or started: leave it
             self.ray.shutdown()
-        elif self._started_ray:
-            _ray().shutdown()
-        self._started_ray = False
+            self._started_ray = False

@@ -30,14 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from robustlr.errors import OutputError, RobustlrError
+from robustlr.errors import RobustlrError
 from robustlr.experiments import store
 from robustlr.experiments.backends import Backend, LocalBackend, RunHandle
 from robustlr.experiments.suite import Suite, SuiteRun
-from robustlr.sim.checkpoint import atomic_write_text, write_fix
+from robustlr.sim.checkpoint import atomic_write_text
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.lifecycle import sigterm_raises
-from robustlr.sim.rundir import read_run_config
+from robustlr.sim.rundir import prepare_out_dir, read_run_config
 
 _logger = logging.getLogger("robustlr")
 
@@ -86,18 +86,6 @@ def _reference_val_acc(base: Path, run: SuiteRun) -> float | None:
     return summary.val_acc if summary is not None else None
 
 
-def check_results_folder(results: Path) -> None:
-    """Refuse a results folder this process cannot write, before any run starts."""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        probe = results / f".robustlr-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"cannot write the results folder {results} ({exc.strerror or exc}): "
-                          f"{write_fix(exc)}, or pass another folder with --results") from exc
-
-
 def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = None, data_dir: str | None = None,
           on_update=None, on_warning: Callable[[str], None] | None = None, backend: Backend | None = None) -> SweepState:
     """Run ``suite``'s grid (see the module's text) on ``backend`` (default: :class:`LocalBackend`,
@@ -106,7 +94,7 @@ def sweep(suite: Suite, results: Path, budget: str = "lite", jobs: int | None = 
     whose files are damaged and that is run again (default: the ``robustlr`` logger);
     ``state.warnings`` keeps them too."""
     runs = suite.runs(budget)
-    check_results_folder(results)
+    prepare_out_dir(results, what="results folder", option="--results")
     store.check(results)  # a damaged store stops the sweep now, not when its first run is done
     backend = backend or LocalBackend()
     backend.open(results, [run.config for run in runs])  # an unreachable cluster stops the sweep before any run

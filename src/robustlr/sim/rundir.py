@@ -69,21 +69,23 @@ def read_run_config(path: Path, fix: str = "delete the run folder or choose anot
 NAME_MAX = 255
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Create ``out`` and check that it is a writable folder (before any work starts)."""
+def prepare_out_dir(out: Path, what: str = "run folder", option: str = "--out") -> None:
+    """Create ``out`` and check that it is a writable folder (before any work starts); ``what`` and
+    ``option`` name it in the errors (a sweep's results folder is ``--results``)."""
     long = next((p for p in out.parts if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX), None)
     if long is not None:  # else exists() raises "File name too long"
-        raise OutputError(f"--out {out}: the name {long[:20]}... is {len(long.encode('utf-8', 'surrogateescape'))} "
-                          f"bytes long; a folder or file name may have at most {NAME_MAX} bytes; choose a shorter --out")
+        raise OutputError(f"{option} {out}: the name {long[:20]}... is {len(long.encode('utf-8', 'surrogateescape'))} "
+                          f"bytes long; a folder or file name may have at most {NAME_MAX} bytes; choose a shorter "
+                          f"{option}")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the run's results")
+        raise OutputError(f"{option} {out} is a file, not a folder; choose a folder for the results")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".robustlr-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write the run folder {out}: {exc.strerror or exc}; choose another --out") from None
+        raise OutputError(f"cannot write the {what} {out}: {exc.strerror or exc}; choose another {option}") from None
 
 
 class RunLock:
