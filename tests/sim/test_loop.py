@@ -176,8 +176,8 @@ def test_malformed_update_is_rejected_and_logged(caplog, tiny):
     sim = Simulation(cfg, build_federation(cfg, ds))
     real = sim.engine.train_agent
 
-    def poisoned_train(g, idx, r, agent, loss_sign=1.0):
-        u = real(g, idx, r, agent, loss_sign)
+    def poisoned_train(g, idx, r, agent, loss_sign=1.0, grad_mask=None):
+        u = real(g, idx, r, agent, loss_sign, grad_mask)
         if agent == 2:
             u[5] = float("nan")
         return u

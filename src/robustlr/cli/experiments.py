@@ -11,6 +11,7 @@ import typer
 
 from robustlr.cli._common import (DataDirOpt, command_line, console, fail, fmt_eta, is_live, plain, stopped, styled,
                                   user_errors)
+from robustlr.experiments.suite import fmt_value
 from robustlr.sim.lifecycle import Terminated
 
 ResultsOpt = typer.Option(Path("results"), "--results", "-r", help="the results folder (run folders and results.sqlite)")
@@ -162,6 +163,68 @@ def _sweep_shown(s, results: Path, budget: str, jobs: Optional[int], data_dir: O
                               on_warning=lambda m: _warn(m, live.console), backend=backend)
             live.update(_status_table(state, s.name))
     return state
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from robustlr.errors import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give numbers separated by commas, e.g. 0.1,0.2,0.3") from None
+
+
+@user_errors
+def breakpoint_cmd(
+    suite: str = typer.Argument(..., help="a suite name (see `robustlr suites`) or a suite TOML file"),
+    key: str = typer.Option("corrupt_fraction", "--key", help="the config key searched over (corrupt_fraction; for "
+                            "a norm-bounded attack e.g. pgd_radius or boost_factor)"),
+    values: str = typer.Option("0.1,0.2,0.3,0.4", "--values", help="the grid, increasing, comma-separated"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="seeds, comma-separated (each searches on its own: the spread)"),
+    level: float = typer.Option(0.5, "--level", help="the level the metric must pass (0.5 = 50 %)"),
+    metric: str = typer.Option("backdoor_acc", "--metric", help="backdoor_acc, val_acc, base_acc or backdoor_auc"),
+    direction: str = typer.Option("above", "--direction", help="above: broken when metric >= level (a backdoor); "
+                                  "below: when metric <= level (validation accuracy under an untargeted attack)"),
+    rows: Optional[str] = typer.Option(None, "--rows", help="the suite's rows to search, comma-separated (default: all)"),
+    budget: str = typer.Option("lite", "--budget", help="lite (minutes on 2 cores) or paper"),
+    results: Path = ResultsOpt,
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="runs at once (default: the cores)"),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Find where each defense breaks: per row and seed, the smallest KEY on the grid at which the metric
+    passes the level, by bisection (resumable; probes are stored like a sweep's runs). Writes
+    RESULTS/SUITE/breakpoints-KEY.json and .png."""
+    from rich.table import Table
+
+    from robustlr.experiments.breakpoint import find_breakpoints
+    from robustlr.experiments.suite import load_suite
+    from robustlr.reports.plots import plot_breakpoints
+
+    s = load_suite(suite)
+    grid, seed_list = _floats(values, "--values"), [int(v) for v in _floats(seeds, "--seeds")]
+    chosen = [r.strip() for r in rows.split(",")] if rows else None
+    console.print(styled((s.name, "bold"), f": breakpoints over {key} in {values} ({metric} {direction} {level})"))
+    try:
+        rep = find_breakpoints(s, results, key, grid, seed_list, level, metric, direction, chosen, budget, jobs,
+                               str(data_dir) if data_dir else None,
+                               on_step=lambda step, runs: console.print(f"step {step}: {len(runs)} probe run(s)"))
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped(exc, "finished probes are kept. To go on, run the same command again",
+                command_line("breakpoint", suite, options={"--key": key, "--values": values, "--seeds": seeds,
+                                                           "--level": level, "--metric": metric,
+                                                           "--direction": direction, "--rows": rows,
+                                                           "--budget": budget, "-r": results, "-j": jobs,
+                                                           "--data-dir": data_dir}))
+    t = Table(title=f"{s.name}: smallest {key} at which {metric} {'>=' if direction == 'above' else '<='} {level}")
+    t.add_column("row")
+    t.add_column("breakpoint (mean +- sd)")
+    for sd in rep.seeds:
+        t.add_column(f"seed {sd}", justify="right")
+    for row in rep.rows:
+        t.add_row(row, rep.summary(row), *("held" if p is None else fmt_value(p) for p in rep.breakpoints(row)))
+    console.print(t)
+    png = plot_breakpoints(rep, results / s.name / f"breakpoints-{key}.png")
+    console.print(f"written: {results / s.name / f'breakpoints-{key}.json'}, {png}")
 
 
 @user_errors

@@ -269,6 +269,47 @@ def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[
     return path
 
 
+def plot_breakpoints(report, path: str | Path, title: str | None = None) -> Path:
+    """The defense x attack heatmap of a breakpoint search
+    (:class:`robustlr.experiments.breakpoint.BreakpointReport`, rows ``<defense>.<attack>``; other
+    labels are one column each): each cell's colour is the seeds' mean breakpoint (a seed that held on
+    the whole grid counts as one step beyond it, and the cell says so), annotated with mean +- sd."""
+    plt = pyplot()
+    import numpy as np
+
+    rows = list(report.rows)
+    split = [r.split(".", 1) if "." in r else [r, ""] for r in rows]
+    defenses = list(dict.fromkeys(d for d, _ in split))
+    attacks = list(dict.fromkeys(a for _, a in split))
+    values = [float(v) for v in report.values]
+    beyond = values[-1] + (values[-1] - values[-2] if len(values) > 1 else values[-1])
+    grid = np.full((len(defenses), len(attacks)), np.nan)
+    text: dict[tuple[int, int], str] = {}
+    for row, (d, a) in zip(rows, split):
+        points = [beyond if p is None else float(p) for p in report.breakpoints(row)]
+        i, j = defenses.index(d), attacks.index(a)
+        grid[i, j] = sum(points) / len(points)
+        text[(i, j)] = report.summary(row).replace(" +- ", "\n+- ").replace(" (", "\n(")
+    fig, ax = plt.subplots(figsize=(1.5 * len(attacks) + 3, 0.7 * len(defenses) + 2), constrained_layout=True)
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=values[0], vmax=beyond, aspect="auto")
+    for (i, j), t in text.items():
+        ax.text(j, i, t, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(attacks)))
+    ax.set_xticklabels(attacks, rotation=25, ha="right", fontsize=9)
+    ax.set_yticks(range(len(defenses)))
+    ax.set_yticklabels(defenses, fontsize=9)
+    what = METRIC_TITLES.get(report.metric, report.metric)
+    sign = ">=" if report.direction == "above" else "<="
+    fig.colorbar(im, ax=ax, label=f"breakpoint: smallest {report.key}")
+    ax.set_title(title or f"{report.suite}: the smallest {report.key} at which {what} {sign} "
+                 f"{100 * report.level:.0f} % (mean +- sd over seeds {', '.join(map(str, report.seeds))})",
+                 fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_partition(counts, classes: Sequence[str], corrupt: Sequence[int], path: str | Path, title: str) -> Path:
     """The agents x classes heatmap of a partition: each cell the number of the agent's samples of
     that class (annotated when there are at most 40 agents and 20 classes); corrupt agents' rows

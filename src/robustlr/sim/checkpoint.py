@@ -121,11 +121,15 @@ def append_line(path: Path, line: str) -> None:
 
 
 def save_checkpoint(path: Path, *, round_: int, global_params: torch.Tensor, rule_state: dict,
-                    records: list[dict], elapsed: float, identity: dict | None = None) -> None:
+                    records: list[dict], elapsed: float, identity: dict | None = None,
+                    attack_state: dict | None = None) -> None:
     """``identity``: what the run is made of beyond its config (the data's fingerprint, the model's
-    factory); a resume compares it (:func:`check_identity`)."""
+    factory); a resume compares it (:func:`check_identity`). ``attack_state``: what an attack carries
+    from round to round (Neurotoxin's last global update), so that a resumed run attacks as an
+    uninterrupted one."""
     atomic_save({"format": FORMAT, "version": VERSION, "round": round_, "global_params": global_params.cpu(),
-                 "rule_state": rule_state, "records": records, "elapsed": elapsed, "identity": identity or {}}, path)
+                 "rule_state": rule_state, "records": records, "elapsed": elapsed, "identity": identity or {},
+                 "attack_state": attack_state or {}}, path)
 
 
 def check_identity(path: Path, state: dict, identity: dict) -> None:

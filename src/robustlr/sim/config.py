@@ -161,6 +161,13 @@ class ExperimentConfig(BaseModel):
     stealth_penalty: float = Field(
         0.0, ge=0, description="mu: corrupt agents add mu/2 ||w - w_global||^2 to their loss, so their update stays "
         "close to the global model (an L2 anomaly-evasion term; 0 = off; not with train_mode vectorized)")
+    pgd_radius: float | None = Field(
+        None, gt=0, description="PGD (Sun et al. 2019; Wang et al. 2020): corrupt agents project their weights onto "
+        "||w - w_global|| <= pgd_radius after every local step while they attack (None = off; robustlr.attacks.local)")
+    neurotoxin_top_percent: float | None = Field(
+        None, gt=0, lt=100, description="Neurotoxin (Zhang et al. 2022): corrupt agents mask out of their gradients, "
+        "at every local step, the top k % of trainable coordinates by |last global update| (None = off; the authors' "
+        "runs use 5, i.e. --gradmask_ratio 0.95; robustlr.attacks.local)")
     adaptive: Literal["none", "sign", "scale"] = Field(
         "none", description="adaptive attacks on the sign vote (colluding corrupt agents, simulator only): 'sign' "
         "sends their clean updates except on the top adaptive_top_fraction coordinates of |mean poisoned - mean "
@@ -386,7 +393,8 @@ class ExperimentConfig(BaseModel):
             problems.append("stealth_penalty is not implemented in the vectorized engine: use train_mode sequential, "
                             "processes or auto")
         model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"),
-                                         ("stealth_penalty", 0.0), ("byzantine", "none"))
+                                         ("stealth_penalty", 0.0), ("pgd_radius", None),
+                                         ("neurotoxin_top_percent", None), ("byzantine", "none"))
                         if getattr(self, k) != off]
         if self.byzantine != "none":
             crafted = [k for k in model_attack if k != "byzantine"]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from robustlr.aggregation import ParamLayout
 from robustlr.attacks.byzantine import byzantine_update
+from robustlr.attacks.local import neurotoxin_mask
 from robustlr.attacks.model import craft_updates
 from robustlr.errors import DataNotFoundError, OutputError, ResumeError, TrainingError
 from robustlr.sim import checkpoint, seeding
@@ -114,6 +115,9 @@ class Simulation:
         self.update_attack = cfg.update_attack()
         self.engine_ctx = engine_context(cfg, fed, self.device)
         self.engine = build_engine(self.engine_ctx, select_mode(cfg, fed.agent_sizes, self.device))
+        self._trainable = self.layout.trainable_mask().to(self.device)
+        # Neurotoxin: the last global update w_t - w_{t-1} (None before the first server step)
+        self.last_update: Tensor | None = None
         self.records: list[RoundRecord] = []
         self.start_round = 1
         self.elapsed = 0.0
@@ -166,6 +170,8 @@ class Simulation:
         self.global_params = state["global_params"].to(self.device)
         self.server.load_state_dict(state["rule_state"])
         self.records = [RoundRecord.model_validate(r) for r in state["records"]]
+        last = (state.get("attack_state") or {}).get("last_update")
+        self.last_update = last.to(self.device) if last is not None else None
         self.start_round = state["round"] + 1
         self.elapsed = state["elapsed"]
         log.info("resuming %s from round %d", self.out_dir, self.start_round)
@@ -197,7 +203,9 @@ class Simulation:
         assert self.out_dir is not None
         checkpoint.save_checkpoint(self.out_dir / checkpoint.NAME, round_=round_, global_params=self.global_params,
                                    rule_state=self.server.state_dict(), records=[r.model_dump() for r in self.records],
-                                   elapsed=self.elapsed, identity=self._identity())
+                                   elapsed=self.elapsed, identity=self._identity(),
+                                   attack_state={"last_update": self.last_update.cpu()}
+                                   if self.last_update is not None else None)
 
     def _identity(self) -> dict:
         """What the run is made of beyond its config: the data's fingerprint, the model's factory."""
@@ -215,12 +223,14 @@ class Simulation:
         cfg, fed = self.cfg, self.fed
         t0 = time.perf_counter()
         updates, agents, seconds_training = self._train_round(round_)
-        before = self.global_params.clone() if self.observers else None
+        before = self.global_params.clone() if self.observers or self.cfg.neurotoxin_top_percent else None
         try:
             step = self.server.step(round_, self.global_params, updates, agents, self.records)
         except TrainingError as exc:
             raise TrainingError(f"{exc} {self._kept()}") from exc
         rec = step.record
+        if self.cfg.neurotoxin_top_percent:
+            self.last_update = self.global_params - before
         if step.aggregate is not None:
             for obs in self.observers:  # read-only views of the round (analysis, e.g. parameter attribution)
                 obs.after_step(StepView(round_, before, self.global_params, step.updates, step.corrupt,
@@ -250,13 +260,17 @@ class Simulation:
         attacking = (attack.active or cfg.byzantine != "none") and ctx.attacking(round_)
         corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
         twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
-        trained = self.engine.train_round(self.global_params, [int(a) for a in sampled] + twins, round_)
+        grad_mask = None  # Neurotoxin: the corrupt agents' gradients avoid the last global update's top coordinates
+        if cfg.neurotoxin_top_percent and ctx.attacking(round_) and self.last_update is not None:
+            grad_mask = neurotoxin_mask(self.last_update, self._trainable, cfg.neurotoxin_top_percent)
+        trained = self.engine.train_round(self.global_params, [int(a) for a in sampled] + twins, round_,
+                                          grad_mask=grad_mask)
         n = len(sampled)
         updates, agents = trained.updates[:n], trained.agent_ids[:n]
         if len(corrupt_rows):
             rows = torch.from_numpy(corrupt_rows).to(updates.device)
             clean = trained.updates[n:] if twins else None
-            trainable = self.layout.trainable_mask().to(updates.device)
+            trainable = self._trainable
             if cfg.byzantine != "none":
                 updates[rows] = self._byzantine(updates, rows, trainable)
             else:

@@ -215,6 +215,13 @@ def check_flower_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"byzantine = {cfg.byzantine!r}: the attack crafts the corrupt agents' update from the "
                           f"round's honest updates, which a Flower client never sees; run it with the built-in "
                           f"simulator (robustlr run)")
+    if cfg.neurotoxin_top_percent is not None:
+        from robustlr.errors import ConfigError
+
+        raise ConfigError("neurotoxin_top_percent: Neurotoxin masks the corrupt agents' gradients with the last global "
+                          "update, which a Flower client sees only in rounds it was sampled in twice running and "
+                          "robustlr's ClientApp does not keep; run it with the built-in simulator (robustlr run). "
+                          "pgd_radius, an agent's own projection, runs in Flower")
     if cfg.adaptive != "none":
         from robustlr.errors import ConfigError
 

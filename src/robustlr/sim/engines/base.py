@@ -5,7 +5,9 @@ An engine trains the agents of a round from the global weights and returns their
     engine.train_round(global_params, agent_ids, round_) -> RoundUpdates
 
 ``global_params`` is the flat global vector (:class:`robustlr.aggregation.ParamLayout`),
-``agent_ids`` the agents sampled in the round, ``round_`` the round number (1-based). Row i
+``agent_ids`` the agents sampled in the round, ``round_`` the round number (1-based),
+``grad_mask`` (optional, ``(numel,)`` float 0/1) the round's Neurotoxin mask, which multiplies the
+gradients of the agents :meth:`EngineContext.masked` names at every step. Row i
 of ``RoundUpdates.updates`` is agent ``agent_ids[i]``'s update, its local weights minus the
 global ones. ``engine.close()`` releases what the engine holds (worker processes).
 
@@ -13,7 +15,8 @@ Every engine implements the same local training, step for step: SGD with momentu
 cross-entropy (times the agent's loss sign, plus a corrupt agent's proximity penalty
 ``mu/2 ||w - w_global||^2`` where the config sets ``stealth_penalty``), gradient-norm clipping, ``E`` epochs of shuffled
 mini-batches from :func:`batch_plan` (the last one may be short), the PGD projection onto the
-L2 ball of radius ``clip_norm`` after every step when it is set, and dropout masks drawn
+L2 ball of :meth:`EngineContext.radius` after every step when it is set (``clip_norm``, or a
+corrupt agent's PGD radius), the round's gradient mask for Neurotoxin agents, and dropout masks drawn
 from ``(seed, round, agent)``. So an agent's update does not depend on the engine's order of
 work or on which agents were trained before it.
 
@@ -92,6 +95,11 @@ class EngineContext:
     # a model that is not built in (registered, an entry point, an import string): its spec, which
     # worker processes receive with the context instead of looking the name up
     model_spec: Any = None
+    # attacks on the corrupt agents' own training (robustlr.attacks.local), while they attack:
+    # agent -> the radius of its PGD projection onto ||w - w_global|| <= eps after every step
+    pgd_radii: Mapping[int, float] = field(default_factory=dict)
+    # Neurotoxin: the agents whose gradients the round's mask (train_round's grad_mask) restricts
+    masked_agents: frozenset[int] = frozenset()
 
     def attacking(self, round_: int | None) -> bool:
         """Whether corrupt agents attack in ``round_``: within [attack_from_round, attack_until_round]."""
@@ -111,6 +119,18 @@ class EngineContext:
         if not self.attacking(round_):
             return 0.0
         return float(self.penalties.get(int(agent), 0.0))
+
+    def radius(self, agent: int, round_: int | None = None) -> float:
+        """The radius of the L2 ball ``agent`` projects its weights onto after every step in
+        ``round_`` (0: none): the smaller of ``clip_norm`` (every agent) and its PGD radius (a
+        corrupt agent while it attacks)."""
+        radii = [r for r in (self.settings.clip_norm,
+                             self.pgd_radii.get(int(agent), 0.0) if self.attacking(round_) else 0.0) if r > 0]
+        return float(min(radii)) if radii else 0.0
+
+    def masked(self, agent: int, round_: int | None = None) -> bool:
+        """Whether the round's gradient mask (Neurotoxin) restricts ``agent``'s gradients in ``round_``."""
+        return int(agent) in self.masked_agents and self.attacking(round_)
 
     def loss_sign(self, agent: int, round_: int | None = None) -> float:
         """The sign of ``agent``'s loss in round ``round_`` (+1 before the attack starts)."""
@@ -136,7 +156,8 @@ class RoundUpdates:
 class Engine(Protocol):
     name: str
 
-    def train_round(self, global_params: Tensor, agent_ids: Sequence[int], round_: int) -> RoundUpdates:
+    def train_round(self, global_params: Tensor, agent_ids: Sequence[int], round_: int,
+                    grad_mask: Tensor | None = None) -> RoundUpdates:
         ...
 
     def close(self) -> None:

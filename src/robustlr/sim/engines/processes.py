@@ -60,7 +60,8 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _init_worker(ctx: EngineContext, global_flat: torch.Tensor, out: torch.Tensor, parent_pid: int) -> None:
+def _init_worker(ctx: EngineContext, global_flat: torch.Tensor, out: torch.Tensor, grad_mask: torch.Tensor,
+                 parent_pid: int) -> None:
     die_with_parent(parent_pid)
     # the run's SIGTERM handler is inherited through fork: a worker just ends on SIGTERM; Ctrl-C
     # reaches the whole process group, and the parent, not each worker, handles it
@@ -70,10 +71,11 @@ def _init_worker(ctx: EngineContext, global_flat: torch.Tensor, out: torch.Tenso
     _W["engine"] = SequentialEngine(ctx)
     _W["global"] = global_flat
     _W["out"] = out
+    _W["mask"] = grad_mask
 
 
-def _train_task(row: int, indices: np.ndarray, round_: int, agent: int, loss_sign: float) -> int:
-    upd = _W["engine"].train_agent(_W["global"], indices, round_, agent, loss_sign)
+def _train_task(row: int, indices: np.ndarray, round_: int, agent: int, loss_sign: float, masked: bool) -> int:
+    upd = _W["engine"].train_agent(_W["global"], indices, round_, agent, loss_sign, _W["mask"] if masked else None)
     _W["out"][row].copy_(upd)
     return row
 
@@ -113,6 +115,8 @@ class ProcessesEngine:
         ctx.train_y.share_memory_()
         self.global_flat = torch.zeros(numel, dtype=torch.float32).share_memory_()
         self.out = torch.zeros((ctx.max_agents, numel), dtype=torch.float32).share_memory_()
+        # the round's Neurotoxin mask (only for a context with masked agents)
+        self.grad_mask = torch.ones(numel if ctx.masked_agents else 1, dtype=torch.float32).share_memory_()
         # the workers need no agent table: each task carries its agent's indices
         self._worker_ctx = replace(ctx, agent_indices=(), honest_indices={})
         self._pool: ProcessPoolExecutor | None = None
@@ -122,12 +126,13 @@ class ProcessesEngine:
             mp_ctx = tmp.get_context(_start_method())
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=mp_ctx, initializer=_init_worker,
-                initargs=(self._worker_ctx, self.global_flat, self.out, os.getpid()),
+                initargs=(self._worker_ctx, self.global_flat, self.out, self.grad_mask, os.getpid()),
             )
             atexit.register(self.close)
         return self._pool
 
-    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int) -> RoundUpdates:
+    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int,
+                    grad_mask: torch.Tensor | None = None) -> RoundUpdates:
         """Train the agents; row i of the result is agent i's update (as the sequential engine).
 
         The updates are a view into shared memory, valid until the next call."""
@@ -137,13 +142,16 @@ class ProcessesEngine:
         if n > self.out.shape[0]:
             raise EngineError(f"{n} agents in a round but the engine was sized for {self.out.shape[0]}")
         self.global_flat.copy_(global_params)
+        masked = grad_mask is not None and bool(self.ctx.masked_agents)
+        if masked:
+            self.grad_mask.copy_(grad_mask)
         pool = self._ensure_pool()
         indices = [self.ctx.indices(a, round_) for a in ids]
         # largest agents first, so that the last task to finish is a short one
         order = sorted(range(n), key=lambda i: -len(indices[i]))
         try:
             futures = [pool.submit(_train_task, i, np.asarray(indices[i]), round_, int(ids[i]),
-                                   self.ctx.loss_sign(ids[i], round_)) for i in order]
+                                   self.ctx.loss_sign(ids[i], round_), masked) for i in order]
             for f in futures:
                 f.result()
         except BrokenProcessPool as exc:

@@ -99,5 +99,7 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         honest_indices=fed.honest_indices, attack_from_round=fed.attack_from_round,
         attack_until_round=fed.attack_until_round,
         penalties={int(a): cfg.stealth_penalty for a in fed.corrupt} if cfg.stealth_penalty > 0 else {},
+        pgd_radii={int(a): cfg.pgd_radius for a in fed.corrupt} if cfg.pgd_radius else {},
+        masked_agents=frozenset(int(a) for a in fed.corrupt) if cfg.neurotoxin_top_percent else frozenset(),
         model_spec=None if model_spec(cfg.model).origin == "built in" else model_spec(cfg.model),
     )

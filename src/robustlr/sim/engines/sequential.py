@@ -57,15 +57,17 @@ class SequentialEngine:
         self.layout = ParamLayout.from_module(self.model)
         self.x = ctx.train_x
         self.y = ctx.train_y
+        self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int) -> RoundUpdates:
+    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int,
+                    grad_mask: torch.Tensor | None = None) -> RoundUpdates:
         t0 = time.perf_counter()
         ids = np.asarray(agent_ids, dtype=np.int64)
         out = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
         for i, agent in enumerate(ids):
             out[i].copy_(self.train_agent(global_params, self.ctx.indices(agent, round_), round_, int(agent),
-                                          self.ctx.loss_sign(agent, round_)))
+                                          self.ctx.loss_sign(agent, round_), grad_mask))
         return RoundUpdates(out, ids, time.perf_counter() - t0)
 
     def close(self) -> None:
@@ -77,8 +79,11 @@ class SequentialEngine:
             self.model.load_state_dict(state, strict=True)
 
     def train_agent(self, global_flat: torch.Tensor, indices: np.ndarray, round_: int, agent: int,
-                    loss_sign: float = 1.0) -> torch.Tensor:
+                    loss_sign: float = 1.0, grad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Train one agent from the global weights; return its update (local minus global).
+
+        ``grad_mask``: the round's Neurotoxin mask over the flat layout; it restricts the gradients
+        of an agent the context names (:meth:`EngineContext.masked`) and is ignored for the others.
 
         On the CPU the agent trains on exactly ``threads`` intra-op threads (restored
         afterwards): the backward convolutions sum in a thread-count-dependent order, and one
@@ -90,13 +95,17 @@ class SequentialEngine:
             before = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
-                return self._train(global_flat, indices, round_, agent, loss_sign)
+                return self._train(global_flat, indices, round_, agent, loss_sign, grad_mask)
             finally:
                 torch.set_num_threads(before)
-        return self._train(global_flat, indices, round_, agent, loss_sign)
+        return self._train(global_flat, indices, round_, agent, loss_sign, grad_mask)
+
+    def _param_masks(self, grad_mask: torch.Tensor) -> list[torch.Tensor]:
+        state = self.layout.unflatten(grad_mask.to(self.device, torch.float32))
+        return [state[n].to(p.dtype) for n, p in zip(self.param_names, self.params)]
 
     def _train(self, global_flat: torch.Tensor, indices: np.ndarray, round_: int, agent: int,
-               loss_sign: float) -> torch.Tensor:
+               loss_sign: float, grad_mask: torch.Tensor | None = None) -> torch.Tensor:
         self._load(global_flat)
         model = self.model
         model.train()
@@ -105,7 +114,9 @@ class SequentialEngine:
         opt = torch.optim.SGD(self.params, lr=self.s.lr, momentum=self.s.momentum)
         idx = torch.as_tensor(indices, dtype=torch.int64)
         mu = self.ctx.penalty(agent, round_)
-        start = [p.detach().clone() for p in self.params] if self.s.clip_norm > 0 or mu > 0 else None
+        radius = self.ctx.radius(agent, round_)
+        masks = self._param_masks(grad_mask) if grad_mask is not None and self.ctx.masked(agent, round_) else None
+        start = [p.detach().clone() for p in self.params] if radius > 0 or mu > 0 else None
         drop_gen = seeding.torch_generator(self.s.seed, seeding.DROPOUT, round_, agent)
         shapes = self.shapes
         autocast = self.s.autocast(self.device)
@@ -130,11 +141,13 @@ class SequentialEngine:
                 if mu > 0:  # stealth: stay close to the global model (start holds its parameters)
                     loss = loss + 0.5 * mu * sum(((p - s0) ** 2).sum() for p, s0 in zip(self.params, start))
                 loss.backward()
+                if masks is not None:  # Neurotoxin: only the coordinates the honest agents change least
+                    torch._foreach_mul_([p.grad for p in self.params], masks)
                 if self.s.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self.params, self.s.grad_clip)
                 opt.step()
-                if self.s.clip_norm > 0:
-                    project_(self.params, start, self.s.clip_norm)
+                if radius > 0:
+                    project_(self.params, start, radius)
         return self.layout.flatten(model).sub_(global_flat)
 
 

@@ -74,21 +74,32 @@ class VectorizedEngine:
     def close(self) -> None:
         pass
 
-    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int) -> RoundUpdates:
+    def train_round(self, global_params: torch.Tensor, agent_ids: Sequence[int], round_: int,
+                    grad_mask: torch.Tensor | None = None) -> RoundUpdates:
         t0 = time.perf_counter()
         ids = np.asarray(agent_ids, dtype=np.int64)
         out = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
         self._train_into(out, global_params, [self.ctx.indices(a, round_) for a in ids], round_, [int(a) for a in ids],
-                         [self.ctx.loss_sign(a, round_) for a in ids])
+                         [self.ctx.loss_sign(a, round_) for a in ids], grad_mask)
         return RoundUpdates(out, ids, time.perf_counter() - t0)
 
     def _train_into(self, out: torch.Tensor, global_flat: torch.Tensor, indices: list[np.ndarray], round_: int,
-                    agents: list[int], loss_signs: list[float] | None = None) -> None:
+                    agents: list[int], loss_signs: list[float] | None = None,
+                    grad_mask: torch.Tensor | None = None) -> None:
         k = len(agents)
         s = self.s
         self.model.train()
         params = self._stack_global(global_flat, k)
-        start = {n: p.clone() for n, p in params.items()} if s.clip_norm > 0 else None
+        # per agent: the radius of its projection after every step (inf: none), and whether the
+        # round's Neurotoxin mask restricts its gradients
+        radii = torch.tensor([self.ctx.radius(a, round_) or float("inf") for a in agents], dtype=torch.float32,
+                             device=self.device)
+        start = {n: p.clone() for n, p in params.items()} if bool(torch.isfinite(radii).any()) else None
+        masked = torch.tensor([grad_mask is not None and self.ctx.masked(a, round_) for a in agents], device=self.device)
+        grad_masks = None
+        if bool(masked.any()):
+            state = self.layout.unflatten(grad_mask.to(self.device, torch.float32))
+            grad_masks = {n: state[n].to(torch.float32) for n in self.names}
         self._bufs: dict[str, torch.Tensor] | None = None  # momentum, created at the first step
         plans = [batch_plan(s, len(idx), round_, a) for idx, a in zip(indices, agents)]
         idx_t = [torch.as_tensor(idx, dtype=torch.int64) for idx in indices]
@@ -118,9 +129,14 @@ class VectorizedEngine:
                                       f"random numbers in its forward pass outside nn.Dropout (e.g. F.dropout), "
                                       f"which vmap cannot replay; use nn.Dropout layers, or train_mode = "
                                       f"'sequential' or 'processes'") from exc
+                if grad_masks is not None:  # Neurotoxin: the masked agents' gradients on their coordinates only
+                    rows = masked if whole else masked[g_idx.to(self.device)]
+                    if bool(rows.any()):
+                        for n in self.names:
+                            grads[n][rows] *= grad_masks[n]
                 self._sgd_step(params, p_g, grads, g_idx, whole)
                 if start is not None:
-                    self._project(params, start, g_idx, whole)
+                    self._project(params, start, g_idx, whole, radii if whole else radii[g_idx.to(self.device)])
         with torch.no_grad():
             state = self.layout.unflatten(global_flat)
             for i in range(k):
@@ -158,8 +174,7 @@ class VectorizedEngine:
                 params[n].index_copy_(0, g_idx, p_g[n].sub_(step, alpha=s.lr))
 
     @torch.no_grad()
-    def _project(self, params, start, g_idx, whole) -> None:
-        r = self.s.clip_norm
+    def _project(self, params, start, g_idx, whole, r) -> None:
         sel = (lambda v: v) if whole else (lambda v: v[g_idx])
         diffs = {n: sel(params[n]) - sel(start[n]) for n in self.names}
         norm = torch.stack([d.flatten(1).pow(2).sum(1) for d in diffs.values()]).sum(0).sqrt()
