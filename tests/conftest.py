@@ -74,6 +74,8 @@ TIER_OF = {
     # the worker-kill test with the run folder on shared storage repeats the [ship] one (45 s on 2 cores)
     "tests/experiments/test_ray_sweep.py::test_a_run_whose_worker_dies_starts_again_from_its_checkpoint[shared]": "long",
     "tests/experiments/test_suite_grid.py::test_a_sweep_resolves": "multiprocess",
+    "tests/experiments/test_breakpoint.py::test_a_search_runs": "multiprocess",
+    "tests/attacks/test_local.py::test_every_engine_applies_the_local_attacks_as_the_reference": "multiprocess",
     "tests/integrations/flower/test_simulation.py": "multiprocess",
     "tests/integrations/flower/test_example.py": "multiprocess",
     "tests/integrations/flower/test_deployment.py": "deployment",

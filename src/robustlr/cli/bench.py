@@ -42,6 +42,28 @@ def engines(
 
 @app.command()
 @user_errors
+def attacks(
+    preset: str = typer.Option("iid-fedavg", "--preset", help="the preset whose model, agents and F are used (at "
+                               "the lite budget's local settings: 6,000 images, E 1, B 64)"),
+    names: Optional[List[str]] = typer.Option(None, "--attack", help="only this attack (repeatable; names as in the "
+                                              "table)"),
+    repeats: int = typer.Option(3, "--repeats", help="timed rounds per attack (median reported)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """What each attack adds to a round's local work, timed alternately with a plain trojan round."""
+    from robustlr.bench.attacks import format_table, run_benchmark
+
+    rows = run_benchmark(preset, names, repeats)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print(f"preset {preset}, {rows[0]['agents']} agents per round, sequential engine on one thread; "
+                      f"median of {repeats} rounds after a warm-up, each beside a trojan round")
+        console.print(format_table(rows), highlight=False)
+
+
+@app.command()
+@user_errors
 def aggregation(
     agents: Optional[List[int]] = typer.Option(None, "--agents", help="numbers of agents (repeatable; default 10, 40, 100)"),
     params: int = typer.Option(1_200_000, "--params", help="parameters per update"),
