@@ -174,3 +174,12 @@ def test_flower_refuses_neurotoxin_and_takes_pgd():
     with pytest.raises(ConfigError, match="last global update"):
         check_flower_config(make_config({**BASE, "neurotoxin_top_percent": 5}))
     check_flower_config(make_config({**BASE, "pgd_radius": 1.0}))
+
+
+@pytest.mark.parametrize("module, examples", [("robustlr.attacks.local", 2), ("robustlr.attacks.a3fl", 1)])
+def test_the_docstring_examples_hold(module, examples):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= examples and result.failed == 0

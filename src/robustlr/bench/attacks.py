@@ -30,6 +30,8 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "trojan": {},
     "neurotoxin": {"neurotoxin_top_percent": 5.0},
     "pgd": {"pgd_radius": 0.4},
+    "a3fl (K 20)": {"trigger_optimisation": "a3fl", "a3fl_iterations": 20},
+    "a3fl (K 200, the authors')": {"trigger_optimisation": "a3fl"},
     "pgd-boost": {"pgd_radius": 0.4, "boost_factor": 10.0},
     "stealth (clean twin)": {"boost_factor": 10.0, "stealth": "project"},
     "adaptive-sign (twins)": {"adaptive": "sign", "corrupt_fraction": 0.3},

@@ -168,6 +168,19 @@ class ExperimentConfig(BaseModel):
         None, gt=0, lt=100, description="Neurotoxin (Zhang et al. 2022): corrupt agents mask out of their gradients, "
         "at every local step, the top k % of trainable coordinates by |last global update| (None = off; the authors' "
         "runs use 5, i.e. --gradmask_ratio 0.95; robustlr.attacks.local)")
+    trigger_optimisation: Literal["none", "a3fl"] = Field(
+        "none", description="a3fl (Zhang et al. 2023): each attacked round the corrupt agents optimise their trigger "
+        "on the trojan's region against the global model and an adversarially hardened copy of it, then train with it; "
+        "the backdoor test set uses the latest trigger (attack = 'trojan' on images; simulator only; "
+        "robustlr.attacks.a3fl)")
+    a3fl_iterations: int = Field(200, ge=1, description="a3fl: K, trigger iterations per round (the authors' "
+                                 "trigger_outter_epochs)")
+    a3fl_lr: float = Field(0.01, gt=0, description="a3fl: the trigger's sign step in normalised pixel units (the "
+                           "authors' trigger_lr)")
+    a3fl_adv_epochs: int = Field(5, ge=0, description="a3fl: epochs of the adversarial (trigger-unlearning) model per "
+                                 "iteration (the authors' dm_adv_epochs; 0 = none, the global model only)")
+    a3fl_lambda: float = Field(0.01, ge=0, description="a3fl: the adversarial model's weight in the trigger loss (the "
+                               "authors' noise_loss_lambda)")
     adaptive: Literal["none", "sign", "scale"] = Field(
         "none", description="adaptive attacks on the sign vote (colluding corrupt agents, simulator only): 'sign' "
         "sends their clean updates except on the top adaptive_top_fraction coordinates of |mean poisoned - mean "
@@ -394,7 +407,8 @@ class ExperimentConfig(BaseModel):
                             "processes or auto")
         model_attack = [k for k, off in (("boost_factor", 1.0), ("stealth", "none"), ("adaptive", "none"),
                                          ("stealth_penalty", 0.0), ("pgd_radius", None),
-                                         ("neurotoxin_top_percent", None), ("byzantine", "none"))
+                                         ("neurotoxin_top_percent", None), ("trigger_optimisation", "none"),
+                                         ("byzantine", "none"))
                         if getattr(self, k) != off]
         if self.byzantine != "none":
             crafted = [k for k in model_attack if k != "byzantine"]
@@ -409,6 +423,12 @@ class ExperimentConfig(BaseModel):
                                     f"ones: raise num_agents or participation, or lower corrupt_fraction")
         if model_attack and self.corrupt_fraction == 0:
             problems.append(f"{', '.join(model_attack)} set but corrupt_fraction = 0: no agent would attack")
+        if self.trigger_optimisation == "a3fl" and self.attack != "trojan":
+            problems.append(f"trigger_optimisation = 'a3fl' optimises one trigger on the trojan's region: it needs "
+                            f"attack = 'trojan', not {self.attack!r}")
+        if self.trigger_optimisation == "a3fl" and not self.facts.image:
+            problems.append(f"trigger_optimisation = 'a3fl' draws a trigger on images, but {self.dataset} is not "
+                            f"images: use attack = 'label-flip' without it")
         if self.adaptive == "scale" and self.boost_factor == 1.0:
             problems.append("adaptive = 'scale' multiplies the chosen coordinates by boost_factor: set boost_factor "
                             "!= 1 (e.g. 10)")

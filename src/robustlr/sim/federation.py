@@ -104,6 +104,10 @@ class Federation:
     honest_indices: dict[int, np.ndarray] = field(default_factory=dict)
     attack_from_round: int = 1
     attack_until_round: int | None = None  # corrupt agents behave honestly after it (None: to the end)
+    # the rows of train_x with the trigger drawn (their clean images are the dataset's own rows) and
+    # the full trigger's region: what an attack that redraws the trigger (A3FL) changes
+    poisoned_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    trigger_mask: torch.Tensor | None = None
 
     @property
     def num_agents(self) -> int:
@@ -236,6 +240,7 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         ds.train_x, ds.train_y, agents, corrupt, masks, value, cfg.base_class, cfg.target_class,
         cfg.poison_fraction, lambda agent: seeding.numpy_rng(cfg.seed, seeding.SETUP, 3, agent))
 
+    poisoned_rows = torch.nonzero(y != ds.train_y).flatten().numpy().astype(np.int64)
     honest: dict[int, np.ndarray] = {}
     if (cfg.attack_from_round > 1 or cfg.attack_until_round is not None or cfg.update_attack().needs_clean) \
             and len(corrupt):
@@ -289,4 +294,6 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         honest_indices=honest,
         attack_from_round=int(cfg.attack_from_round),
         attack_until_round=cfg.attack_until_round,
+        poisoned_rows=poisoned_rows,
+        trigger_mask=full_mask if ds.is_image and cfg.attack == "trojan" else None,
     )

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from robustlr.aggregation import ParamLayout
 from robustlr.attacks.byzantine import byzantine_update
+from robustlr.attacks.a3fl import A3FLSettings, draw, optimise_trigger, quantise
 from robustlr.attacks.local import neurotoxin_mask
 from robustlr.attacks.model import craft_updates
 from robustlr.errors import DataNotFoundError, OutputError, ResumeError, TrainingError
@@ -25,7 +26,7 @@ from robustlr.sim import checkpoint, seeding
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines import build_engine, check_device, engine_context, select_mode
 from robustlr.sim.evaluation import evaluate
-from robustlr.sim.federation import Federation
+from robustlr.sim.federation import Federation, normalise
 from robustlr.sim.lifecycle import sigterm_raises
 from robustlr.sim.preflight import check_runnable
 from robustlr.sim.pretrain import pretrain_into_cache, resolve_init_model
@@ -118,6 +119,8 @@ class Simulation:
         self._trainable = self.layout.trainable_mask().to(self.device)
         # Neurotoxin: the last global update w_t - w_{t-1} (None before the first server step)
         self.last_update: Tensor | None = None
+        # A3FL: the trigger (normalised float, C x H x W), optimised each attacked round
+        self.trigger: Tensor | None = self._initial_trigger() if cfg.trigger_optimisation == "a3fl" else None
         self.records: list[RoundRecord] = []
         self.start_round = 1
         self.elapsed = 0.0
@@ -170,8 +173,12 @@ class Simulation:
         self.global_params = state["global_params"].to(self.device)
         self.server.load_state_dict(state["rule_state"])
         self.records = [RoundRecord.model_validate(r) for r in state["records"]]
-        last = (state.get("attack_state") or {}).get("last_update")
+        attack_state = state.get("attack_state") or {}
+        last = attack_state.get("last_update")
         self.last_update = last.to(self.device) if last is not None else None
+        if attack_state.get("trigger") is not None:  # the federation was built with the plain trojan: redraw
+            self.trigger = attack_state["trigger"]
+            self._draw_trigger()
         self.start_round = state["round"] + 1
         self.elapsed = state["elapsed"]
         log.info("resuming %s from round %d", self.out_dir, self.start_round)
@@ -204,8 +211,57 @@ class Simulation:
         checkpoint.save_checkpoint(self.out_dir / checkpoint.NAME, round_=round_, global_params=self.global_params,
                                    rule_state=self.server.state_dict(), records=[r.model_dump() for r in self.records],
                                    elapsed=self.elapsed, identity=self._identity(),
-                                   attack_state={"last_update": self.last_update.cpu()}
-                                   if self.last_update is not None else None)
+                                   attack_state=self._attack_state())
+
+    def _attack_state(self) -> dict:
+        """What the attacks carry from round to round (the checkpoint keeps it)."""
+        out = {}
+        if self.last_update is not None:
+            out["last_update"] = self.last_update.cpu()
+        if self.trigger is not None:
+            out["trigger"] = self.trigger.cpu()
+        return out
+
+    # -- A3FL's trigger
+    def _initial_trigger(self) -> Tensor:
+        """The trojan as drawn (the dataset's ink on its region), normalised: round one's starting trigger."""
+        ds = self.fed.dataset
+        value = ds.ink if self.cfg.trojan_value is None else self.cfg.trojan_value
+        c, h, w = ds.image_shape
+        u8 = torch.full((1, c, h, w), int(value), dtype=torch.uint8)
+        return normalise(u8, ds.mean, ds.std)[0]
+
+    def _draw_trigger(self) -> None:
+        """Draw the trigger (rounded to uint8 pixels) on every poisoned training row and on the backdoor
+        test set, in place of the one drawn before."""
+        fed, ds = self.fed, self.fed.dataset
+        mask = fed.trigger_mask
+        u8 = quantise(self.trigger, ds.mean, ds.std)
+        rows = torch.from_numpy(fed.poisoned_rows)
+        if len(rows):
+            images = fed.train_x.images
+            drawn = images[rows]
+            drawn[:, :, mask] = u8[:, mask]
+            images[rows] = drawn
+        fed.backdoor_x = draw(fed.base_x, mask, normalise(u8[None], ds.mean, ds.std)[0])
+
+    def _optimise_trigger(self, round_: int) -> None:
+        cfg, fed, ds = self.cfg, self.fed, self.fed.dataset
+        rows = torch.from_numpy(fed.poisoned_rows)
+        if not len(rows):
+            return
+        self.model.load_state_dict(self.layout.unflatten(self.global_params))
+        images = normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device)
+        labels = ds.train_y[rows].to(self.device)
+        low = normalise(torch.zeros((1, ds.image_shape[0], 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten()
+        high = normalise(torch.full((1, ds.image_shape[0], 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten()
+        settings = A3FLSettings(iterations=cfg.a3fl_iterations, lr=cfg.a3fl_lr, adv_epochs=cfg.a3fl_adv_epochs,
+                                lam=cfg.a3fl_lambda)
+        gen = seeding.torch_generator(cfg.seed, seeding.TRIGGER, round_)
+        self.trigger = optimise_trigger(self.model, images, labels, fed.trigger_mask.to(self.device),
+                                        self.trigger.to(self.device), cfg.target_class, low.to(self.device),
+                                        high.to(self.device), settings, gen).cpu()
+        self._draw_trigger()
 
     def _identity(self) -> dict:
         """What the run is made of beyond its config: the data's fingerprint, the model's factory."""
@@ -260,6 +316,8 @@ class Simulation:
         attacking = (attack.active or cfg.byzantine != "none") and ctx.attacking(round_)
         corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
         twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
+        if self.trigger is not None and ctx.attacking(round_):
+            self._optimise_trigger(round_)
         grad_mask = None  # Neurotoxin: the corrupt agents' gradients avoid the last global update's top coordinates
         if cfg.neurotoxin_top_percent and ctx.attacking(round_) and self.last_update is not None:
             grad_mask = neurotoxin_mask(self.last_update, self._trainable, cfg.neurotoxin_top_percent)

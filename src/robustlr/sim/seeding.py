@@ -19,6 +19,7 @@ DROPOUT = 4  # an agent's dropout masks in a round
 NOISE = 5  # server noise in a round
 INIT = 6  # model initialisation
 SUBSET = 7  # train_limit subset
+TRIGGER = 8  # an optimised trigger's batch order in a round (A3FL)
 
 
 def seed_of(seed: int, purpose: int, *coords: int) -> int:

@@ -222,6 +222,12 @@ def check_flower_config(cfg: ExperimentConfig) -> None:
                           "update, which a Flower client sees only in rounds it was sampled in twice running and "
                           "robustlr's ClientApp does not keep; run it with the built-in simulator (robustlr run). "
                           "pgd_radius, an agent's own projection, runs in Flower")
+    if cfg.trigger_optimisation != "none":
+        from robustlr.errors import ConfigError
+
+        raise ConfigError(f"trigger_optimisation = {cfg.trigger_optimisation!r}: the corrupt agents optimise one "
+                          f"trigger together on all their images, and a Flower client trains alone; run it with the "
+                          f"built-in simulator (robustlr run)")
     if cfg.adaptive != "none":
         from robustlr.errors import ConfigError
 
