@@ -176,7 +176,8 @@ def test_flower_refuses_neurotoxin_and_takes_pgd():
     check_flower_config(make_config({**BASE, "pgd_radius": 1.0}))
 
 
-@pytest.mark.parametrize("module, examples", [("robustlr.attacks.local", 2), ("robustlr.attacks.a3fl", 1)])
+@pytest.mark.parametrize("module, examples", [("robustlr.attacks.local", 2), ("robustlr.attacks.a3fl", 1),
+                                             ("robustlr.attacks.f3ba", 3)])
 def test_the_docstring_examples_hold(module, examples):
     import doctest
     import importlib

@@ -32,6 +32,7 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "pgd": {"pgd_radius": 0.4},
     "a3fl (K 20)": {"trigger_optimisation": "a3fl", "a3fl_iterations": 20},
     "a3fl (K 200, the authors')": {"trigger_optimisation": "a3fl"},
+    "f3ba": {"trigger_optimisation": "f3ba"},
     "pgd-boost": {"pgd_radius": 0.4, "boost_factor": 10.0},
     "stealth (clean twin)": {"boost_factor": 10.0, "stealth": "project"},
     "adaptive-sign (twins)": {"adaptive": "sign", "corrupt_fraction": 0.3},
@@ -67,7 +68,7 @@ def _simulation(base: dict, overrides: dict, ds: ImageDataset):
 
     cfg = make_config({**base, **overrides, "name": "bench-attacks"})
     sim = Simulation(cfg, build_federation(cfg, ds))
-    if cfg.neurotoxin_top_percent:  # as from round 2 on: a last global update to mask with
+    if cfg.neurotoxin_top_percent or cfg.trigger_optimisation == "f3ba":  # as from round 2: a last global update
         g = torch.Generator().manual_seed(0)
         sim.last_update = torch.randn(sim.layout.numel, generator=g) * 1e-3
     return sim

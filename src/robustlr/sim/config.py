@@ -168,11 +168,16 @@ class ExperimentConfig(BaseModel):
         None, gt=0, lt=100, description="Neurotoxin (Zhang et al. 2022): corrupt agents mask out of their gradients, "
         "at every local step, the top k % of trainable coordinates by |last global update| (None = off; the authors' "
         "runs use 5, i.e. --gradmask_ratio 0.95; robustlr.attacks.local)")
-    trigger_optimisation: Literal["none", "a3fl"] = Field(
+    trigger_optimisation: Literal["none", "a3fl", "f3ba"] = Field(
         "none", description="a3fl (Zhang et al. 2023): each attacked round the corrupt agents optimise their trigger "
         "on the trojan's region against the global model and an adversarially hardened copy of it, then train with it; "
-        "the backdoor test set uses the latest trigger (attack = 'trojan' on images; simulator only; "
-        "robustlr.attacks.a3fl)")
+        "f3ba (Fang and Chen 2023): they flip the signs of the least important weights to match an optimised trigger "
+        "and train from the flipped model. The backdoor test set uses the latest trigger (attack = 'trojan' on images; "
+        "simulator only; robustlr.attacks.a3fl, robustlr.attacks.f3ba)")
+    f3ba_conv_rate: float = Field(0.02, gt=0, lt=1, description="f3ba: share of each convolution's weights that are "
+                                  "flip candidates (the authors' conv_rate)")
+    f3ba_fc_rate: float = Field(0.001, gt=0, lt=1, description="f3ba: share of each linear layer's weights that are "
+                                "flip candidates (the authors' fc_rate)")
     a3fl_iterations: int = Field(200, ge=1, description="a3fl: K, trigger iterations per round (the authors' "
                                  "trigger_outter_epochs)")
     a3fl_lr: float = Field(0.01, gt=0, description="a3fl: the trigger's sign step in normalised pixel units (the "
@@ -423,12 +428,16 @@ class ExperimentConfig(BaseModel):
                                     f"ones: raise num_agents or participation, or lower corrupt_fraction")
         if model_attack and self.corrupt_fraction == 0:
             problems.append(f"{', '.join(model_attack)} set but corrupt_fraction = 0: no agent would attack")
-        if self.trigger_optimisation == "a3fl" and self.attack != "trojan":
-            problems.append(f"trigger_optimisation = 'a3fl' optimises one trigger on the trojan's region: it needs "
+        opt = self.trigger_optimisation
+        if opt != "none" and self.attack != "trojan":
+            problems.append(f"trigger_optimisation = {opt!r} optimises one trigger on the trojan's region: it needs "
                             f"attack = 'trojan', not {self.attack!r}")
-        if self.trigger_optimisation == "a3fl" and not self.facts.image:
-            problems.append(f"trigger_optimisation = 'a3fl' draws a trigger on images, but {self.dataset} is not "
+        if opt != "none" and not self.facts.image:
+            problems.append(f"trigger_optimisation = {opt!r} draws a trigger on images, but {self.dataset} is not "
                             f"images: use attack = 'label-flip' without it")
+        if opt == "f3ba" and self.pgd_radius is not None:
+            problems.append("trigger_optimisation = 'f3ba' trains the corrupt agents from a flipped model, so a PGD "
+                            "ball around their starting point would not bound their update: leave pgd_radius unset")
         if self.adaptive == "scale" and self.boost_factor == 1.0:
             problems.append("adaptive = 'scale' multiplies the chosen coordinates by boost_factor: set boost_factor "
                             "!= 1 (e.g. 10)")

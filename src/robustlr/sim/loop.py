@@ -120,7 +120,19 @@ class Simulation:
         # Neurotoxin: the last global update w_t - w_{t-1} (None before the first server step)
         self.last_update: Tensor | None = None
         # A3FL: the trigger (normalised float, C x H x W), optimised each attacked round
-        self.trigger: Tensor | None = self._initial_trigger() if cfg.trigger_optimisation == "a3fl" else None
+        self.trigger: Tensor | None = self._initial_trigger() if cfg.trigger_optimisation != "none" else None
+        # the attacks that read the last global update: Neurotoxin, F3BA
+        self._tracks_update = bool(cfg.neurotoxin_top_percent) or cfg.trigger_optimisation == "f3ba"
+        if cfg.trigger_optimisation == "f3ba":  # refused before any round: the model must suit the attack
+            from robustlr.attacks.f3ba import layers
+
+            convs, _ = layers(self.model)
+            if not convs or convs[0][1].in_channels != fed.dataset.image_shape[0]:
+                from robustlr.errors import ConfigError
+
+                raise ConfigError(f"trigger_optimisation = 'f3ba' flips the first convolution's filters to the "
+                                  f"trigger, but model {cfg.model!r} has no Conv2d on its input images first: use "
+                                  f"'a3fl', or a convolutional model")
         self.records: list[RoundRecord] = []
         self.start_round = 1
         self.elapsed = 0.0
@@ -245,23 +257,36 @@ class Simulation:
             images[rows] = drawn
         fed.backdoor_x = draw(fed.base_x, mask, normalise(u8[None], ds.mean, ds.std)[0])
 
-    def _optimise_trigger(self, round_: int) -> None:
+    def _optimise_trigger(self, round_: int) -> Tensor | None:
+        """A3FL or F3BA's work before the round's training: the new trigger, drawn; for F3BA also the
+        flipped model the corrupt agents start from (flat; None where there is none: F3BA's first
+        round, which has no previous global model, trains as the plain trojan)."""
         cfg, fed, ds = self.cfg, self.fed, self.fed.dataset
         rows = torch.from_numpy(fed.poisoned_rows)
-        if not len(rows):
-            return
+        if not len(rows) or (cfg.trigger_optimisation == "f3ba" and self.last_update is None):
+            return None
         self.model.load_state_dict(self.layout.unflatten(self.global_params))
         images = normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device)
         labels = ds.train_y[rows].to(self.device)
         low = normalise(torch.zeros((1, ds.image_shape[0], 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten()
         high = normalise(torch.full((1, ds.image_shape[0], 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten()
+        gen = seeding.torch_generator(cfg.seed, seeding.TRIGGER, round_)
+        mask, low, high = fed.trigger_mask.to(self.device), low.to(self.device), high.to(self.device)
+        if cfg.trigger_optimisation == "f3ba":
+            from robustlr.attacks.f3ba import F3BASettings, handcraft
+
+            previous = self.layout.unflatten(self.global_params - self.last_update)
+            state, trigger = handcraft(self.model, previous, images, mask, self.trigger.to(self.device), low, high,
+                                       F3BASettings(conv_rate=cfg.f3ba_conv_rate, fc_rate=cfg.f3ba_fc_rate), gen)
+            self.trigger = trigger.cpu()
+            self._draw_trigger()
+            return self.layout.flatten(state).to(self.device)
         settings = A3FLSettings(iterations=cfg.a3fl_iterations, lr=cfg.a3fl_lr, adv_epochs=cfg.a3fl_adv_epochs,
                                 lam=cfg.a3fl_lambda)
-        gen = seeding.torch_generator(cfg.seed, seeding.TRIGGER, round_)
-        self.trigger = optimise_trigger(self.model, images, labels, fed.trigger_mask.to(self.device),
-                                        self.trigger.to(self.device), cfg.target_class, low.to(self.device),
-                                        high.to(self.device), settings, gen).cpu()
+        self.trigger = optimise_trigger(self.model, images, labels, mask, self.trigger.to(self.device),
+                                        cfg.target_class, low, high, settings, gen).cpu()
         self._draw_trigger()
+        return None
 
     def _identity(self) -> dict:
         """What the run is made of beyond its config: the data's fingerprint, the model's factory."""
@@ -279,13 +304,13 @@ class Simulation:
         cfg, fed = self.cfg, self.fed
         t0 = time.perf_counter()
         updates, agents, seconds_training = self._train_round(round_)
-        before = self.global_params.clone() if self.observers or self.cfg.neurotoxin_top_percent else None
+        before = self.global_params.clone() if self.observers or self._tracks_update else None
         try:
             step = self.server.step(round_, self.global_params, updates, agents, self.records)
         except TrainingError as exc:
             raise TrainingError(f"{exc} {self._kept()}") from exc
         rec = step.record
-        if self.cfg.neurotoxin_top_percent:
+        if self._tracks_update:
             self.last_update = self.global_params - before
         if step.aggregate is not None:
             for obs in self.observers:  # read-only views of the round (analysis, e.g. parameter attribution)
@@ -316,24 +341,38 @@ class Simulation:
         attacking = (attack.active or cfg.byzantine != "none") and ctx.attacking(round_)
         corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
         twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
+        crafted = None  # F3BA: the flipped model the corrupt agents start from
         if self.trigger is not None and ctx.attacking(round_):
-            self._optimise_trigger(round_)
+            crafted = self._optimise_trigger(round_)
         grad_mask = None  # Neurotoxin: the corrupt agents' gradients avoid the last global update's top coordinates
         if cfg.neurotoxin_top_percent and ctx.attacking(round_) and self.last_update is not None:
             grad_mask = neurotoxin_mask(self.last_update, self._trainable, cfg.neurotoxin_top_percent)
-        trained = self.engine.train_round(self.global_params, [int(a) for a in sampled] + twins, round_,
-                                          grad_mask=grad_mask)
+        ids = [int(a) for a in sampled] + twins
+        bad = [i for i, a in enumerate(ids) if i < len(sampled) and fed.is_corrupt(a)] if crafted is not None else []
+        if bad:
+            # F3BA: the corrupt agents train from the flipped model and send their local model minus the
+            # global one (the flips included); the others train from the global model
+            good = [i for i in range(len(ids)) if i not in bad]
+            first = self.engine.train_round(self.global_params, [ids[i] for i in good], round_, grad_mask=grad_mask)
+            all_updates = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
+            all_updates[good] = first.updates  # copied out before the engine reuses its buffer
+            second = self.engine.train_round(crafted, [ids[i] for i in bad], round_, grad_mask=grad_mask)
+            all_updates[bad] = second.updates + (crafted - self.global_params)
+            seconds = first.seconds + second.seconds
+        else:
+            trained = self.engine.train_round(self.global_params, ids, round_, grad_mask=grad_mask)
+            all_updates, seconds = trained.updates, trained.seconds
         n = len(sampled)
-        updates, agents = trained.updates[:n], trained.agent_ids[:n]
+        updates, agents = all_updates[:n], np.asarray(ids[:n], dtype=np.int64)
         if len(corrupt_rows):
             rows = torch.from_numpy(corrupt_rows).to(updates.device)
-            clean = trained.updates[n:] if twins else None
+            clean = all_updates[n:] if twins else None
             trainable = self._trainable
             if cfg.byzantine != "none":
                 updates[rows] = self._byzantine(updates, rows, trainable)
             else:
                 updates[rows] = craft_updates(updates[rows], attack, clean, trainable)
-        return updates, agents, trained.seconds
+        return updates, agents, seconds
 
     def _byzantine(self, updates: Tensor, rows: Tensor, trainable: Tensor) -> Tensor:
         """The corrupt rows under ``cfg.byzantine``: every one the update crafted from the honest rows,
