@@ -82,3 +82,27 @@ def test_a_store_from_before_the_collapse_flag_gains_it_from_its_numbers(tmp_pat
     con.close()
     flags = {r["name"]: r["collapsed"] for r in store.query(results)}
     assert flags == {"fm-low": 1, "fm-high": 0, "fe-62": 0, "fe-10": 1, "failed": None}
+
+
+def test_the_store_holds_the_attack_windows_measures_and_null_for_runs_without_them(tmp_path):
+    from robustlr.sim.records import RunSummary
+
+    results = tmp_path / "results"
+    base = dict(rounds=6, seconds=1.0, seconds_per_round=0.3, engine="serial", federation={}, machine={},
+                torch_version="0", robustlr_version="0", val_acc=0.8)
+    docs = {"window": RunSummary(name="window", backdoor_auc=0.4, backdoor_peak=0.9, backdoor_durability=2,
+                                 backdoor_durability_censored=False, **base).model_dump(),
+            "plain": RunSummary(name="plain", backdoor_auc=0.1, **base).model_dump(),
+            "old": RunSummary(name="old", **base).model_dump(exclude={"backdoor_auc", "backdoor_peak",
+                                                                       "backdoor_durability",
+                                                                       "backdoor_durability_censored"})}
+    for name, doc in docs.items():
+        folder = results / "s" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(make_config({"name": name, "rounds": 6}).to_json())
+        (folder / "summary.json").write_text(json.dumps(doc))
+        torch.save({"w": torch.zeros(1)}, folder / "model.pt")
+    assert store.rebuild(results) == 3
+    got = {r["name"]: (r["backdoor_auc"], r["backdoor_peak"], r["backdoor_durability"],
+                       r["backdoor_durability_censored"]) for r in store.query(results)}
+    assert got == {"window": (0.4, 0.9, 2, 0), "plain": (0.1, None, None, None), "old": (None, None, None, None)}

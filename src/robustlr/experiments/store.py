@@ -13,6 +13,9 @@ users' own queries)::
          robustlr_version TEXT,
          machine TEXT, updated TEXT,
          data_fingerprint TEXT,         -- the data that ran (robustlr.data.fingerprint)
+         backdoor_auc REAL,             -- the mean backdoor accuracy over the evaluated rounds
+         backdoor_peak REAL, backdoor_durability INTEGER,   -- with an attack window (attack_until_round):
+         backdoor_durability_censored INTEGER,              -- see robustlr.sim.records.backdoor_durability
          PRIMARY KEY (suite, name))     -- one row per run folder
 
 and every config key as a column of its own (``aggregator``, ``rlr_threshold``, ...), so a
@@ -61,7 +64,8 @@ log = logging.getLogger("robustlr")
 DB_NAME = "results.sqlite"
 _FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "val_acc", "val_loss", "base_acc",
           "backdoor_acc", "collapsed", "rlr_switch_round", "seconds", "rounds", "engine", "path", "robustlr_version", "machine",
-          "updated", "data_fingerprint"]
+          "updated", "data_fingerprint", "backdoor_auc", "backdoor_peak", "backdoor_durability",
+          "backdoor_durability_censored"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
 
 
@@ -236,7 +240,10 @@ def _write_row(con: sqlite3.Connection, results: Path, folder: Path, cfg: Experi
                    rlr_switch_round=s.rlr_switch_round, seconds=s.seconds, engine=s.engine,
                    robustlr_version=s.robustlr_version, machine=json.dumps(s.machine),
                    # which data ran (robustlr.data.fingerprint); NULL for summaries before robustlr 0.3
-                   data_fingerprint=(s.dataset or {}).get("fingerprint"))
+                   data_fingerprint=(s.dataset or {}).get("fingerprint"),
+                   # the attack window's measures (robustlr.sim.records.backdoor_durability); NULL where absent
+                   **{k: getattr(s, k, None) for k in ("backdoor_auc", "backdoor_peak", "backdoor_durability",
+                                                       "backdoor_durability_censored")})
     for k in _CONFIG_COLUMNS:
         row[k] = _value(getattr(cfg, k))
     names = ", ".join(f'"{k}"' for k in row)
