@@ -12,7 +12,7 @@ from robustlr.sim.engines import build_engine, engine_context
 from robustlr.sim.federation import build_federation
 from robustlr.sim.loop import Simulation
 
-BASE = {"dataset": "fashion-mnist", "rounds": 3, "num_agents": 4, "corrupt_fraction": 0.5, "poison_fraction": 0.5,
+BASE = {"dataset": "fashion-mnist", "rounds": 2, "num_agents": 4, "corrupt_fraction": 0.5, "poison_fraction": 0.5,
         "local_epochs": 1, "batch_size": 16, "eval_every": 1, "seed": 5, "train_mode": "sequential",
         "checkpoint_every": 1}
 
@@ -151,18 +151,16 @@ def test_a_neurotoxin_run_masks_with_the_last_global_update_and_resumes_bit_iden
     assert torch.equal(seen[1][1], neurotoxin_mask(update_1, trainable, 10))
     assert int((seen[1][1][trainable] == 0).sum()) == neurotoxin_count(10, int(trainable.sum()))
 
-    # a run stopped after round 2 and resumed gives the uninterrupted run's numbers (the checkpoint
+    # a run stopped after round 1 and resumed gives the uninterrupted run's numbers (the checkpoint
     # carries the last global update)
     whole = Simulation(cfg, build_federation(cfg, tiny()), out_dir=tmp_path / "whole").run()
     cut = make_config({**BASE, "neurotoxin_top_percent": 10})
     part = Simulation(cut, build_federation(cut, tiny()), out_dir=tmp_path / "cut")
-    for r in (1, 2):
-        rec = part.run_round(r)
-        part.records.append(rec)
-    part._checkpoint(2)
+    part.records.append(part.run_round(1))
+    part._checkpoint(1)
     part.close()
     resumed = Simulation(cut, build_federation(cut, tiny()), out_dir=tmp_path / "cut")
-    assert resumed.start_round == 3 and resumed.last_update is not None
+    assert resumed.start_round == 2 and resumed.last_update is not None
     res = resumed.run()
     assert torch.equal(res.global_params, whole.global_params)
     assert res.records[-1].val_acc == whole.records[-1].val_acc

@@ -7,10 +7,9 @@ from robustlr.errors import ConfigError
 
 
 def test_each_row_times_the_attack_beside_a_trojan_round():
-    rows = run_benchmark("iid-fedavg", ["trojan", "neurotoxin", "min-max"], repeats=1,
-                         overrides={"train_limit": 300, "batch_size": 32})
-    assert [r["attack"] for r in rows] == ["trojan", "neurotoxin", "min-max"]
-    assert [r["corrupt"] for r in rows] == [1, 1, 2]  # F 0.1 and 0.2 of 10 agents
+    rows = run_benchmark("iid-fedavg", ["trojan", "min-max"], repeats=1, overrides={"train_limit": 200, "batch_size": 32})
+    assert [r["attack"] for r in rows] == ["trojan", "min-max"]
+    assert [r["corrupt"] for r in rows] == [1, 2]  # F 0.1 and 0.2 of 10 agents
     for r in rows:
         assert r["ratio"] == pytest.approx(r["seconds_per_round"] / r["trojan_seconds_per_round"])
         assert r["extra_seconds"] == pytest.approx(r["seconds_per_round"] - r["trojan_seconds_per_round"])

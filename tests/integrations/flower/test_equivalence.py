@@ -51,9 +51,10 @@ def _both_paths(overrides: list[str], data_dir):
     ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2"],  # 5 of 10 agents per round, RLR from round 2
     ["init_model='WARM'", "attack_from_round=2"],           # a warm start, the corrupt agent honest in round 1
     ["boost_factor=20.0", "screen_norm_multiple=3.0"],      # a boosted update, rejected by the norm screen
-    ["boost_factor=10.0", "stealth='project'", "aggregator='multikrum'", "rlr_threshold=0"],
+    # the corrupt agent's own PGD (pgd_radius) runs in the ClientApp too
+    ["boost_factor=10.0", "stealth='project'", "pgd_radius=0.5", "aggregator='multikrum'", "rlr_threshold=0"],
 ], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-attack", "boost-screened",
-        "stealth-multikrum"])
+        "stealth-pgd-multikrum"])
 def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model

@@ -66,8 +66,9 @@ class SequentialEngine:
         ids = np.asarray(agent_ids, dtype=np.int64)
         out = torch.empty((len(ids), self.layout.numel), dtype=torch.float32, device=self.device)
         for i, agent in enumerate(ids):
-            out[i].copy_(self.train_agent(global_params, self.ctx.indices(agent, round_), round_, int(agent),
-                                          self.ctx.loss_sign(agent, round_), grad_mask))
+            args = (global_params, self.ctx.indices(agent, round_), round_, int(agent), self.ctx.loss_sign(agent, round_))
+            # the mask only when there is one: a train_agent wrapped or overridden with the older signature still works
+            out[i].copy_(self.train_agent(*args) if grad_mask is None else self.train_agent(*args, grad_mask))
         return RoundUpdates(out, ids, time.perf_counter() - t0)
 
     def close(self) -> None:

@@ -1,0 +1,117 @@
+"""docs/attacks.md's tables are the committed results' numbers (read only).
+
+The tables are built here from the results folder, and the test checks that each appears in the
+page verbatim. ``python tests/reports/test_attacks_doc.py RESULTS`` prints them (how the page's
+tables were written).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "attacks" / "results"
+
+BYZ_DEFENSES = ["fedavg", "rlr", "comed", "trimmed-mean", "multikrum", "flame"]
+BYZ_ATTACKS = ["clean", "alie", "ipm", "min-max"]
+WINDOW_ROWS = [f"{d}.{a}-window" for d in ("fedavg", "rlr") for a in ("trojan", "neurotoxin", "a3fl", "f3ba")]
+PGD_DEFENSES = ["fedavg", "rlr", "clip-noise", "screen", "flame", "multikrum"]
+
+
+def _pct(vals: list[float]) -> str:
+    vals = [100 * v for v in vals]
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.fmean(vals):.1f} +- {statistics.stdev(vals):.1f}"
+
+
+def _rows(results: Path) -> list[dict]:
+    from robustlr.experiments import store
+
+    return [r for r in store.query(results) if r["status"] == "done"]
+
+
+def _by_label(rows: list[dict], suites: set[str]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["label"], r["seed"])):
+        if r["suite"] in suites:
+            out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def tables(results: Path) -> dict[str, list[str]]:
+    """The page's tables, as Markdown lines, by name."""
+    rows = _rows(results)
+    out: dict[str, list[str]] = {}
+
+    g = _by_label(rows, {"attacks-byzantine-iid", "attacks-byzantine-iid-seeds"})
+    lines = ["| defense \\ attack | " + " | ".join(BYZ_ATTACKS) + " |", "|---" * (len(BYZ_ATTACKS) + 1) + "|"]
+    for d in BYZ_DEFENSES:
+        cells = []
+        for a in BYZ_ATTACKS:
+            rs = g.get(f"{d}.{a}", [])
+            cells.append("-" if not rs else _pct([r["val_acc"] for r in rs]) + (f" ({len(rs)})" if len(rs) > 1 else ""))
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    out["byzantine"] = lines
+
+    g = _by_label(rows, {"attacks-local-iid"})
+    lines = ["| row | seeds | backdoor peak % (rounds 1-12) | backdoor % at round 24 | durability (rounds after 12, "
+             "per seed) | backdoor AUC % | validation % |", "|---|---|---|---|---|---|---|"]
+    for label in WINDOW_ROWS:
+        rs = g.get(label, [])
+        if not rs:
+            continue
+        ss = [json.loads((results / r["path"] / "summary.json").read_text()) for r in rs]
+        dur = ", ".join(f"{s['backdoor_durability']}{'+' if s['backdoor_durability_censored'] else ''}" for s in ss)
+        lines.append(f"| {label} | {len(rs)} | {_pct([s['backdoor_peak'] for s in ss])} | "
+                     f"{_pct([r['backdoor_acc'] for r in rs])} | {dur} | {_pct([s['backdoor_auc'] for s in ss])} | "
+                     f"{_pct([r['val_acc'] for r in rs])} |")
+    out["durability"] = lines
+
+    g = _by_label(rows, {"attacks-pgd-iid"})
+    lines = ["| defense | backdoor % | validation % |", "|---|---|---|"]
+    for d in PGD_DEFENSES:
+        rs = g.get(f"{d}.pgd-boost", [])
+        if rs:
+            lines.append(f"| {d} | {_pct([r['backdoor_acc'] for r in rs])} | {_pct([r['val_acc'] for r in rs])} |")
+    out["pgd"] = lines
+
+    bp = results / "adversaries-iid" / "breakpoints-corrupt_fraction.json"
+    if bp.exists():
+        from robustlr.experiments.breakpoint import BreakpointReport
+        from robustlr.experiments.suite import fmt_value
+
+        rep = BreakpointReport.read(bp)
+        lines = ["| row | breakpoint F (mean +- sd) | " + " | ".join(f"seed {s}" for s in rep.seeds) + " | probes (F: backdoor %) |",
+                 "|---" * (len(rep.seeds) + 3) + "|"]
+        for row in rep.rows:
+            probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
+                               for r in rep.rows[row])
+            lines.append(f"| {row} | {rep.summary(row)} | "
+                         + " | ".join("held" if p is None else fmt_value(p) for p in rep.breakpoints(row))
+                         + f" | {probes} |")
+        out["breakpoints"] = lines
+    return out
+
+
+def test_every_table_of_the_page_is_the_stored_results(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)  # the store may be migrated on open: never touch the committed one
+    page = (ROOT / "docs" / "attacks.md").read_text()
+    built = tables(results)
+    assert set(built) == {"byzantine", "durability", "pgd", "breakpoints"}
+    for name, lines in built.items():
+        assert len(lines) > 2, name
+        for line in lines:
+            assert line in page, (name, line)
+
+
+if __name__ == "__main__":  # print the tables of a results folder
+    for name, lines in tables(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS).items():
+        print(f"<!-- {name} -->")
+        print("\n".join(lines))
+        print()
