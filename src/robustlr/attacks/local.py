@@ -1,8 +1,10 @@
 """Attacks on a corrupt agent's own local training: PGD onto a norm ball, and Neurotoxin.
 
 Both change how a corrupt agent trains on its poisoned data, step by step; every engine applies
-them (:mod:`robustlr.sim.engines`), and so does the Flower ClientApp for PGD (an agent's own
-behaviour). They act only while the corrupt agents attack (``attack_from_round`` ..
+them (:mod:`robustlr.sim.engines`), and so does the Flower ClientApp (an agent's own behaviour: for
+Neurotoxin a corrupt node keeps the global model it received in its context state, so its mask is
+the simulator's when it trains every round, and comes from an older difference when participation
+< 1 skipped it). They act only while the corrupt agents attack (``attack_from_round`` ..
 ``attack_until_round``), and compose with the update attacks of :mod:`robustlr.attacks.model`
 (``boost_factor`` after PGD is the "PGD with model replacement" of Wang et al.).
 

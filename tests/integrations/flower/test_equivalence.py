@@ -49,11 +49,12 @@ def _both_paths(overrides: list[str], data_dir):
 @pytest.mark.parametrize("overrides", [
     ["aggregator='sign'", "rlr_threshold=0", "clip_norm=4", "noise_sigma=0.001"],
     ["participation=0.5", "rlr_threshold=2", "rlr_from_round=2"],  # 5 of 10 agents per round, RLR from round 2
-    ["init_model='WARM'", "attack_from_round=2"],           # a warm start, the corrupt agent honest in round 1
+    # a warm start, the corrupt agent honest in round 1, then Neurotoxin with the update the node saw between rounds
+    ["init_model='WARM'", "attack_from_round=2", "neurotoxin_top_percent=5"],
     ["boost_factor=20.0", "screen_norm_multiple=3.0"],      # a boosted update, rejected by the norm screen
     # the corrupt agent's own PGD (pgd_radius) runs in the ClientApp too
     ["boost_factor=10.0", "stealth='project'", "pgd_radius=0.5", "aggregator='multikrum'", "rlr_threshold=0"],
-], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-attack", "boost-screened",
+], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-neurotoxin", "boost-screened",
         "stealth-pgd-multikrum"])
 def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):

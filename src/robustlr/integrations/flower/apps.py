@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from robustlr.aggregation import ParamLayout
 from robustlr.aggregation.screening import Rejection
+from robustlr.attacks.local import neurotoxin_mask
 from robustlr.attacks.model import craft_updates
 from robustlr.errors import TrainingError
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies
@@ -51,6 +52,8 @@ from robustlr.sim.server import Server, initial_model, run_summary
 CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
 SET_KEY = "robustlr-set"
+#: a corrupt node's context.state entry: the global model it received in its last round (Neurotoxin)
+PREVIOUS_GLOBAL_KEY = "robustlr-previous-global"
 OUT_KEY = "robustlr-out"
 TIMEOUT_KEY = "robustlr-round-timeout"  # seconds a round waits for replies; then it aggregates what it has
 
@@ -104,8 +107,17 @@ def train_message(msg: Message, context: Context, defaults: dict | None = None) 
     state = msg.content["arrays"].to_torch_state_dict()
     engine.model.load_state_dict(state)
     global_flat = engine.layout.flatten(engine.model)
-    update = engine.train_agent(global_flat, engine.ctx.indices(agent, round_), round_, agent,
-                                engine.ctx.loss_sign(agent, round_))
+    grad_mask = None
+    if cfg.neurotoxin_top_percent is not None and fed.is_corrupt(agent):
+        # Neurotoxin: the last global update is this round's global model minus the one this node received
+        # before (the simulator's w_t - w_{t-1} when the node trains every round, participation 1)
+        previous = context.state.get(PREVIOUS_GLOBAL_KEY)
+        if previous is not None and engine.ctx.masked(agent, round_):
+            last = global_flat - engine.layout.flatten(previous.to_torch_state_dict())
+            grad_mask = neurotoxin_mask(last, engine.layout.trainable_mask(), cfg.neurotoxin_top_percent)
+        context.state[PREVIOUS_GLOBAL_KEY] = ArrayRecord(state)
+    args = (global_flat, engine.ctx.indices(agent, round_), round_, agent, engine.ctx.loss_sign(agent, round_))
+    update = engine.train_agent(*args) if grad_mask is None else engine.train_agent(*args, grad_mask)
     attack = cfg.update_attack()
     if attack.active and fed.is_corrupt(agent) and engine.ctx.attacking(round_):
         check_flower_config(cfg)
@@ -215,13 +227,6 @@ def check_flower_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"byzantine = {cfg.byzantine!r}: the attack crafts the corrupt agents' update from the "
                           f"round's honest updates, which a Flower client never sees; run it with the built-in "
                           f"simulator (robustlr run)")
-    if cfg.neurotoxin_top_percent is not None:
-        from robustlr.errors import ConfigError
-
-        raise ConfigError("neurotoxin_top_percent: Neurotoxin masks the corrupt agents' gradients with the last global "
-                          "update, which a Flower client sees only in rounds it was sampled in twice running and "
-                          "robustlr's ClientApp does not keep; run it with the built-in simulator (robustlr run). "
-                          "pgd_radius, an agent's own projection, runs in Flower")
     if cfg.trigger_optimisation != "none":
         from robustlr.errors import ConfigError
 
