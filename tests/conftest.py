@@ -81,6 +81,10 @@ TIER_OF = {
     "tests/integrations/flower/test_deployment.py": "deployment",
     "tests/test_packaging.py": "packaging",
     "tests/integrations/flower/test_equivalence.py": "slow",
+    # whole runs with resume (12-25 s each on 2 cores): in the full tier, out of `make test`
+    "tests/attacks/test_local.py::test_a_neurotoxin_run_masks": "slow",
+    "tests/attacks/test_f3ba.py::test_corrupt_agents_start_from_the_flipped_model": "slow",
+    "tests/bench/test_attacks.py::test_each_row_times_the_attack": "slow",
     "tests/integrations/flower/test_untrusted_replies.py": "slow",
 }
 
