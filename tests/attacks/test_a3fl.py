@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlr.attacks.a3fl import (A3FLSettings, adversarial_model, draw, optimise_trigger, quantise, similarity,
-                                   trigger_step)
+from robustlr.attacks.a3fl import A3FLSettings, adversarial_model, draw, optimise_trigger, quantise, similarity
 from robustlr.errors import ConfigError
 from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation, normalise
