@@ -102,3 +102,17 @@ def test_a_row_that_pins_the_key_cannot_be_searched(tmp_path):
                  'corrupt_fraction = 0.2\n')
     with pytest.raises(ConfigError, match="set corrupt_fraction themselves"):
         find_breakpoints(load_suite(p), tmp_path / "r", values=[0.1, 0.2], seeds=[0])
+
+
+def test_the_heatmap_draws_a_cell_per_defense_and_attack(tmp_path):
+    import matplotlib.image
+
+    from robustlr.reports.plots import plot_breakpoints
+
+    rep = BreakpointReport("s", "lite", "corrupt_fraction", [0.1, 0.2, 0.3], "backdoor_acc", 0.5, "above", [0, 1],
+                           {"rlr.trojan": [{"seed": 0, "breakpoint": 0.2, "probes": {}},
+                                           {"seed": 1, "breakpoint": None, "probes": {}}],
+                            "fedavg.trojan": [{"seed": s, "breakpoint": 0.1, "probes": {}} for s in range(2)],
+                            "fedavg.boost": [{"seed": s, "breakpoint": 0.1, "probes": {}} for s in range(2)]})
+    img = matplotlib.image.imread(plot_breakpoints(rep, tmp_path / "bp.png"))
+    assert img.shape[:2] == (360, 650)  # 6.5 x (0.7 x 2 defenses + 2.2) inches at 100 dpi

@@ -290,10 +290,13 @@ def plot_breakpoints(report, path: str | Path, title: str | None = None) -> Path
         i, j = defenses.index(d), attacks.index(a)
         grid[i, j] = sum(points) / len(points)
         text[(i, j)] = report.summary(row).replace(" +- ", "\n+- ").replace(" (", "\n(")
-    fig, ax = plt.subplots(figsize=(1.5 * len(attacks) + 3, 0.7 * len(defenses) + 2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(attacks) + 3), 0.7 * len(defenses) + 2.2),
+                           constrained_layout=True)
     im = ax.imshow(grid, cmap="RdYlGn", vmin=values[0], vmax=beyond, aspect="auto")
     for (i, j), t in text.items():
-        ax.text(j, i, t, ha="center", va="center", fontsize=8)
+        share = (grid[i, j] - values[0]) / (beyond - values[0]) if beyond > values[0] else 0.5
+        ax.text(j, i, t, ha="center", va="center", fontsize=8,
+                color="white" if share < 0.2 or share > 0.8 else "black")  # legible on the dark ends
     ax.set_xticks(range(len(attacks)))
     ax.set_xticklabels(attacks, rotation=25, ha="right", fontsize=9)
     ax.set_yticks(range(len(defenses)))
@@ -302,8 +305,8 @@ def plot_breakpoints(report, path: str | Path, title: str | None = None) -> Path
     sign = ">=" if report.direction == "above" else "<="
     fig.colorbar(im, ax=ax, label=f"breakpoint: smallest {report.key}")
     ax.set_title(title or f"{report.suite}: the smallest {report.key} at which {what} {sign} "
-                 f"{100 * report.level:.0f} % (mean +- sd over seeds {', '.join(map(str, report.seeds))})",
-                 fontsize=9)
+                 f"{100 * report.level:.0f} %\n(mean +- sd over seeds {', '.join(map(str, report.seeds))}; "
+                 f"greener: the defense holds longer)", fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
