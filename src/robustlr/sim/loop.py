@@ -266,10 +266,13 @@ class Simulation:
         if not len(rows) or (cfg.trigger_optimisation == "f3ba" and self.last_update is None):
             return None
         self.model.load_state_dict(self.layout.unflatten(self.global_params))
-        images = normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device)
-        labels = ds.train_y[rows].to(self.device)
-        low = normalise(torch.zeros((1, ds.image_shape[0], 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten()
-        high = normalise(torch.full((1, ds.image_shape[0], 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten()
+        if getattr(self, "_trigger_data", None) is None:  # fixed for the run: the attackers' clean images, pixel range
+            c = ds.image_shape[0]
+            self._trigger_data = (
+                normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device), ds.train_y[rows].to(self.device),
+                normalise(torch.zeros((1, c, 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten(),
+                normalise(torch.full((1, c, 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten())
+        images, labels, low, high = self._trigger_data
         gen = seeding.torch_generator(cfg.seed, seeding.TRIGGER, round_)
         mask, low, high = fed.trigger_mask.to(self.device), low.to(self.device), high.to(self.device)
         if cfg.trigger_optimisation == "f3ba":
