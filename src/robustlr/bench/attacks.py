@@ -33,6 +33,7 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "a3fl (K 20)": {"trigger_optimisation": "a3fl", "a3fl_iterations": 20},
     "a3fl (K 200, the authors')": {"trigger_optimisation": "a3fl"},
     "f3ba": {"trigger_optimisation": "f3ba"},
+    "iba": {"trigger_optimisation": "iba"},
     "pgd-boost": {"pgd_radius": 0.4, "boost_factor": 10.0},
     "stealth (clean twin)": {"boost_factor": 10.0, "stealth": "project"},
     "adaptive-sign (twins)": {"adaptive": "sign", "corrupt_fraction": 0.3},

@@ -120,7 +120,11 @@ class Simulation:
         # Neurotoxin: the last global update w_t - w_{t-1} (None before the first server step)
         self.last_update: Tensor | None = None
         # A3FL: the trigger (normalised float, C x H x W), optimised each attacked round
-        self.trigger: Tensor | None = self._initial_trigger() if cfg.trigger_optimisation != "none" else None
+        self.trigger: Tensor | None = (self._initial_trigger() if cfg.trigger_optimisation in ("a3fl", "f3ba")
+                                       else None)
+        # IBA: the trigger generator (its weights persist from round to round) and the bound last drawn at
+        self.generator = self._initial_generator() if cfg.trigger_optimisation == "iba" else None
+        self._iba_eps_drawn: float | None = None
         # the attacks that read the last global update: Neurotoxin, F3BA
         self._tracks_update = bool(cfg.neurotoxin_top_percent) or cfg.trigger_optimisation == "f3ba"
         if cfg.trigger_optimisation == "f3ba":  # refused before any round: the model must suit the attack
@@ -191,6 +195,11 @@ class Simulation:
         if attack_state.get("trigger") is not None:  # the federation was built with the plain trojan: redraw
             self.trigger = attack_state["trigger"]
             self._draw_trigger()
+        if attack_state.get("iba_generator") is not None:
+            assert self.generator is not None
+            self.generator.load_state_dict(attack_state["iba_generator"])
+            if attack_state.get("iba_eps_drawn") is not None:
+                self._draw_iba(float(attack_state["iba_eps_drawn"]))
         self.start_round = state["round"] + 1
         self.elapsed = state["elapsed"]
         log.info("resuming %s from round %d", self.out_dir, self.start_round)
@@ -232,6 +241,9 @@ class Simulation:
             out["last_update"] = self.last_update.cpu()
         if self.trigger is not None:
             out["trigger"] = self.trigger.cpu()
+        if self.generator is not None:
+            out["iba_generator"] = {k: v.cpu() for k, v in self.generator.state_dict().items()}
+            out["iba_eps_drawn"] = self._iba_eps_drawn
         return out
 
     # -- A3FL's trigger
@@ -242,6 +254,53 @@ class Simulation:
         c, h, w = ds.image_shape
         u8 = torch.full((1, c, h, w), int(value), dtype=torch.uint8)
         return normalise(u8, ds.mean, ds.std)[0]
+
+    def _initial_generator(self) -> torch.nn.Module:
+        """IBA's generator, initialised from the run's seed."""
+        from robustlr.attacks.iba import Generator
+
+        c, h, w = self.fed.dataset.image_shape
+        seed = int(torch.randint(2**62, (1,), generator=seeding.torch_generator(self.cfg.seed, seeding.TRIGGER, 0)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            generator = Generator(c, h, w)
+        return generator.to(self.device).eval()
+
+    def _attacker_images(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fixed for the run: the attackers' clean images (normalised) and classes, and each channel's
+        normalised pixel 0 and 255."""
+        ds, rows = self.fed.dataset, torch.from_numpy(self.fed.poisoned_rows)
+        if getattr(self, "_trigger_data", None) is None:
+            c = ds.image_shape[0]
+            self._trigger_data = (
+                normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device), ds.train_y[rows].to(self.device),
+                normalise(torch.zeros((1, c, 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten().to(self.device),
+                normalise(torch.full((1, c, 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten().to(self.device))
+        return self._trigger_data
+
+    def _draw_iba(self, eps: float) -> None:
+        """IBA: ``clip(x + eps G(x))`` rounded to uint8 pixels on every poisoned training row (in place of
+        what was drawn before), and the backdoor test set at ``iba_test_eps``."""
+        from robustlr.attacks.iba import perturb
+
+        fed, ds = self.fed, self.fed.dataset
+        images, _, low, high = self._attacker_images()
+        std = torch.tensor(ds.std, dtype=torch.float32, device=self.device)
+
+        def drawn(x: Tensor, bound: float) -> Tensor:
+            out = []
+            with torch.no_grad():
+                for part in x.split(512):
+                    part = part.to(self.device)
+                    out.append(quantise(perturb(part, self.generator(part), bound, std, low, high),
+                                        ds.mean, ds.std).cpu())
+            return torch.cat(out) if out else torch.zeros((0, *ds.image_shape), dtype=torch.uint8)
+
+        rows = torch.from_numpy(fed.poisoned_rows)
+        if len(rows):
+            fed.train_x.images[rows] = drawn(images, eps)
+        fed.backdoor_x = normalise(drawn(fed.base_x, self.cfg.iba_test_eps), ds.mean, ds.std)
+        self._iba_eps_drawn = float(eps)
 
     def _draw_trigger(self) -> None:
         """Draw the trigger (rounded to uint8 pixels) on every poisoned training row and on the backdoor
@@ -266,15 +325,20 @@ class Simulation:
         if not len(rows) or (cfg.trigger_optimisation == "f3ba" and self.last_update is None):
             return None
         self.model.load_state_dict(self.layout.unflatten(self.global_params))
-        if getattr(self, "_trigger_data", None) is None:  # fixed for the run: the attackers' clean images, pixel range
-            c = ds.image_shape[0]
-            self._trigger_data = (
-                normalise(ds.train_x[rows], ds.mean, ds.std).to(self.device), ds.train_y[rows].to(self.device),
-                normalise(torch.zeros((1, c, 1, 1), dtype=torch.uint8), ds.mean, ds.std).flatten(),
-                normalise(torch.full((1, c, 1, 1), 255, dtype=torch.uint8), ds.mean, ds.std).flatten())
-        images, labels, low, high = self._trigger_data
+        images, labels, low, high = self._attacker_images()
         gen = seeding.torch_generator(cfg.seed, seeding.TRIGGER, round_)
-        mask, low, high = fed.trigger_mask.to(self.device), low.to(self.device), high.to(self.device)
+        if cfg.trigger_optimisation == "iba":
+            from robustlr.attacks.iba import IBASettings, round_eps, train_generator
+
+            ctx = self.engine_ctx
+            eps = round_eps(cfg.iba_eps, cfg.iba_test_eps, cfg.iba_eps_decay,
+                            sum(ctx.attacking(r) for r in range(1, round_)))
+            train_generator(self.generator, self.model, images, cfg.target_class, eps,
+                            torch.tensor(ds.std, dtype=torch.float32, device=self.device), low, high,
+                            IBASettings(epochs=cfg.iba_generator_epochs, lr=cfg.iba_generator_lr), gen)
+            self._draw_iba(eps)
+            return None
+        mask = fed.trigger_mask.to(self.device)
         if cfg.trigger_optimisation == "f3ba":
             from robustlr.attacks.f3ba import F3BASettings, handcraft
 
@@ -345,7 +409,7 @@ class Simulation:
         corrupt_rows = np.flatnonzero(np.isin(sampled, fed.corrupt)) if attacking else np.zeros(0, dtype=np.int64)
         twins = [ctx.clean_twins[int(sampled[i])] for i in corrupt_rows] if attack.needs_clean else []
         crafted = None  # F3BA: the flipped model the corrupt agents start from
-        if self.trigger is not None and ctx.attacking(round_):
+        if cfg.trigger_optimisation != "none" and ctx.attacking(round_):
             crafted = self._optimise_trigger(round_)
         grad_mask = None  # Neurotoxin: the corrupt agents' gradients avoid the last global update's top coordinates
         if cfg.neurotoxin_top_percent and ctx.attacking(round_) and self.last_update is not None:
