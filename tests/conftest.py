@@ -84,6 +84,7 @@ TIER_OF = {
     # whole runs with resume (12-25 s each on 2 cores): in the full tier, out of `make test`
     "tests/attacks/test_local.py::test_a_neurotoxin_run_masks": "slow",
     "tests/attacks/test_f3ba.py::test_corrupt_agents_start_from_the_flipped_model": "slow",
+    "tests/attacks/test_iba.py::test_a_run_draws": "slow",
     "tests/bench/test_attacks.py::test_each_row_times_the_attack": "slow",
     "tests/integrations/flower/test_untrusted_replies.py": "slow",
 }
