@@ -106,6 +106,7 @@ def test_pgd_bounds_the_corrupt_updates_and_leaves_the_honest_ones_alone(tiny):
 @pytest.mark.parametrize("mode", ["processes", "vectorized"])
 def test_every_engine_applies_the_local_attacks_as_the_reference(tiny, mode):
     over = {"neurotoxin_top_percent": 30, "pgd_radius": 0.2}
+    torch.manual_seed(0)  # the engine's model starts from torch's global generator: the same weights every run
     _, fed, ref = _engine(tiny, "sequential", **over)
     _, _, eng = _engine(tiny, mode, **over)
     try:
@@ -118,7 +119,10 @@ def test_every_engine_applies_the_local_attacks_as_the_reference(tiny, mode):
         if mode == "processes":
             assert torch.equal(got, want)  # bit for bit: the same code on one thread
         else:
-            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+            # other kernels, other summation order: tests/sim/engines/test_vectorized.py's tolerance (the
+            # largest coordinate difference within 0.2 % of the largest update); a per-element atol of 1e-5
+            # failed for about one random initial model in two (5e-5 on near-zero coordinates)
+            assert (got - want).abs().max() <= 2e-3 * want.abs().max()
         for i in np.flatnonzero(np.isin(agents, fed.corrupt)):
             assert (got[i][(mask == 0) & trainable] == 0).all() and got[i].norm() <= 0.2 * (1 + 1e-5)
     finally:
