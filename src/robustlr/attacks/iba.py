@@ -140,7 +140,7 @@ def train_generator(generator: Generator, model: nn.Module, images: Tensor, targ
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, n = total + float(loss) * len(rows), n + len(rows)
+                total, n = total + float(loss.detach()) * len(rows), n + len(rows)
             losses.append(total / n)
     finally:
         generator.eval()
