@@ -19,7 +19,13 @@ RESULTS = ROOT / "docs" / "attacks" / "results"
 BYZ_DEFENSES = ["fedavg", "rlr", "comed", "trimmed-mean", "multikrum", "flame"]
 BYZ_ATTACKS = ["clean", "alie", "ipm", "min-max"]
 WINDOW_ROWS = [f"{d}.{a}-window" for d in ("fedavg", "rlr") for a in ("trojan", "neurotoxin", "a3fl", "f3ba")]
-PGD_DEFENSES = ["fedavg", "rlr", "clip-noise", "screen", "flame", "multikrum"]
+TARGET_DEFENSES = ["fedavg", "rlr", "rlr-clip-noise", "comed", "trimmed-mean", "multikrum", "flame", "screen"]
+TARGET_ATTACKS = ["trojan", "neurotoxin", "pgd-boost", "f3ba", "a3fl"]
+IBA_ROWS = ["fedavg.iba", "rlr.iba", "fedavg.iba-strong-f03", "rlr.iba-strong-f03"]
+NONIID_DEFENSES = ["fedavg", "rlr", "multikrum", "screen"]
+NONIID_ATTACKS = ["trojan", "neurotoxin", "pgd-boost", "f3ba", "iba"]
+#: the plain trojan's twins of the targeted rows (same setting) are adversaries-iid's, in docs/adversaries.md's store
+TWINS = ROOT / "docs" / "adversaries" / "results"
 
 
 def _pct(vals: list[float]) -> str:
@@ -43,8 +49,16 @@ def _by_label(rows: list[dict], suites: set[str]) -> dict[str, list[dict]]:
     return out
 
 
-def tables(results: Path) -> dict[str, list[str]]:
-    """The page's tables, as Markdown lines, by name."""
+def _cell(rs: list[dict]) -> str:
+    """backdoor % / validation % (mean +- sd and the seeds' count where more than one)."""
+    if not rs:
+        return "-"
+    n = f" ({len(rs)})" if len(rs) > 1 else ""
+    return f"{_pct([r['backdoor_acc'] for r in rs])} / {_pct([r['val_acc'] for r in rs])}{n}"
+
+
+def tables(results: Path, twins: Path | None = None) -> dict[str, list[str]]:
+    """The page's tables, as Markdown lines, by name; ``twins``: the adversaries store (the trojan column)."""
     rows = _rows(results)
     out: dict[str, list[str]] = {}
 
@@ -72,13 +86,29 @@ def tables(results: Path) -> dict[str, list[str]]:
                      f"{_pct([r['val_acc'] for r in rs])} |")
     out["durability"] = lines
 
-    g = _by_label(rows, {"attacks-pgd-iid"})
-    lines = ["| defense | backdoor % | validation % |", "|---|---|---|"]
-    for d in PGD_DEFENSES:
-        rs = g.get(f"{d}.pgd-boost", [])
-        if rs:
-            lines.append(f"| {d} | {_pct([r['backdoor_acc'] for r in rs])} | {_pct([r['val_acc'] for r in rs])} |")
-    out["pgd"] = lines
+    g = _by_label(rows, {"attacks-targeted-iid", "attacks-targeted-iid-seeds", "attacks-targeted-iid-a3fl"})
+    if twins is not None and (twins / "results.sqlite").exists():
+        for label, rs in _by_label(_rows(twins), {"adversaries-iid"}).items():
+            if label.endswith(".trojan"):
+                g.setdefault(label, rs)
+    lines = ["| defense \\ attack | " + " | ".join(TARGET_ATTACKS) + " |", "|---" * (len(TARGET_ATTACKS) + 1) + "|"]
+    for d in TARGET_DEFENSES:
+        lines.append(f"| {d} | " + " | ".join(_cell(g.get(f"{d}.{a}", [])) for a in TARGET_ATTACKS) + " |")
+    out["targeted"] = lines
+    lines = ["| row | backdoor % / validation % |", "|---|---|"]
+    lines += [f"| {label} | {_cell(g[label])} |" for label in IBA_ROWS if label in g]
+    out["iba"] = lines
+
+    g = _by_label(rows, {"attacks-targeted-noniid"})
+    if twins is not None and (twins / "results.sqlite").exists():
+        for label, rs in _by_label(_rows(twins), {"adversaries-noniid"}).items():
+            if label.endswith(".trojan"):
+                g.setdefault(label, rs)
+    lines = ["| defense \\ attack (FEMNIST) | " + " | ".join(NONIID_ATTACKS) + " |",
+             "|---" * (len(NONIID_ATTACKS) + 1) + "|"]
+    for d in NONIID_DEFENSES:
+        lines.append(f"| {d} | " + " | ".join(_cell(g.get(f"{d}.{a}", [])) for a in NONIID_ATTACKS) + " |")
+    out["targeted-noniid"] = lines
 
     bench = ROOT / "docs" / "attacks" / "bench-attacks.json"  # `robustlr bench attacks --json`
     if bench.exists():
@@ -108,21 +138,26 @@ def tables(results: Path) -> dict[str, list[str]]:
 
 
 def test_every_table_of_the_page_is_the_stored_results(tmp_path):
-    results = tmp_path / "results"
+    results, twins = tmp_path / "results", tmp_path / "twins"
     shutil.copytree(RESULTS, results)  # the store may be migrated on open: never touch the committed one
+    shutil.copytree(TWINS, twins)
     page = (ROOT / "docs" / "attacks.md").read_text()
-    built = {name: lines for name, lines in tables(results).items() if len(lines) > 2}  # tables with rows
+    built = {name: lines for name, lines in tables(results, twins).items() if len(lines) > 2}  # tables with rows
     assert {"byzantine", "durability", "bench"} <= set(built)
     for name, lines in built.items():
         for line in lines:
             assert line in page, (name, line)
     # and the page quotes no table the results do not hold
-    for name in {"pgd", "breakpoints"} - set(built):
+    for name in {"targeted", "iba", "targeted-noniid", "breakpoints"} - set(built):
         assert f"TABLE:{name}" not in page
 
 
 if __name__ == "__main__":  # print the tables of a results folder
-    for name, lines in tables(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS).items():
+    import tempfile
+
+    twins = Path(tempfile.mkdtemp()) / "twins"
+    shutil.copytree(TWINS, twins)  # opening a store may migrate it: never touch the committed one
+    for name, lines in tables(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS, twins).items():
         print(f"<!-- {name} -->")
         print("\n".join(lines))
         print()
