@@ -40,6 +40,21 @@ def test_every_position_on_a_grid_is_found_in_at_most_ceil_log2_n_plus_1_probes(
             assert len(order) <= (n).bit_length()
 
 
+def test_a_search_of_other_rows_adds_to_the_stored_report_and_other_settings_replace_it():
+    def rep(rows, level=0.5, seeds=(0,)):
+        return BreakpointReport("s", "lite", "corrupt_fraction", [0.1, 0.2], "backdoor_acc", level, "above",
+                                list(seeds), {r: [{"seed": 0, "breakpoint": b, "probes": {}}] for r, b in rows.items()})
+
+    old = rep({"rlr.trojan": 0.2, "comed.trojan": 0.1})
+    new = rep({"comed.trojan": None, "flame.trojan": 0.2})
+    merged = new.merged_into(old)
+    assert list(merged.rows) == ["rlr.trojan", "comed.trojan", "flame.trojan"]
+    assert merged.breakpoints("comed.trojan") == [None]  # the new search's answer wins
+    assert merged.breakpoints("rlr.trojan") == [0.2]
+    assert rep({"flame.trojan": 0.2}, level=0.9).merged_into(old).rows.keys() == {"flame.trojan"}
+    assert rep({"flame.trojan": 0.2}, seeds=(0, 1)).merged_into(old).rows.keys() == {"flame.trojan"}
+
+
 def test_the_report_summarises_the_seeds_spread():
     rep = BreakpointReport("s", "lite", "corrupt_fraction", [0.1, 0.2, 0.3], "backdoor_acc", 0.5, "above", [0, 1, 2],
                            {"rlr.trojan": [{"seed": 0, "breakpoint": 0.2, "probes": {}},

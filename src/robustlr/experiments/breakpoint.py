@@ -112,6 +112,19 @@ class BreakpointReport:
     def read(cls, path: str | Path) -> "BreakpointReport":
         return cls(**json.loads(Path(path).read_text()))
 
+    def merged_into(self, old: "BreakpointReport") -> "BreakpointReport":
+        """This report with the rows of an earlier search of the same grid, level and seeds that this
+        one did not search (a search of other rows adds to the file instead of replacing it); an
+        earlier report of other settings is replaced."""
+        same = (old.suite, old.budget, old.key, list(old.values), old.metric, old.level, old.direction,
+                list(old.seeds)) == (self.suite, self.budget, self.key, list(self.values), self.metric,
+                                     self.level, self.direction, list(self.seeds))
+        if not same:
+            return self
+        rows = {**{k: v for k, v in old.rows.items() if k not in self.rows}, **self.rows}
+        return BreakpointReport(self.suite, self.budget, self.key, list(self.values), self.metric, self.level,
+                                self.direction, list(self.seeds), rows)
+
 
 class _Probes(Suite):
     """The suite's rows at the probes of one bisection step (a sweep runs them as any suite's)."""
@@ -214,5 +227,7 @@ def find_breakpoints(suite: Suite, results: Path, key: str = "corrupt_fraction",
                   "probes": {fmt_value(values[i]): v for i, v in sorted(s.probes.items())}}
                  for s in searches if s.row == label] for label in chosen})
     out = results / suite.name / f"breakpoints-{key}.json"
+    if out.exists():
+        report = report.merged_into(BreakpointReport.read(out))
     atomic_write_text(out, report.to_json())
     return report
