@@ -40,10 +40,11 @@ def test_every_position_on_a_grid_is_found_in_at_most_ceil_log2_n_plus_1_probes(
             assert len(order) <= (n).bit_length()
 
 
-def test_a_search_of_other_rows_adds_to_the_stored_report_and_other_settings_replace_it():
+def test_a_search_of_other_rows_or_seeds_adds_to_the_stored_report_and_other_settings_replace_it():
     def rep(rows, level=0.5, seeds=(0,)):
         return BreakpointReport("s", "lite", "corrupt_fraction", [0.1, 0.2], "backdoor_acc", level, "above",
-                                list(seeds), {r: [{"seed": 0, "breakpoint": b, "probes": {}}] for r, b in rows.items()})
+                                list(seeds), {r: [{"seed": s, "breakpoint": b, "probes": {}} for s in seeds]
+                                              for r, b in rows.items()})
 
     old = rep({"rlr.trojan": 0.2, "comed.trojan": 0.1})
     new = rep({"comed.trojan": None, "flame.trojan": 0.2})
@@ -51,8 +52,17 @@ def test_a_search_of_other_rows_adds_to_the_stored_report_and_other_settings_rep
     assert list(merged.rows) == ["rlr.trojan", "comed.trojan", "flame.trojan"]
     assert merged.breakpoints("comed.trojan") == [None]  # the new search's answer wins
     assert merged.breakpoints("rlr.trojan") == [0.2]
+    assert merged.seeds == [0]
     assert rep({"flame.trojan": 0.2}, level=0.9).merged_into(old).rows.keys() == {"flame.trojan"}
-    assert rep({"flame.trojan": 0.2}, seeds=(0, 1)).merged_into(old).rows.keys() == {"flame.trojan"}
+    # seeds 1 and 2 of one row join seed 0's entries, in seed order; the other row keeps its seed 0
+    more = rep({"rlr.trojan": None}, seeds=(2, 1)).merged_into(old)
+    assert more.seeds == [0, 1, 2]
+    assert [e["seed"] for e in more.rows["rlr.trojan"]] == [0, 1, 2]
+    assert more.breakpoints("rlr.trojan") == [0.2, None, None]
+    assert more.breakpoints("comed.trojan") == [0.1]
+    # a seed searched again takes the new answer
+    again = rep({"rlr.trojan": 0.1}, seeds=(0, 1)).merged_into(more)
+    assert again.breakpoints("rlr.trojan") == [0.1, 0.1, None]
 
 
 def test_the_report_summarises_the_seeds_spread():

@@ -205,3 +205,17 @@ def test_two_suites_may_hold_runs_of_one_config_and_an_old_store_is_rebuilt(tmp_
         con.execute("CREATE TABLE runs (config_hash TEXT PRIMARY KEY, suite, name)")
         con.execute("INSERT INTO runs VALUES ('h', 'a', 'x')")
     assert [(r["suite"], r["name"], r["status"]) for r in store.query(res)] == [("a", "x", "failed"), ("b", "x", "failed")]
+
+
+def test_a_sweep_of_some_rows_names_its_runs_as_the_whole_suite_does():
+    whole = load_suite("figure6-iid")
+    part = whole.only(["fedavg_clean", "rlr_switch"])
+    names = {r.config.name for r in whole.runs("lite")}
+    chosen = [r.config.name for r in part.runs("lite")]
+    assert chosen and set(chosen) <= names
+    assert {r.label for r in part.runs("lite")} == {"fedavg_clean", "rlr_switch"}
+    assert part.figures == []  # a figure whose rows are not all chosen is left out
+    with pytest.raises(ConfigError, match=r"relative to row\(s\) fedavg_clean .*add them to --rows"):
+        whole.only(["rlr_switch"])
+    with pytest.raises(ConfigError, match=r"has no row 'fedavg-clean'.*did you mean 'fedavg_clean'"):
+        whole.only(["fedavg-clean"])

@@ -106,12 +106,16 @@ def sweep(
                                 "shared (RESULTS is mounted at the same path on every node)"),
     retries: int = typer.Option(2, "--retries", help="ray: how often a run whose worker or node died starts again "
                                 "from its last checkpoint"),
+    rows: Optional[str] = typer.Option(None, "--rows", help="only these rows of the suite, comma-separated "
+                                       "(default: all); their runs are named as in the whole suite"),
 ) -> None:
     """Run a suite's grid: finished runs are skipped, interrupted ones resume; results go to RESULTS/results.sqlite."""
     from robustlr.experiments.suite import load_suite
 
     runner = _backend(backend, address, cpus_per_run, storage, retries)
     s = load_suite(suite)
+    if rows:
+        s = s.only([r.strip() for r in rows.split(",") if r.strip()])
     console.print(styled((s.name, "bold"), f" ({budget}): {s.description}"))
     try:
         state = _sweep_shown(s, results, budget, jobs, data_dir, runner)
@@ -119,7 +123,7 @@ def sweep(
         stopped(exc, "finished runs are kept in the store, interrupted ones go on from their last checkpoint. "
                 "To go on, run the same command again",
                 command_line("sweep", suite, options={"--budget": budget, "-r": results, "-j": jobs,
-                                                      "--data-dir": data_dir,
+                                                      "--data-dir": data_dir, "--rows": rows,
                                                       **({"--backend": backend, "--address": address,
                                                           "--cpus-per-run": cpus_per_run, "--storage": storage,
                                                           "--retries": retries} if backend == "ray" else {})}))
@@ -193,7 +197,8 @@ def breakpoint_cmd(
 ) -> None:
     """Find where each defense breaks: per row and seed, the smallest KEY on the grid at which the metric
     passes the level, by bisection (resumable; probes are stored like a sweep's runs). Writes
-    RESULTS/SUITE/breakpoints-KEY.json and .png."""
+    RESULTS/SUITE/breakpoints-KEY.json and .png; a later search of other rows or seeds with the same grid
+    adds to that file."""
     from rich.table import Table
 
     from robustlr.experiments.breakpoint import find_breakpoints
@@ -221,7 +226,9 @@ def breakpoint_cmd(
     for sd in rep.seeds:
         t.add_column(f"seed {sd}", justify="right")
     for row in rep.rows:
-        t.add_row(row, rep.summary(row), *("held" if p is None else fmt_value(p) for p in rep.breakpoints(row)))
+        found = {e["seed"]: e["breakpoint"] for e in rep.rows[row]}
+        t.add_row(row, rep.summary(row), *("-" if sd not in found else "held" if found[sd] is None
+                                           else fmt_value(found[sd]) for sd in rep.seeds))
     console.print(t)
     png = plot_breakpoints(rep, results / s.name / f"breakpoints-{key}.png")
     console.print(f"written: {results / s.name / f'breakpoints-{key}.json'}, {png}")

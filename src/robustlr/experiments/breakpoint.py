@@ -113,17 +113,22 @@ class BreakpointReport:
         return cls(**json.loads(Path(path).read_text()))
 
     def merged_into(self, old: "BreakpointReport") -> "BreakpointReport":
-        """This report with the rows of an earlier search of the same grid, level and seeds that this
-        one did not search (a search of other rows adds to the file instead of replacing it); an
-        earlier report of other settings is replaced."""
-        same = (old.suite, old.budget, old.key, list(old.values), old.metric, old.level, old.direction,
-                list(old.seeds)) == (self.suite, self.budget, self.key, list(self.values), self.metric,
-                                     self.level, self.direction, list(self.seeds))
+        """This report with what an earlier search of the same grid, level and direction found that
+        this one did not search: other rows, and other seeds of the same rows (a search of seeds 1-2
+        adds them to seed 0's file instead of replacing it; a row and seed searched again takes the
+        new answer). An earlier report of other settings is replaced."""
+        same = (old.suite, old.budget, old.key, list(old.values), old.metric, old.level, old.direction) == (
+            self.suite, self.budget, self.key, list(self.values), self.metric, self.level, self.direction)
         if not same:
             return self
-        rows = {**{k: v for k, v in old.rows.items() if k not in self.rows}, **self.rows}
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for label in [*old.rows, *(k for k in self.rows if k not in old.rows)]:
+            by_seed = {e["seed"]: e for e in old.rows.get(label, [])}
+            by_seed.update({e["seed"]: e for e in self.rows.get(label, [])})
+            rows[label] = [by_seed[k] for k in sorted(by_seed)]
+        seeds = sorted({*old.seeds, *self.seeds})
         return BreakpointReport(self.suite, self.budget, self.key, list(self.values), self.metric, self.level,
-                                self.direction, list(self.seeds), rows)
+                                self.direction, seeds, rows)
 
 
 class _Probes(Suite):

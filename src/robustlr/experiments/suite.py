@@ -69,7 +69,8 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,25 @@ class Suite:
                 by_identity[identity] = run
                 out.append(run)
         return out
+
+    def only(self, labels: Sequence[str]) -> "Suite":
+        """This suite with only the rows ``labels`` (``robustlr sweep --rows``): the same run names, so the
+        runs land beside the other rows' in one results folder and table. A row whose RLR trigger is
+        relative to another row (``rlr_from_val_acc_of``) needs that row chosen too."""
+        have = [r["label"] for r in self.rows]
+        unknown = [lb for lb in labels if lb not in have]
+        if unknown:
+            raise ConfigError(f"suite {self.name} has no row {', '.join(map(repr, unknown))}"
+                              f"{did_you_mean(unknown[0], have)}; its rows: {', '.join(have)}")
+        rows = [r for r in self.rows if r["label"] in labels]
+        for r in rows:
+            refs = {r.get("rlr_from_val_acc_of")} | {v.get("rlr_from_val_acc_of") for k, v in r.items()
+                                                       if k in BUDGETS and isinstance(v, dict)}
+            missing = sorted(x for x in refs if x is not None and x not in labels)
+            if missing:
+                raise ConfigError(f"suite {self.name}, row {r['label']}: its RLR trigger is relative to row(s) "
+                                  f"{', '.join(missing)} (rlr_from_val_acc_of): add them to --rows")
+        return replace(self, rows=rows, figures=[f for f in self.figures if set(f["rows"]) <= set(labels)])
 
     def row_keys(self, budget: str = "lite") -> list[str]:
         """The table rows in suite order (aliases right after the run they share)."""
