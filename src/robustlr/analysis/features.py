@@ -49,10 +49,21 @@ def gradient_shap(model: torch.nn.Module, x: Tensor, target: int, baselines: Ten
     its relative completeness error."""
     GradientShap = require("captum.attr", extra="attribution", feature=_EXPLAIN).GradientShap
 
+    import numpy as np
+
     model = model.eval()
+    # captum draws the noise from torch's global generator, but the baselines and the points on the
+    # path from numpy's (np.random.choice / uniform): both are seeded here, numpy's restored after, so
+    # the map depends on ``seed`` only and not on what ran before (it did: a test's error moved with
+    # the order of the test suite)
+    numpy_state = np.random.get_state()
+    np.random.seed(seed)
     torch.manual_seed(seed)
-    attr = GradientShap(model).attribute(x.unsqueeze(0), baselines=baselines, target=target,
-                                         n_samples=n_samples, stdevs=stdevs)
+    try:
+        attr = GradientShap(model).attribute(x.unsqueeze(0), baselines=baselines, target=target,
+                                             n_samples=n_samples, stdevs=stdevs)
+    finally:
+        np.random.set_state(numpy_state)
     with torch.no_grad():
         gap = float(model(x.unsqueeze(0))[0, target] - model(baselines)[:, target].mean())
     # completeness of the expectation: sum(map) against f(x) - mean_b f(b)
