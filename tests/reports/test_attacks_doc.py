@@ -99,7 +99,7 @@ def tables(results: Path, twins: Path | None = None) -> dict[str, list[str]]:
     lines += [f"| {label} | {_cell(g[label])} |" for label in IBA_ROWS if label in g]
     out["iba"] = lines
 
-    g = _by_label(rows, {"attacks-targeted-noniid"})
+    g = _by_label(rows, {"attacks-targeted-noniid", "attacks-targeted-noniid-seeds"})
     if twins is not None and (twins / "results.sqlite").exists():
         for label, rs in _by_label(_rows(twins), {"adversaries-noniid"}).items():
             if label.endswith(".trojan"):
@@ -130,8 +130,10 @@ def tables(results: Path, twins: Path | None = None) -> dict[str, list[str]]:
         for row in rep.rows:
             probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
                                for r in rep.rows[row])
+            found = {r["seed"]: r["breakpoint"] for r in rep.rows[row]}
             lines.append(f"| {row} | {rep.summary(row)} | "
-                         + " | ".join("held" if p is None else fmt_value(p) for p in rep.breakpoints(row))
+                         + " | ".join("-" if sd not in found else "held" if found[sd] is None else fmt_value(found[sd])
+                                      for sd in rep.seeds)
                          + f" | {probes} |")
         out["breakpoints"] = lines
     return out

@@ -16,9 +16,9 @@ larger: 4.8 points measured at seed 0 with 14 agents per round (backdoor: FedAvg
 FedAvg 0.83 / 0.95, RLR 0.07 / 0.20).
 
 Runtime of noniid: measured 6 min 21 s on a 2-core machine shared with other jobs (load average
-5-7; 245 s of CPU time, 65 % of a core). The automatic engine is the sequential one here (14
-agents x ~100 samples x E 2 is below the process engine's threshold), which trains on one thread,
-so on an idle machine the test takes about its CPU time: about 4 minutes (two runs of ~120 s).
+5-7; 245 s of CPU time); the automatic engine spreads each round over 2 worker processes (14 agents x
+~100 samples x E 2 is above the process engine's threshold). It is in the `long` tier (make
+test-long), not the full tier, which it would push past 35 minutes; the iid setting stays there.
 """
 
 import pytest
