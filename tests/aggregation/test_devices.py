@@ -16,6 +16,7 @@ from robustlr.aggregation import (
     ParamLayout,
     RobustLR,
     SignAggregation,
+    SignGuard,
     TrimmedMean,
 )
 
@@ -36,6 +37,7 @@ RULES = {
     "GeometricMedian": lambda: GeometricMedian(),
     "NormBounding": lambda: NormBounding(CoordinateMedian(), bound=1.0),
     "Flame": lambda: Flame(generator=torch.Generator().manual_seed(2)),
+    "SignGuard": lambda: SignGuard(generator=torch.Generator().manual_seed(3)),
     "RobustLR(Krum)": lambda: RobustLR(Krum(f=1), threshold=4),
 }
 

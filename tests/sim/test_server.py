@@ -73,7 +73,8 @@ def test_sign_on_batch_norm_buffers_is_refused():
 
 @pytest.mark.parametrize("aggregator, expected", [
     ("trimmed-mean", "TrimmedMean(beta=0.1)"), ("krum", "Krum(f=1)"), ("multikrum", "Krum(f=1, m=9)"),
-    ("bulyan", "Bulyan(f=1)"), ("rfa", "GeometricMedian"), ("flame", "Flame")])
+    ("bulyan", "Bulyan(f=1)"), ("rfa", "GeometricMedian"), ("flame", "Flame"),
+    ("signguard", "SignGuard(lower=0.1, upper=3.0, coord_fraction=0.1)")])
 def test_robust_rules_come_from_the_config_with_f_from_the_corrupt_fraction(aggregator, expected):
     cfg = make_config({"aggregator": aggregator, "num_agents": 10, "corrupt_fraction": 0.1, "rlr_threshold": 4})
     rule = build_rule(cfg, _layout(), torch.Generator(), cfg.agents_per_round(10))

@@ -166,7 +166,7 @@ def test_stealth_penalty_pulls_only_the_corrupt_updates_towards_the_global_model
         make_config({**BASE, "stealth_penalty": 1.0, "train_mode": "vectorized"})
 
 
-@pytest.mark.parametrize("aggregator", ["multikrum", "flame", "fedavg"])
+@pytest.mark.parametrize("aggregator", ["multikrum", "flame", "signguard", "fedavg"])
 def test_the_agents_a_rule_leaves_out_are_recorded(tiny, aggregator):
     ds = tiny()
     sim, rec, _ = round_one(ds, aggregator=aggregator, boost_factor=50.0, corrupt_fraction=0.2, rlr_threshold=2)

@@ -11,8 +11,8 @@ Wrappers take another rule: ``RobustLR(FedAvg(), threshold=4)``,
 
 The rules: ``FedAvg``, ``CoordinateMedian``, ``SignAggregation`` (:mod:`.rules`); ``FoolsGold``;
 the Byzantine-robust baselines ``TrimmedMean(beta)``, ``Krum(f, m=1)`` (and multi-Krum),
-``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``Flame()`` in :mod:`.flame`
-(needs ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
+``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``Flame()`` in :mod:`.flame` and
+``SignGuard()`` in :mod:`.signguard` (both need ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
 ``NormBounding(rule, bound)`` (Sun et al. 2019) and ``RobustLR``. Any rule composes with the
 wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMean(0.2), clip_norm=4)``.
 
@@ -33,6 +33,7 @@ from .rlr import RobustLR, Threshold, threshold_range
 from .step import apply_server_lr, server_lr_vector
 from .robust import Bulyan, GeometricMedian, Krum, TrimmedMean
 from .rules import CoordinateMedian, FedAvg, SignAggregation
+from .signguard import SignGuard
 from .telemetry import flipped_per_layer, vote_telemetry
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Bulyan",
     "GeometricMedian",
     "Flame",
+    "SignGuard",
     "ClipAndNoise",
     "NormBounding",
     "PlainBuffers",

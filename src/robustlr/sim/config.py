@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
-                     "flame"]
+                     "flame", "signguard"]
 Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
@@ -264,6 +264,15 @@ class ExperimentConfig(BaseModel):
         0.1, ge=0, lt=0.5, description="trimmed-mean: the share of values cut from each end of every coordinate")
     flame_noise_lambda: float = Field(
         0.001, ge=0, description="flame: the noise std is lambda x the round's median update norm")
+    signguard_lower: float = Field(
+        0.1, ge=0, description="signguard: updates with norm at or below this x the round's median norm are dropped "
+        "(the paper's 0.1)")
+    signguard_upper: float = Field(
+        3.0, gt=0, description="signguard: updates with norm at or above this x the round's median norm are dropped "
+        "(the paper's 3.0)")
+    signguard_coord_fraction: float = Field(
+        0.1, gt=0, le=1, description="signguard: the share of coordinates (a random window each round) whose sign "
+        "statistics are clustered (the authors' 0.1)")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -402,6 +411,10 @@ class ExperimentConfig(BaseModel):
                 f"aggregator 'sign' with model {self.model!r} and buffer_aggregation 'rule': the sign vote would move "
                 "batch-norm running statistics by +-1 (eta scales trainable parameters only); use "
                 "buffer_aggregation = 'mean'")
+        if self.aggregator == "signguard" and self.signguard_lower >= self.signguard_upper:
+            problems.append(f"signguard_lower={self.signguard_lower} must be below signguard_upper="
+                            f"{self.signguard_upper} (the norm filter keeps lower x median < norm < upper x median; "
+                            "the paper's 0.1 and 3.0)")
         if self.rlr_from_val_acc is not None and self.rlr_from_round != 1:
             problems.append("give rlr_from_round or rlr_from_val_acc, not both")
         if self.noise_sigma > 0 and self.clip_scope == "agents":
@@ -548,6 +561,8 @@ class ExperimentConfig(BaseModel):
              True),
             (("comed_even",), self.aggregator != "comed", f"aggregator {self.aggregator} (only comed)", True),
             (("flame_noise_lambda",), self.aggregator != "flame", f"aggregator {self.aggregator} (only flame)", True),
+            (("signguard_lower", "signguard_upper", "signguard_coord_fraction"), self.aggregator != "signguard",
+             f"aggregator {self.aggregator} (only signguard)", True),
             (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
              f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
-                                  GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation,
+                                  GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -63,6 +63,8 @@ RULES = {
     "bulyan": lambda cfg, n, gen: Bulyan(cfg.resolved_assumed_corrupt(n)),
     "rfa": lambda cfg, n, gen: GeometricMedian(),
     "flame": lambda cfg, n, gen: Flame(noise_lambda=cfg.flame_noise_lambda, generator=gen),
+    "signguard": lambda cfg, n, gen: SignGuard(cfg.signguard_lower, cfg.signguard_upper, cfg.signguard_coord_fraction,
+                                               generator=gen),
 }
 
 

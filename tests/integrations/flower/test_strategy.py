@@ -206,3 +206,27 @@ def test_bad_weighting_arguments_are_refused():
         RuleStrategy(RuleFedAvg(), weighting="sizes")
     with pytest.raises(ValueError, match="max_weight_multiple must be a finite number >= 1"):
         RobustLRStrategy(FedAvg(), threshold=2, max_weight_multiple=0.5)
+
+
+def test_signguard_in_a_rule_strategy_gives_the_simulators_aggregate_on_the_same_replies():
+    from robustlr.aggregation import SignGuard
+
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(3)
+    g = {"a": rng.normal(size=(30, 4)), "b": rng.normal(size=20)}
+    n = 8
+    rows = [{k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()} for _ in range(n)]
+    rows[7] = {k: (v + 50 * rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()}  # a huge reply
+    ours = RuleStrategy(SignGuard(generator=torch.Generator().manual_seed(4)), screen_norm_multiple=0,
+                        min_available_nodes=n, min_train_nodes=n)
+    _configure(ours, _global(g), range(1, n + 1))
+    arrays, _ = ours.aggregate_train(1, [_reply(i + 1, r) for i, r in enumerate(rows)])
+    # the simulator's server: the same rule on the stacked updates (float32, the layout's key order)
+    flat = lambda d: torch.cat([torch.as_tensor(np.asarray(d[k], dtype=np.float32)).flatten() for k in ("a", "b")])
+    updates = torch.stack([flat(r) - flat(g) for r in rows])
+    sim = SignGuard(generator=torch.Generator().manual_seed(4))
+    expected = flat(g) + sim(updates)
+    got = torch.cat([torch.as_tensor(arrays[k].numpy()).flatten() for k in ("a", "b")])
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert 7 in sim.telemetry["norm_rejected_rows"] and ours.rule.telemetry["admitted_agents"] == [
+        i + 1 for i in sim.telemetry["admitted_rows"]]
