@@ -25,6 +25,7 @@ from robustlr.errors import DataNotFoundError, OutputError, ResumeError, Trainin
 from robustlr.sim import checkpoint, seeding
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.engines import build_engine, check_device, engine_context, select_mode
+from robustlr.sim.engines.select import bf16_warning
 from robustlr.sim.evaluation import evaluate
 from robustlr.sim.federation import Federation, normalise
 from robustlr.sim.lifecycle import sigterm_raises
@@ -102,6 +103,9 @@ class Simulation:
         self.observers = list(observers)
         check_device(cfg.device)
         self.device = torch.device(cfg.device)
+        slow = bf16_warning(cfg.precision, self.device)
+        if slow:
+            log.warning(slow)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         # a warm start (init_model) replaces the random initialisation; a resume replaces both
