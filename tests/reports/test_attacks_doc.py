@@ -119,24 +119,29 @@ def tables(results: Path, twins: Path | None = None) -> dict[str, list[str]]:
                          f"{r['trojan_seconds_per_round']:.2f} | {r['ratio']:.2f} | {r['extra_seconds']:+.2f} |")
         out["bench"] = lines
 
-    bp = results / "adversaries-iid" / "breakpoints-corrupt_fraction.json"
-    if bp.exists():
-        from robustlr.experiments.breakpoint import BreakpointReport
-        from robustlr.experiments.suite import fmt_value
-
-        rep = BreakpointReport.read(bp)
-        lines = ["| row | breakpoint F (mean +- sd) | " + " | ".join(f"seed {s}" for s in rep.seeds) + " | probes (F: backdoor %) |",
-                 "|---" * (len(rep.seeds) + 3) + "|"]
-        for row in rep.rows:
-            probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
-                               for r in rep.rows[row])
-            found = {r["seed"]: r["breakpoint"] for r in rep.rows[row]}
-            lines.append(f"| {row} | {rep.summary(row)} | "
-                         + " | ".join("-" if sd not in found else "held" if found[sd] is None else fmt_value(found[sd])
-                                      for sd in rep.seeds)
-                         + f" | {probes} |")
-        out["breakpoints"] = lines
+    for table, suite in (("breakpoints", "adversaries-iid"), ("breakpoints-fp32", "breakpoints-iid-fp32")):
+        bp = results / suite / "breakpoints-corrupt_fraction.json"
+        if bp.exists():
+            out[table] = _breakpoint_lines(bp)
     return out
+
+
+def _breakpoint_lines(bp: Path) -> list[str]:
+    from robustlr.experiments.breakpoint import BreakpointReport
+    from robustlr.experiments.suite import fmt_value
+
+    rep = BreakpointReport.read(bp)
+    lines = ["| row | breakpoint F (mean +- sd) | " + " | ".join(f"seed {s}" for s in rep.seeds) + " | probes (F: backdoor %) |",
+             "|---" * (len(rep.seeds) + 3) + "|"]
+    for row in rep.rows:
+        probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
+                           for r in rep.rows[row])
+        found = {r["seed"]: r["breakpoint"] for r in rep.rows[row]}
+        lines.append(f"| {row} | {rep.summary(row)} | "
+                     + " | ".join("-" if sd not in found else "held" if found[sd] is None else fmt_value(found[sd])
+                                  for sd in rep.seeds)
+                     + f" | {probes} |")
+    return lines
 
 
 def test_every_table_of_the_page_is_the_stored_results(tmp_path):
@@ -150,7 +155,7 @@ def test_every_table_of_the_page_is_the_stored_results(tmp_path):
         for line in lines:
             assert line in page, (name, line)
     # and the page quotes no table the results do not hold
-    for name in {"targeted", "iba", "targeted-noniid", "breakpoints"} - set(built):
+    for name in {"targeted", "iba", "targeted-noniid", "breakpoints", "breakpoints-fp32"} - set(built):
         assert f"TABLE:{name}" not in page
 
 
