@@ -95,9 +95,16 @@ def test_bench_times_a_model_and_dataset_defined_outside_robustlr(tmp_path, monk
     (tmp_path / "digits.toml").write_text(
         'dataset = "custom_model_and_data:load_digits"\nmodel = "custom_model_and_data:digits_cnn"\n'
         'num_agents = 20\nbatch_size = 32\nbase_class = 1\ntarget_class = 7\n')
+    # and as on a CPU without native bf16 (AVX2 only): the bf16 engines are not timed, and it says why
+    from robustlr.bench.engines import format_bench
+    from robustlr.sim.engines import select
+
+    monkeypatch.setattr(select, "bf16_is_native", lambda device: False)
     out = _bench("--preset", str(tmp_path / "digits.toml"), "--agents", "2")
     assert (out["input_shape"], out["samples_per_agent"]) == ([1, 8, 8], 1437 // 20)
     assert {"processes", "sequential", "vectorized", "naive"} <= set(out["samples_per_s"])
+    assert not any(k.endswith("-bf16") for k in out["samples_per_s"]) and out["matmul_gflops_bf16"] is None
+    assert "no native bf16" in out["bf16_skipped"] and "bf16 engines not timed" in format_bench(out)
     (tmp_path / "robustlr_bench_feats.py").write_text(
         "import torch\nfrom torch import nn\nfrom robustlr import ImageDataset\n"
         "def load():\n    x, y = torch.randn(40, 5), torch.arange(40) % 10\n"
@@ -108,3 +115,4 @@ def test_bench_times_a_model_and_dataset_defined_outside_robustlr(tmp_path, monk
                                         'attack = "label-flip"\n')
     res = CliRunner().invoke(app, ["bench", "engines", "--preset", str(tmp_path / "feat.toml")])
     assert res.exit_code == 2 and "bench engines times image models" in " ".join(res.output.split()), res.output
+

@@ -110,7 +110,12 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
                              model_spec=None if model_spec(cfg.model).origin == "built in" else model_spec(cfg.model))
 
     engines: dict[str, float] = {}
-    bf16_wanted = precision_bf16 and (dev.type == "cuda" or torch.backends.mkldnn.is_available())
+    from robustlr.sim.engines.select import bf16_is_native
+
+    # a CPU without native bf16 (AVX2 only) emulates it, 75x slower than fp32 for a matrix product
+    # measured on one: timing the bf16 engines there would take most of the bench and show nothing
+    bf16_native = bf16_is_native(dev)
+    bf16_wanted = precision_bf16 and bf16_native and (dev.type == "cuda" or torch.backends.mkldnn.is_available())
     rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
 
     def measure_floors(repeats_: int = 2) -> None:
@@ -209,6 +214,8 @@ def run_bench(preset: str = "iid-fedavg", device: str = "cpu", steps: int = 6, r
         "floor_samples_per_s": floor,
         "floor_fraction": ours / floor,
         "matmul_gflops_bf16": gflops_bf16,
+        "bf16_skipped": ("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 is emulated there"
+                         if precision_bf16 and not bf16_native else None),
         "matmul_gflops_samples": rates,
         "floor_samples_per_s_bf16": floor_bf16,
         "fastest_bf16_engine": fastest_bf16,
@@ -236,6 +243,8 @@ def format_bench(res: dict) -> str:
                      f"{'' if share is None else f'{100 * share:.1f}':>16}")
     lines.append(f"fp32 floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at {res['matmul_gflops']:.0f} GFLOP/s "
                  f"(fp32 matmul, measured) = {res['floor_samples_per_s']:.0f} samples/s")
+    if res.get("bf16_skipped"):
+        lines.append(f"bf16 engines not timed: {res['bf16_skipped']}; use precision = 'fp32' on this machine")
     if res.get("floor_samples_per_s_bf16"):
         lines.append(f"bf16 floor: {res['training_mflop_per_sample']:.1f} MFLOP/sample at "
                      f"{res['matmul_gflops_bf16']:.0f} GFLOP/s (bf16 matmul, measured) = "
