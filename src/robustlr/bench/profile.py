@@ -54,7 +54,12 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
     from robustlr.sim.engines import EngineContext, LocalSettings
     from robustlr.sim.engines.sequential import SequentialEngine
 
+    from robustlr.sim.engines.select import bf16_is_native
+
     cfg = load_config(preset)
+    # a CPU without native bf16 emulates it (~75x slower than fp32): profiling it there shows nothing
+    skipped = [p for p in precisions if p == "bf16" and not bf16_is_native(torch.device("cpu"))]
+    precisions = tuple(p for p in precisions if p not in skipped)
     tuned = tune_allocator()
     shape = model_spec(cfg.model).input_shape or cfg.input_shape
     b = cfg.batch_size
@@ -64,7 +69,8 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
     rows = np.arange(n)
     flops = training_flops_per_sample(build_model(cfg.model, num_classes=cfg.num_classes), shape)
     res: dict = {"preset": preset, "model": cfg.model, "batch_size": b, "steps": steps,
-                 "training_mflop_per_sample": flops / 1e6, "allocator_tuned": tuned, "precisions": {}}
+                 "training_mflop_per_sample": flops / 1e6, "allocator_tuned": tuned, "precisions": {},
+           "skipped": {p: "no native bf16 on this CPU (emulated)" for p in skipped}}
 
     def measure(prec: str) -> dict:
         settings = LocalSettings(epochs=1, batch_size=b, lr=cfg.client_lr, momentum=cfg.client_momentum,
@@ -100,6 +106,8 @@ def run_profile(preset: str = "iid-fedavg", steps: int = 8, precisions: tuple[st
 def format_profile(res: dict) -> str:
     lines = [f"robustlr bench profile: one agent of {res['preset']} ({res['model']}), {res['steps']} batches of "
              f"{res['batch_size']}, one thread; {res['training_mflop_per_sample']:.1f} MFLOP per training sample"]
+    for prec, why in res.get("skipped", {}).items():
+        lines.append(f"{prec}: not profiled: {why}")
     for prec, r in res["precisions"].items():
         lines += ["", f"{prec}: {r['samples_per_s']:.0f} samples/s = {100 * r['floor_share_1thread']:.1f} % of the one-thread "
                   f"{prec} floor ({r['matmul_gflops_1thread']:.0f} GFLOP/s matmul, {r['floor_samples_per_s_1thread']:.0f} "
@@ -193,7 +201,11 @@ def run_levers(preset: str = "iid-fedavg", steps: int = 6, repeats: int = 5, wit
     x, y = torch.randn(steps * b, *shape), torch.randint(0, cfg.num_classes, (steps * b,))
     if not hasattr(build_model(cfg.model, num_classes=cfg.num_classes), "dropout_shapes"):
         raise ValueError(f"bench levers needs a model with explicit dropout masks; {cfg.model} has none")
-    chosen = {k: v for k, v in LEVERS.items() if with_compile or not v.get("compile")}
+    from robustlr.sim.engines.select import bf16_is_native
+
+    native = bf16_is_native(torch.device("cpu"))  # without it bf16 is emulated: its levers are not timed
+    chosen = {k: v for k, v in LEVERS.items()
+              if (with_compile or not v.get("compile")) and (native or v["prec"] != "bf16")}
 
     def measure() -> dict:
         fns, setup = {}, {}
@@ -215,7 +227,9 @@ def run_levers(preset: str = "iid-fedavg", steps: int = 6, repeats: int = 5, wit
 
     out = _one_thread(measure)
     med = {k: statistics.median(v) for k, v in out["times"].items()}
-    base = {"fp32": med["fp32 (engines)"], "bf16": med["bf16 autocast, bf16 masks (engines)"]}
+    base = {"fp32": med["fp32 (engines)"]}
+    if "bf16 autocast, bf16 masks (engines)" in med:
+        base["bf16"] = med["bf16 autocast, bf16 masks (engines)"]
     rows = [{"lever": k, "precision": chosen[k]["prec"], "samples_per_s": steps * b / med[k],
              "vs_engines": base[chosen[k]["prec"]] / med[k], "first_call_s": out["setup"][k]} for k in chosen]
     return {"preset": preset, "model": cfg.model, "batch_size": b, "steps": steps, "repeats": repeats,
