@@ -119,8 +119,10 @@ def tables(results: Path, twins: Path | None = None) -> dict[str, list[str]]:
                          f"{r['trojan_seconds_per_round']:.2f} | {r['ratio']:.2f} | {r['extra_seconds']:+.2f} |")
         out["bench"] = lines
 
-    for table, suite in (("breakpoints", "adversaries-iid"), ("breakpoints-fp32", "breakpoints-iid-fp32")):
-        bp = results / suite / "breakpoints-corrupt_fraction.json"
+    for table, suite, key in (("breakpoints", "adversaries-iid", "corrupt_fraction"),
+                              ("breakpoints-fp32", "breakpoints-iid-fp32", "corrupt_fraction"),
+                              ("breakpoints-pgd", "breakpoints-noniid-pgd", "pgd_radius")):
+        bp = results / suite / f"breakpoints-{key}.json"
         if bp.exists():
             out[table] = _breakpoint_lines(bp)
     return out
@@ -131,7 +133,9 @@ def _breakpoint_lines(bp: Path) -> list[str]:
     from robustlr.experiments.suite import fmt_value
 
     rep = BreakpointReport.read(bp)
-    lines = ["| row | breakpoint F (mean +- sd) | " + " | ".join(f"seed {s}" for s in rep.seeds) + " | probes (F: backdoor %) |",
+    what = "F" if rep.key == "corrupt_fraction" else rep.key
+    lines = [f"| row | breakpoint {what} (mean +- sd) | " + " | ".join(f"seed {s}" for s in rep.seeds)
+             + f" | probes ({what}: backdoor %) |",
              "|---" * (len(rep.seeds) + 3) + "|"]
     for row in rep.rows:
         probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
@@ -155,7 +159,7 @@ def test_every_table_of_the_page_is_the_stored_results(tmp_path):
         for line in lines:
             assert line in page, (name, line)
     # and the page quotes no table the results do not hold
-    for name in {"targeted", "iba", "targeted-noniid", "breakpoints", "breakpoints-fp32"} - set(built):
+    for name in {"targeted", "iba", "targeted-noniid", "breakpoints", "breakpoints-fp32", "breakpoints-pgd"} - set(built):
         assert f"TABLE:{name}" not in page
 
 
