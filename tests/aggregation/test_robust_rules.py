@@ -600,3 +600,12 @@ def test_krum_and_bulyan_reject_the_outlier_row():
     krum(U)
     bulyan(U)
     assert 5 not in krum.telemetry["selected_rows"] and 5 not in bulyan.telemetry["selected_rows"]
+
+
+def test_bulyan_breaks_a_tie_of_krum_scores_by_the_lower_index_whatever_the_rounding():
+    from robustlr.aggregation.robust import _first_min
+
+    # two scores equal but for the last bits (the Gram matrix's rounding differs by machine)
+    assert _first_min(torch.tensor([3.0, 6.30382399, 6.30382399 - 1e-14], dtype=torch.float64)[1:]) == 0
+    assert _first_min(torch.tensor([2.0, 1.0, 1.0 + 1e-6], dtype=torch.float64)) == 1
+    assert _first_min(torch.tensor([0.0, 0.0], dtype=torch.float64)) == 0

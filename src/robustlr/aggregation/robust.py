@@ -113,6 +113,15 @@ def _rows_telemetry(key: str, rows: list[int], agent_ids: list[Hashable] | None)
     return out
 
 
+def _first_min(scores: Tensor, rel: float = 1e-9) -> int:
+    """The first index whose score is within ``rel`` (relative) of the smallest: a tie of true scores
+    (two rows that are each other's only neighbour score the same) goes to the lower index on every
+    machine, not to whichever the Gram matrix's last-bit rounding favours there."""
+    low = float(scores.min())
+    close = torch.nonzero(scores <= low + rel * max(abs(low), 1e-300)).flatten()
+    return int(close[0])
+
+
 def _krum_scores(sq: Tensor, n_closest: int) -> Tensor:
     """Per row, the sum of its ``n_closest`` smallest squared distances to the *other* rows."""
     n = sq.shape[0]
@@ -375,7 +384,7 @@ class Bulyan(AggregationRule):
         for _ in range(theta):
             sub = sq[remaining][:, remaining]
             scores = _krum_scores(sub, max(1, len(remaining) - f - 2))
-            best = remaining.pop(int(torch.argmin(scores)))  # argmin: the first of ties
+            best = remaining.pop(_first_min(scores))
             selected.append(best)
         telemetry: dict[str, Any] = _rows_telemetry("selected", selected, agent_ids)
         telemetry.update(theta=theta, beta=beta)
