@@ -60,6 +60,7 @@ def test_a_search_of_other_rows_or_seeds_adds_to_the_stored_report_and_other_set
     assert [e["seed"] for e in more.rows["rlr.trojan"]] == [0, 1, 2]
     assert more.breakpoints("rlr.trojan") == [0.2, None, None]
     assert more.breakpoints("comed.trojan") == [0.1]
+    assert more.by_seed("rlr.trojan") == {0: 0.2, 1: None, 2: None} and more.by_seed("comed.trojan") == {0: 0.1}
     # a seed searched again takes the new answer
     again = rep({"rlr.trojan": 0.1}, seeds=(0, 1)).merged_into(more)
     assert again.breakpoints("rlr.trojan") == [0.1, 0.1, None]

@@ -140,7 +140,7 @@ def _breakpoint_lines(bp: Path) -> list[str]:
     for row in rep.rows:
         probes = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in r["probes"].items())
                            for r in rep.rows[row])
-        found = {r["seed"]: r["breakpoint"] for r in rep.rows[row]}
+        found = rep.by_seed(row)
         lines.append(f"| {row} | {rep.summary(row)} | "
                      + " | ".join("-" if sd not in found else "held" if found[sd] is None else fmt_value(found[sd])
                                   for sd in rep.seeds)

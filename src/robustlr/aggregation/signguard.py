@@ -155,7 +155,7 @@ class SignGuard(AggregationRule):
                 by_sign = [k for k in range(n) if labels[k] == majority]
 
         # 3. admitted: both filters
-        sign_set = set(by_sign)
+        norm_set, sign_set = set(by_norm), set(by_sign)
         admitted = [k for k in by_norm if k in sign_set]
         admitted_set = set(admitted)
         rejected = [k for k in range(n) if k not in admitted_set]
@@ -169,7 +169,7 @@ class SignGuard(AggregationRule):
         telemetry: dict[str, Any] = {}
         telemetry.update(_rows_telemetry("admitted", admitted, agent_ids))
         telemetry.update(_rows_telemetry("rejected", rejected, agent_ids))
-        telemetry.update(norm_rejected_rows=[k for k in range(n) if k not in set(by_norm)],
+        telemetry.update(norm_rejected_rows=[k for k in range(n) if k not in norm_set],
                          sign_rejected_rows=[k for k in range(n) if k not in sign_set],
                          clip_bound=lower_median, median_norm=median, window=(start, d), bandwidth=bandwidth,
                          n_clusters=n_clusters, one_cluster=one_cluster)

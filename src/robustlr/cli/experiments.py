@@ -226,7 +226,7 @@ def breakpoint_cmd(
     for sd in rep.seeds:
         t.add_column(f"seed {sd}", justify="right")
     for row in rep.rows:
-        found = {e["seed"]: e["breakpoint"] for e in rep.rows[row]}
+        found = rep.by_seed(row)
         t.add_row(row, rep.summary(row), *("-" if sd not in found else "held" if found[sd] is None
                                            else fmt_value(found[sd]) for sd in rep.seeds))
     console.print(t)

@@ -93,6 +93,10 @@ class BreakpointReport:
     def breakpoints(self, row: str) -> list[float | None]:
         return [r["breakpoint"] for r in self.rows[row]]
 
+    def by_seed(self, row: str) -> dict[int, float | None]:
+        """The row's breakpoint per seed searched (a merged report's rows may hold different seeds)."""
+        return {r["seed"]: r["breakpoint"] for r in self.rows[row]}
+
     def summary(self, row: str) -> str:
         """``0.3 +- 0.1`` over the seeds, ``> 0.5`` where every seed held, ``0.3 +- 0.1 (1 of 3 held)``."""
         points = self.breakpoints(row)
