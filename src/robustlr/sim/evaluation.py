@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -18,6 +20,19 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: to
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out)
+
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy, summed exactly (``math.fsum`` over the per-sample losses).
+
+    ``F.cross_entropy``'s own mean reduces in parallel, so its last bits move with the thread
+    count; the per-sample losses do not, and an exact sum of them is the same on any thread count
+    (the Flower ServerApp and the simulator must report the same number for the same model).
+    """
+    if labels.numel() == 0:
+        return float("nan")
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    return math.fsum(per_sample.tolist()) / labels.numel()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -43,8 +58,8 @@ def evaluate(model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor, base_cl
     bd_target = torch.full((bd_logits.shape[0],), target_class, dtype=torch.int64)
     return {
         "val_acc": accuracy(logits, val_y),
-        "val_loss": float(F.cross_entropy(logits, val_y)),
+        "val_loss": mean_cross_entropy(logits, val_y),
         "base_acc": accuracy(logits[base_rows], val_y[base_rows]),
         "backdoor_acc": accuracy(bd_logits, bd_target),
-        "backdoor_loss": float(F.cross_entropy(bd_logits, bd_target)) if bd_logits.shape[0] else float("nan"),
+        "backdoor_loss": mean_cross_entropy(bd_logits, bd_target),
     }

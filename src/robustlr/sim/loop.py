@@ -33,7 +33,7 @@ from robustlr.sim.preflight import check_runnable
 from robustlr.sim.pretrain import pretrain_into_cache, resolve_init_model
 from robustlr.sim.records import RoundRecord, RunSummary, dumps
 from robustlr.sim.rundir import check_out_dir, finished_summary, open_run_dir
-from robustlr.sim.server import Server, initial_model
+from robustlr.sim.server import Server, initial_model, place_model
 
 log = logging.getLogger("robustlr")
 
@@ -110,10 +110,7 @@ class Simulation:
             torch.set_num_threads(cfg.threads)
         # a warm start (init_model) replaces the random initialisation; a resume replaces both
         self.init_model = resolve_init_model(cfg, data_dir, dataset=fed.dataset, build=_pretrain)
-        self.model = initial_model(cfg, fed.dataset.num_classes, self.init_model).to(self.device)
-        if self.device.type == "cpu":
-            # oneDNN's convolutions are about 2x faster on channels-last activations (evaluation too)
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(initial_model(cfg, fed.dataset.num_classes, self.init_model), self.device)
         self.layout = ParamLayout.from_module(self.model)
         self.global_params = self.layout.flatten(self.model).to(self.device)
         self.server = Server.for_federation(cfg, fed, self.layout, self.device)

@@ -48,7 +48,7 @@ from robustlr.sim.records import RoundRecord, RunSummary, backdoor_durability, i
 log = logging.getLogger("robustlr")
 
 __all__ = ["RULES", "Server", "ServerStep", "apply_server_lr", "build_base_rule", "build_rule", "excluded_agents",
-           "initial_model", "rlr_on", "rlr_threshold", "run_summary", "server_lr_vector"]
+           "initial_model", "place_model", "rlr_on", "rlr_threshold", "run_summary", "server_lr_vector"]
 
 #: the config's ``aggregator`` -> the base rule, from the config, the round's agent count and the noise generator
 RULES = {
@@ -171,6 +171,19 @@ def initial_model(cfg: ExperimentConfig, num_classes: int, init: InitModel | Non
                       dtype=torch.int64 if cfg.facts.token_ids else torch.float32)
     if init is not None:
         model.load_state_dict(load_init_state(init, model))
+    return model
+
+
+def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``, in the memory layout both paths evaluate it in.
+
+    On a CPU the model is channels-last (oneDNN's convolutions run about 2x faster on
+    channels-last activations). The simulator and the Flower ServerApp both place the model
+    here: the layout picks the convolution kernel, whose last bits differ between layouts, so
+    one place keeps their evaluation numbers equal bit for bit."""
+    model = model.to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -47,7 +47,7 @@ from robustlr.sim.federation import Federation, build_federation, load_dataset
 from robustlr.sim.loop import pretrain, sample_agents
 from robustlr.sim.pretrain import resolve_init_model
 from robustlr.sim.records import RoundRecord
-from robustlr.sim.server import Server, initial_model, run_summary
+from robustlr.sim.server import Server, initial_model, place_model, run_summary
 
 CONFIG_KEY = "robustlr-config"
 DATA_DIR_KEY = "robustlr-data-dir"
@@ -252,6 +252,7 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
     model = build_model(cfg.model, num_classes=fed.dataset.num_classes)
     model.load_state_dict(state)
     layout = ParamLayout.from_module(model)
+    model = place_model(model, torch.device("cpu"))  # the simulator's evaluation layout (bitwise-equal numbers)
     strategy = ExperimentStrategy(cfg, fed, layout)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
