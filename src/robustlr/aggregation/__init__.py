@@ -11,7 +11,8 @@ Wrappers take another rule: ``RobustLR(FedAvg(), threshold=4)``,
 
 The rules: ``FedAvg``, ``CoordinateMedian``, ``SignAggregation`` (:mod:`.rules`); ``FoolsGold``;
 the Byzantine-robust baselines ``TrimmedMean(beta)``, ``Krum(f, m=1)`` (and multi-Krum),
-``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``Flame()`` in :mod:`.flame` and
+``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``FLTrust()`` in :mod:`.fltrust` (it
+needs the server's own update each round, given with ``rule.set_reference(g0)``); ``Flame()`` in :mod:`.flame` and
 ``SignGuard()`` in :mod:`.signguard` (both need ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
 ``NormBounding(rule, bound)`` (Sun et al. 2019) and ``RobustLR``. Any rule composes with the
 wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMean(0.2), clip_norm=4)``.
@@ -27,6 +28,7 @@ from .base import AggregationRule, FusedCheckRule, sign_vote, validate_inputs
 from .buffers import PlainBuffers
 from .clip import ClipAndNoise, NormBounding, clip_updates
 from .flame import Flame
+from .fltrust import FLTrust, fltrust_weights
 from .foolsgold import FoolsGold, foolsgold_weights
 from .layout import LayoutEntry, ParamLayout
 from .rlr import RobustLR, Threshold, threshold_range
@@ -48,6 +50,8 @@ __all__ = [
     "GeometricMedian",
     "Flame",
     "SignGuard",
+    "FLTrust",
+    "fltrust_weights",
     "ClipAndNoise",
     "NormBounding",
     "PlainBuffers",

@@ -259,6 +259,21 @@ class AggregationRule(abc.ABC):
         if isinstance(inner, AggregationRule):
             inner.reset()
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the rule needs the round's server update (FLTrust's ``g0``, see
+        :meth:`set_reference`) before each call; a wrapper asks the rule it wraps."""
+        inner = getattr(self, "rule", None)
+        return isinstance(inner, AggregationRule) and inner.needs_reference
+
+    def set_reference(self, reference: Tensor | None) -> None:
+        """Hand the round's server update (the server's own update on its root data, over the same
+        coordinates as the updates) to the rule that needs it; a wrapper passes it to the rule it
+        wraps (one that shows its rule only some coordinates passes those)."""
+        inner = getattr(self, "rule", None)
+        if isinstance(inner, AggregationRule):
+            inner.set_reference(reference)
+
     def state_dict(self) -> dict[str, Any]:
         """The state kept between calls, as tensors and plain values (what a checkpoint saves).
 

@@ -75,6 +75,15 @@ class PlainBuffers(FusedCheckRule):
             self._index[device] = (mask.nonzero().flatten(), (~mask).nonzero().flatten())
         return self._index[device]
 
+    def set_reference(self, reference: Tensor | None) -> None:
+        """The rule sees the trainable coordinates only: so does its reference (FLTrust's ``g0``)."""
+        if reference is not None and isinstance(self.rule, AggregationRule):
+            if reference.shape[0] != self.trainable.shape[0]:
+                raise ValueError(f"the reference has {reference.shape[0]} entries but trainable has "
+                                 f"{self.trainable.shape[0]} (n_params)")
+            reference = reference[self.trainable.to(reference.device)]
+        super().set_reference(reference)
+
     def aggregate_fused(self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None,
                    check_finite: bool) -> Tensor:
         if updates.shape[1] != self.trainable.shape[0]:

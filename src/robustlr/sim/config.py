@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
-                     "flame", "signguard"]
+                     "flame", "signguard", "fltrust"]
 Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
@@ -273,6 +273,10 @@ class ExperimentConfig(BaseModel):
     signguard_coord_fraction: float = Field(
         0.1, gt=0, le=1, description="signguard: the share of coordinates (a random window each round) whose sign "
         "statistics are clustered (the authors' 0.1)")
+    fltrust_root_size: int = Field(
+        100, ge=1, description="fltrust: examples in the server's clean root dataset, drawn (seeded) from the "
+        "training rows no agent holds when there are enough, else from the agents' clean rows (the paper's 100, "
+        "drawn from the clients' data)")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -563,6 +567,7 @@ class ExperimentConfig(BaseModel):
             (("flame_noise_lambda",), self.aggregator != "flame", f"aggregator {self.aggregator} (only flame)", True),
             (("signguard_lower", "signguard_upper", "signguard_coord_fraction"), self.aggregator != "signguard",
              f"aggregator {self.aggregator} (only signguard)", True),
+            (("fltrust_root_size",), self.aggregator != "fltrust", f"aggregator {self.aggregator} (only fltrust)", True),
             (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
              f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),

@@ -108,6 +108,8 @@ class Federation:
     # the full trigger's region: what an attack that redraws the trigger (A3FL) changes
     poisoned_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     trigger_mask: torch.Tensor | None = None
+    # FLTrust: the server's clean root dataset, indices into train_x (None: the rule needs none)
+    root_indices: np.ndarray | None = None
 
     @property
     def num_agents(self) -> int:
@@ -246,6 +248,9 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
             and len(corrupt):
         x, y, honest = honest_copies(x, y, ds.train_x, ds.train_y, agents, corrupt)
 
+    root, root_note = (draw_root_set(cfg, ds, agents, poisoned_rows, n_train) if cfg.aggregator == "fltrust"
+                       else (None, None))
+
     test_y = ds.test_y
     base_rows = torch.nonzero(test_y == cfg.base_class).flatten()
     base_x_u8 = ds.test_x[base_rows]
@@ -261,6 +266,8 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         "attack_from_round": int(cfg.attack_from_round),
         "attack_until_round": cfg.attack_until_round,
     }
+    if root_note is not None:
+        notes["fltrust_root"] = root_note
     if n_corrupt and cfg.attack != "label-flip" and ds.is_image:
         # the trojan-contrast diagnostic: how much the trojan changes the base class's test images
         contrast = trojan_contrast(base_x_u8, full_mask, value)
@@ -296,4 +303,34 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         attack_until_round=cfg.attack_until_round,
         poisoned_rows=poisoned_rows,
         trigger_mask=full_mask if ds.is_image and cfg.attack == "trojan" else None,
+        root_indices=root,
     )
+
+
+def draw_root_set(cfg: ExperimentConfig, ds: ImageDataset, agents: list[np.ndarray], poisoned_rows: np.ndarray,
+                  n_train: int) -> tuple[np.ndarray, dict]:
+    """FLTrust's root dataset: ``cfg.fltrust_root_size`` training rows drawn uniformly without
+    replacement under the seed ``(seed, ROOT)``, from the training rows no agent holds (held out)
+    when there are enough of them, else from the agents' clean rows (not poisoned; the paper's
+    default, a sample of the clients' clean data). Returns the sorted indices and the record
+    (``notes["fltrust_root"]``: size, source, per-class counts)."""
+    held = np.ones(n_train, dtype=bool)
+    for rows in agents:
+        held[rows[rows < n_train]] = False
+    held_out = np.flatnonzero(held)
+    size = cfg.fltrust_root_size
+    if len(held_out) >= size:
+        pool, source = held_out, "held-out training rows (no agent holds them)"
+    else:
+        clean = np.zeros(n_train, dtype=bool)
+        for rows in agents:
+            clean[rows[rows < n_train]] = True
+        clean[poisoned_rows] = False
+        pool, source = np.flatnonzero(clean), "the agents' clean training rows (too few rows are held out)"
+        if len(pool) < size:
+            raise DataError(f"fltrust_root_size = {size}, but only {len(held_out)} training rows are held out and "
+                            f"{len(pool)} are clean agents' rows: lower fltrust_root_size (the paper uses 100)")
+    rng = seeding.numpy_rng(cfg.seed, seeding.ROOT)
+    root = np.sort(rng.choice(pool, size=size, replace=False)).astype(np.int64)
+    counts = np.bincount(ds.train_y.numpy()[root], minlength=ds.num_classes)
+    return root, {"size": int(size), "source": source, "label_counts": [int(c) for c in counts]}

@@ -120,6 +120,8 @@ class Simulation:
         self._trainable = self.layout.trainable_mask().to(self.device)
         # Neurotoxin: the last global update w_t - w_{t-1} (None before the first server step)
         self.last_update: Tensor | None = None
+        # FLTrust: the server's own update of the round, on its root dataset (None without a root set)
+        self.reference: Tensor | None = None
         # A3FL: the trigger (normalised float, C x H x W), optimised each attacked round
         self.trigger: Tensor | None = (self._initial_trigger() if cfg.trigger_optimisation in ("a3fl", "f3ba")
                                        else None)
@@ -374,7 +376,8 @@ class Simulation:
         updates, agents, seconds_training = self._train_round(round_)
         before = self.global_params.clone() if self.observers or self._tracks_update else None
         try:
-            step = self.server.step(round_, self.global_params, updates, agents, self.records)
+            step = self.server.step(round_, self.global_params, updates, agents, self.records,
+                                    reference=self.reference)
         except TrainingError as exc:
             raise TrainingError(f"{exc} {self._kept()}") from exc
         rec = step.record
@@ -415,7 +418,8 @@ class Simulation:
         grad_mask = None  # Neurotoxin: the corrupt agents' gradients avoid the last global update's top coordinates
         if cfg.neurotoxin_top_percent and ctx.attacking(round_) and self.last_update is not None:
             grad_mask = neurotoxin_mask(self.last_update, self._trainable, cfg.neurotoxin_top_percent)
-        ids = [int(a) for a in sampled] + twins
+        root = [] if ctx.root_agent is None else [ctx.root_agent]  # FLTrust: the server's own update, last
+        ids = [int(a) for a in sampled] + twins + root
         bad = [i for i, a in enumerate(ids) if i < len(sampled) and fed.is_corrupt(a)] if crafted is not None else []
         if bad:
             # F3BA: the corrupt agents train from the flipped model and send their local model minus the
@@ -432,9 +436,10 @@ class Simulation:
             all_updates, seconds = trained.updates, trained.seconds
         n = len(sampled)
         updates, agents = all_updates[:n], np.asarray(ids[:n], dtype=np.int64)
+        self.reference = all_updates[-1].clone() if root else None
         if len(corrupt_rows):
             rows = torch.from_numpy(corrupt_rows).to(updates.device)
-            clean = all_updates[n:] if twins else None
+            clean = all_updates[n:n + len(twins)] if twins else None
             trainable = self._trainable
             if cfg.byzantine != "none":
                 updates[rows] = self._byzantine(updates, rows, trainable)

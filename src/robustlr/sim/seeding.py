@@ -20,6 +20,7 @@ NOISE = 5  # server noise in a round
 INIT = 6  # model initialisation
 SUBSET = 7  # train_limit subset
 TRIGGER = 8  # an optimised trigger's batch order in a round (A3FL)
+ROOT = 9  # the server's root dataset (FLTrust)
 
 
 def seed_of(seed: int, purpose: int, *coords: int) -> int:

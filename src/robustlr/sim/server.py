@@ -34,6 +34,7 @@ from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
+                                  FLTrust,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -65,6 +66,7 @@ RULES = {
     "flame": lambda cfg, n, gen: Flame(noise_lambda=cfg.flame_noise_lambda, generator=gen),
     "signguard": lambda cfg, n, gen: SignGuard(cfg.signguard_lower, cfg.signguard_upper, cfg.signguard_coord_fraction,
                                                generator=gen),
+    "fltrust": lambda cfg, n, gen: FLTrust(),
 }
 
 
@@ -267,13 +269,15 @@ class Server:
     # -- one round
     def step(self, round_: int, global_params: Tensor, updates: Tensor, agents: Sequence[int],
              records: Sequence[RoundRecord], *, rejections: Sequence = (),
-             norms: Tensor | None = None) -> ServerStep:
+             norms: Tensor | None = None, reference: Tensor | None = None) -> ServerStep:
         """The server side of round ``round_``, applied to ``global_params`` in place.
 
         ``updates`` are the agents' updates in the order of ``agents`` (ids); ``records`` the
         rounds before this one (the RLR schedule and the stop rule read them); ``rejections``
         the :class:`robustlr.aggregation.screening.Rejection` of updates refused before they could
-        be stacked (Flower: malformed replies); ``norms`` the updates' L2 norms if already known.
+        be stacked (Flower: malformed replies); ``norms`` the updates' L2 norms if already known;
+        ``reference`` the server's own update of the round on its root dataset (FLTrust's ``g0``,
+        required by a rule that :attr:`~robustlr.aggregation.AggregationRule.needs_reference`).
 
         Screening rejects non-finite updates and, with ``screen_norm_multiple``, those far larger
         than the round's median, and logs them; the rule aggregates the rest (RLR on or off by its
@@ -325,6 +329,14 @@ class Server:
         self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
         weights = torch.as_tensor(self.agent_sizes[agents], dtype=torch.float32)
         rule = self.rule_for(rec.rlr_on)
+        if rule.needs_reference:
+            if reference is None:
+                raise TrainingError(f"round {round_}: aggregator {cfg.aggregator!r} needs the server's own update on "
+                                    f"its root dataset (reference), and none was given")
+            try:
+                rule.set_reference(reference.to(updates.device))
+            except ValueError as exc:
+                raise TrainingError(f"round {round_}: {exc}") from exc
         try:
             aggregate = rule(updates, weights=weights, agent_ids=agents)
         except ValueError as exc:  # e.g. Krum/Bulyan with too few updates left after screening

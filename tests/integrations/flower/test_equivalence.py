@@ -54,8 +54,10 @@ def _both_paths(overrides: list[str], data_dir):
     ["boost_factor=20.0", "screen_norm_multiple=3.0"],      # a boosted update, rejected by the norm screen
     # the corrupt agent's own PGD (pgd_radius) runs in the ClientApp too
     ["boost_factor=10.0", "stealth='project'", "pgd_radius=0.5", "aggregator='multikrum'", "rlr_threshold=0"],
+    # FLTrust: the ServerApp trains the server's own update on the same root set as the simulator
+    ["aggregator='fltrust'", "fltrust_root_size=50", "boost_factor=10.0"],
 ], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-neurotoxin", "boost-screened",
-        "stealth-pgd-multikrum"])
+        "stealth-pgd-multikrum", "fltrust-rlr-boost"])
 def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model
@@ -73,6 +75,8 @@ def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     assert [r.rejected for r in result.robustlr_records] == [r.rejected for r in ours.records]
     assert [[x["reason"] for x in r.rejections] for r in result.robustlr_records] == \
         [[x["reason"] for x in r.rejections] for r in ours.records]
+    if "aggregator='fltrust'" in overrides:  # the same agents left out (trust 0) on both paths
+        assert [r.excluded for r in result.robustlr_records] == [r.excluded for r in ours.records]
     if "screen_norm_multiple=3.0" in overrides:  # the one corrupt agent of 10, boosted, every round
         assert all([x["reason"] for x in r.rejections] == ["norm"] for r in ours.records)
     final = result.evaluate_metrics_serverapp[3]

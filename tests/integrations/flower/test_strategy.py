@@ -230,3 +230,34 @@ def test_signguard_in_a_rule_strategy_gives_the_simulators_aggregate_on_the_same
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert 7 in sim.telemetry["norm_rejected_rows"] and ours.rule.telemetry["admitted_agents"] == [
         i + 1 for i in sim.telemetry["admitted_rows"]]
+
+
+def test_fltrust_in_a_rule_strategy_gives_the_simulators_aggregate_with_the_servers_own_update():
+    from robustlr.aggregation import FLTrust
+    from robustlr.integrations.flower import fltrust_strategy
+
+    rng = np.random.default_rng(5)
+    g = {"a": rng.normal(size=(30, 4)), "b": rng.normal(size=20)}
+    n = 6
+    rows = [{k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()} for _ in range(n)]
+    server_model = {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()}
+    seen = []
+
+    def reference_fn(server_round, arrays):  # the server's training on its root data, here a fixed model
+        seen.append((server_round, sorted(arrays.keys())))
+        return ArrayRecord({k: Array(server_model[k]) for k in ("a", "b")})
+
+    with pytest.raises(ValueError, match="pass reference_fn"):
+        RuleStrategy(FLTrust())
+    ours = fltrust_strategy(reference_fn, screen_norm_multiple=0, min_available_nodes=n, min_train_nodes=n)
+    _configure(ours, _global(g), range(1, n + 1))
+    arrays, _ = ours.aggregate_train(1, [_reply(i + 1, r) for i, r in enumerate(rows)])
+    assert seen == [(1, ["a", "b"])]
+    flat = lambda d: torch.cat([torch.as_tensor(np.asarray(d[k], dtype=np.float32)).flatten() for k in ("a", "b")])
+    updates = torch.stack([flat(r) - flat(g) for r in rows])
+    sim = FLTrust()
+    sim.set_reference(flat(server_model) - flat(g))
+    expected = flat(g) + sim(updates)
+    got = torch.cat([torch.as_tensor(arrays[k].numpy()).flatten() for k in ("a", "b")])
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert ours.rule.telemetry["rejected_agents"] == [i + 1 for i in sim.telemetry["rejected_rows"]]

@@ -19,8 +19,8 @@ from robustlr._optional import require
 require("flwr", extra="flower", feature="robustlr.integrations.flower")
 
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, trainable_keys  # noqa: E402
-from robustlr.integrations.flower.strategy import (RobustLRStrategy, RuleStrategy, foolsgold_strategy,  # noqa: E402
+from robustlr.integrations.flower.strategy import (RobustLRStrategy, RuleStrategy, fltrust_strategy, foolsgold_strategy,  # noqa: E402
                                                    sign_aggregation_strategy)
 
-__all__ = ["ArrayLayout", "RobustLRStrategy", "RuleStrategy", "foolsgold_strategy", "screen_replies",
+__all__ = ["ArrayLayout", "RobustLRStrategy", "RuleStrategy", "fltrust_strategy", "foolsgold_strategy", "screen_replies",
            "sign_aggregation_strategy", "trainable_keys"]

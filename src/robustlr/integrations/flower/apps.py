@@ -151,6 +151,18 @@ class ExperimentStrategy(FedAvg):
         self.layout = layout
         self.server = Server.for_federation(cfg, fed, layout)
         self.records: dict[int, RoundRecord] = {}  # the simulator's round records, built on the server
+        # FLTrust: the server trains on its root dataset itself, as the simulator's engine does
+        self.root_engine = (SequentialEngine(engine_context(cfg, fed, torch.device("cpu")))
+                            if fed.root_indices is not None else None)
+
+    def reference_update(self, server_round: int, global_flat: torch.Tensor) -> torch.Tensor | None:
+        """The server's own update of the round on its root dataset (FLTrust's ``g0``), trained from
+        the global arrays it sent, with the clients' local training; None without a root set."""
+        if self.root_engine is None:
+            return None
+        ctx, root = self.root_engine.ctx, self.root_engine.ctx.root_agent
+        return self.root_engine.train_agent(global_flat, ctx.indices(root, server_round), server_round, root,
+                                            ctx.loss_sign(root, server_round)).clone()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -177,7 +189,8 @@ class ExperimentStrategy(FedAvg):
         global_flat = sent.flatten(self._sent_arrays)
         updates, agents, rejections = self._updates_of(replies, sent, global_flat)
         records = [self.records[r] for r in sorted(self.records)]
-        step = self.server.step(server_round, global_flat, updates, agents, records, rejections=rejections)
+        step = self.server.step(server_round, global_flat, updates, agents, records, rejections=rejections,
+                                reference=self.reference_update(server_round, global_flat))
         rec = step.record
         rec.seconds_aggregation = time.perf_counter() - t0
         self.records[server_round] = rec

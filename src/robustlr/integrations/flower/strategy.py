@@ -27,7 +27,7 @@ votes on the (unclipped) replies and flips the clipped, noised aggregate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -35,14 +35,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from robustlr.aggregation import AggregationRule, FoolsGold, RobustLR, SignAggregation, Threshold
+from robustlr.aggregation import AggregationRule, FLTrust, FoolsGold, RobustLR, SignAggregation, Threshold
 from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
 
 log = logging.getLogger("robustlr")
 
-__all__ = ["RobustLRStrategy", "RuleStrategy", "foolsgold_strategy", "sign_aggregation_strategy"]
+__all__ = ["RobustLRStrategy", "RuleStrategy", "fltrust_strategy", "foolsgold_strategy", "sign_aggregation_strategy"]
 
 
 #: reply metrics that identify a reply rather than measure it: never averaged over replies
@@ -236,12 +236,22 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
     accepted); ``agent_ids`` given to the rule are the replying nodes' ids (FoolsGold keeps its
     history by them). Dropped replies are counted in ``dropped-replies``; ``screen_norm_multiple``
     (0 = off) also drops replies whose update norm exceeds that multiple of the round's median.
+
+    A rule that needs the server's own update each round (FLTrust, ``rule.needs_reference``) needs
+    ``reference_fn(server_round, arrays) -> ArrayRecord``: the server's local model after its own
+    training on its root data from the global ``arrays``; the strategy hands the rule that model
+    minus the global one (see :func:`fltrust_strategy`).
     """
 
     def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
                  screen_norm_multiple: float = DEFAULT_SCREEN_NORM_MULTIPLE,
                  weighting: Literal["claimed", "equal"] = "claimed",
-                 max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE, **fedavg_kwargs) -> None:
+                 max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE,
+                 reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None, **fedavg_kwargs) -> None:
+        if rule.needs_reference and reference_fn is None:
+            raise ValueError(f"{rule!r} needs the server's own update every round: pass reference_fn(server_round, "
+                             f"arrays) -> the ArrayRecord the server trains on its root data from arrays")
+        self.reference_fn = reference_fn
         super().__init__(**fedavg_kwargs)
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
         self.weighting, self.max_weight_multiple = _weighting(weighting, max_weight_multiple)
@@ -266,6 +276,9 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,
                                              self.weighted_by_key)
         rule = self.rule_for_round(server_round)
+        if rule.needs_reference:
+            trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
+            rule.set_reference(self._layout.flatten(trained) - self._global)
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
@@ -280,6 +293,15 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
 def sign_aggregation_strategy(server_lr: float = 1e-3, **fedavg_kwargs) -> RuleStrategy:
     """signSGD with majority vote (the paper's eq. 4) as a Flower strategy; eta 1e-3 as in the paper."""
     return RuleStrategy(SignAggregation(), server_lr, **fedavg_kwargs)
+
+
+def fltrust_strategy(reference_fn: Callable[[int, ArrayRecord], ArrayRecord], server_lr: float = 1.0,
+                     **fedavg_kwargs) -> RuleStrategy:
+    """FLTrust (Cao et al., NDSS 2021) as a Flower strategy. ``reference_fn(server_round, arrays)``
+    returns the server's model after its own local training on its clean root data from the global
+    ``arrays`` (the paper: 100 examples, the clients' local training); the replies are weighted by
+    their cosine to that update and rescaled to its norm (:class:`robustlr.aggregation.FLTrust`)."""
+    return RuleStrategy(FLTrust(), server_lr, reference_fn=reference_fn, **fedavg_kwargs)
 
 
 def foolsgold_strategy(**fedavg_kwargs) -> RuleStrategy:

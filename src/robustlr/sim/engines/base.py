@@ -100,6 +100,8 @@ class EngineContext:
     pgd_radii: Mapping[int, float] = field(default_factory=dict)
     # Neurotoxin: the agents whose gradients the round's mask (train_round's grad_mask) restricts
     masked_agents: frozenset[int] = frozenset()
+    # FLTrust: the id under which the server trains on its root dataset (None: no root set)
+    root_agent: int | None = None
 
     def attacking(self, round_: int | None) -> bool:
         """Whether corrupt agents attack in ``round_``: within [attack_from_round, attack_until_round]."""

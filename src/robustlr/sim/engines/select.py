@@ -112,10 +112,16 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
         for j, c in enumerate(fed.corrupt):
             twins[int(c)] = fed.num_agents + j
             agent_indices.append(fed.honest_indices[int(c)])
+    root_agent = None
+    if getattr(fed, "root_indices", None) is not None:
+        # FLTrust: the server trains on its root set as one more agent, after the twins
+        root_agent = len(agent_indices)
+        agent_indices.append(fed.root_indices)
     return EngineContext(
         model_name=cfg.model, num_classes=fed.dataset.num_classes, settings=local_settings(cfg),
         train_x=fed.train_x, train_y=fed.train_y, agent_indices=agent_indices, device=device,
-        max_agents=per_round + min(len(twins), per_round), clean_twins=twins,
+        max_agents=per_round + min(len(twins), per_round) + (root_agent is not None), clean_twins=twins,
+        root_agent=root_agent,
         workers=max(1, min(cfg.threads or available_cores(), per_round)),
         # the negated-loss attack (Table 7): corrupt agents minimise minus the loss
         loss_signs={int(a): -1.0 for a in fed.corrupt} if cfg.corrupt_loss == "negated" else {},
