@@ -8,22 +8,35 @@ from typer.testing import CliRunner
 from robustlr.bench.aggregation import format_table, run_benchmark
 from robustlr.cli import app
 
-RULES = ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise(FedAvg)", "RobustLR(FedAvg)"]
+RULES = ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise(FedAvg)", "RobustLR(FedAvg)",
+         "TrimmedMean"]
+
+
+def _clustering() -> list[str]:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return []
+    return ["Flame", "SignGuard"]
 
 
 def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():
-    rows = run_benchmark(n_agents_list=(3, 5), n_params=2000, repeats=1, threads=1)
+    rows = run_benchmark(n_agents_list=(3, 5, 7), n_params=2000, repeats=1, threads=1)
+    # f = 1: multi-Krum from n = 5 (n > 2f + 2), Bulyan from n = 7 (n >= 4f + 3)
+    expected = {3: [*RULES, "RFA", "FLTrust"], 5: [*RULES, "MultiKrum", "RFA", "FLTrust"],
+                7: [*RULES, "MultiKrum", "Bulyan", "RFA", "FLTrust"]}
     assert [(r["n_agents"], r["rule"]) for r in rows] == [
-        (n, rule) for n in (3, 5) for rule in ["mean(0) baseline", *RULES]]
+        (n, rule) for n in (3, 5, 7) for rule in ["mean(0) baseline", *expected[n], *_clustering()]]
     assert all(r["n_params"] == 2000 and r["threads"] == 1 for r in rows)
-    assert [r["ratio"] for r in rows if r["rule"] == "mean(0) baseline"] == [1.0, 1.0]
+    assert [r["ratio"] for r in rows if r["rule"] == "mean(0) baseline"] == [1.0, 1.0, 1.0]
     table = format_table(rows)
-    assert table.count("RobustLR(FedAvg)") == 2 and "x mean" in table
+    assert table.count("RobustLR(FedAvg)") == 3 and "x mean" in table
 
 
 def test_unknown_rule_is_refused_and_names_match_in_any_case():
-    with pytest.raises(ValueError, match=r"unknown rule 'Krum' for --rule; choose from FedAvg, CoordinateMedian"):
-        run_benchmark(n_agents_list=(3,), n_params=100, repeats=1, rules=["Krum"])
+    with pytest.raises(ValueError, match=r"unknown rule 'Krum' \(did you mean 'MultiKrum'\?\) for --rule; "
+                                         r"choose from FedAvg, CoordinateMedian"):
+        run_benchmark(n_agents_list=(5,), n_params=100, repeats=1, rules=["Krum"])
     rows = run_benchmark(n_agents_list=(3,), n_params=100, repeats=1, rules=["fedavg", "ROBUSTLR(FEDAVG)"])
     assert [r["rule"] for r in rows] == ["mean(0) baseline", "FedAvg", "RobustLR(FedAvg)"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from robustlr.aggregation import (ClipAndNoise, CoordinateMedian, FedAvg, FoolsGold, RobustLR, SignAggregation,
-                                  threshold_range)
+from robustlr.aggregation import (Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, FLTrust, FoolsGold, GeometricMedian,
+                                  Krum, RobustLR, SignAggregation, TrimmedMean, threshold_range)
 from robustlr.bench.common import time_pair
 from robustlr.errors import ConfigError, did_you_mean
 
@@ -45,7 +45,10 @@ def run_benchmark(
     the baseline row has 1.0 and the median of all its times),
     ``device``, ``threads`` (torch's intra-op threads).
 
-    ``rules`` restricts the rules timed (names as in the rows); the baseline always runs.
+    ``rules`` restricts the rules timed (names as in the rows); the baseline always runs. The
+    defenses (trimmed mean, multi-Krum, Bulyan, RFA, FLTrust; FLAME and SignGuard where
+    scikit-learn is installed) assume f = ceil(0.1 n) corrupt agents; multi-Krum and Bulyan are
+    timed only at agent counts they accept (n > 2f + 2, n >= 4f + 3).
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).
     The RLR threshold is the low end of :func:`threshold_range` at F = 0.1; the clipping
     bound is the median update norm, so about half of the agents are clipped.
@@ -68,6 +71,9 @@ def run_benchmark(
         clip_norm = float(torch.linalg.vector_norm(updates, dim=1).median())
         theta = threshold_range(n_agents, 0.1)[0] if n_agents >= 3 else 1
         fg = FoolsGold()
+        f = max(1, -(-n_agents // 10))  # ceil(0.1 n), as the simulator's assumed_corrupt at F = 0.1
+        fltrust = FLTrust()  # the server update: one more random update (its training is not the rule's time)
+        fltrust.set_reference(torch.randn(n_params, generator=gen).mul_(1e-3).to(dev))
         candidates: dict[str, Callable[[], Any]] = {
             "FedAvg": lambda: FedAvg()(updates),
             "CoordinateMedian": lambda: CoordinateMedian()(updates),
@@ -77,7 +83,22 @@ def run_benchmark(
                 FedAvg(), clip_norm, 1e-3, torch.Generator().manual_seed(seed)
             )(updates),
             "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta)(updates),
+            # the defenses RLR is compared with (docs/defenses.md), with the simulator's defaults at F = 0.1
+            "TrimmedMean": lambda: TrimmedMean(0.1)(updates),
+            "MultiKrum": lambda: Krum(f, m=n_agents - f)(updates),
+            "Bulyan": lambda: Bulyan(f)(updates),
+            "RFA": lambda: GeometricMedian()(updates),
+            "FLTrust": lambda: fltrust(updates),
         }
+        if n_agents <= 2 * f + 2:  # Krum needs n > 2f + 2, Bulyan n >= 4f + 3: not timed below that
+            del candidates["MultiKrum"]
+        if n_agents < 4 * f + 3:
+            del candidates["Bulyan"]
+        if _have_sklearn():  # FLAME and SignGuard cluster with scikit-learn (the 'flame' extra)
+            from robustlr.aggregation import Flame, SignGuard
+
+            candidates["Flame"] = lambda: Flame(generator=torch.Generator().manual_seed(seed))(updates)
+            candidates["SignGuard"] = lambda: SignGuard(generator=torch.Generator().manual_seed(seed))(updates)
         by_lower = {name.lower(): name for name in candidates}  # names match case-insensitively
         unknown = [r for r in rules or () if r.lower() not in by_lower]
         if unknown:
@@ -98,8 +119,16 @@ def run_benchmark(
         if not all_base:
             all_base = time_pair(baseline, baseline, repeats, dev)[0]
         base_row["seconds"] = statistics.median(all_base)
-        del updates, fg
+        del updates, fg, fltrust
     return rows
+
+
+def _have_sklearn() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

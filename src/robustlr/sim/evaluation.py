@@ -23,16 +23,18 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: to
 
 
 def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean cross-entropy, summed exactly (``math.fsum`` over the per-sample losses).
+    """Mean cross-entropy, summed exactly (``math.fsum`` over the per-sample losses) and rounded
+    to float32 (the precision of the logits it comes from).
 
     ``F.cross_entropy``'s own mean reduces in parallel, so its last bits move with the thread
-    count; the per-sample losses do not, and an exact sum of them is the same on any thread count
-    (the Flower ServerApp and the simulator must report the same number for the same model).
+    count; an exact sum does not. Rounding to float32 keeps the numbers of earlier results (a
+    float32 mean) and absorbs last-bit differences of the logits themselves: bf16 emulated on a
+    CPU without native bf16 rounds a convolution's sums differently on 1 and 2 threads.
     """
     if labels.numel() == 0:
         return float("nan")
     per_sample = F.cross_entropy(logits, labels, reduction="none")
-    return math.fsum(per_sample.tolist()) / labels.numel()
+    return float(torch.tensor(math.fsum(per_sample.tolist()) / labels.numel(), dtype=torch.float32))
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
