@@ -33,4 +33,8 @@ def test_the_makefile_runs_the_tiers_the_readme_says():
     assert sorted(slow) == sorted(conf.TIERS)  # `make test` leaves out every tier
     assert re.search(r"^test-all: .*\n\t\$\(PYTEST\) -m \"not long\"$", make, re.M)  # CI: all but long
     assert re.search(r"^test-long: .*\n\t\$\(PYTEST\) -m long$", make, re.M)
-    assert "make test-all" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test-all" in ci and "make test-headline" in ci
+    # the headline names one test of the long tier, which exists
+    headline = re.search(r"^test-headline: .*\n\t\$\(PYTEST\) -m long \"([^\"]+)\"$", make, re.M).group(1)
+    assert headline in conf.TIER_OF and conf.TIER_OF[headline] == "long"
