@@ -86,3 +86,10 @@ def test_fltrust_root_size_is_inert_elsewhere_and_checked():
     assert "fltrust_root_size" in make_config({"fltrust_root_size": 50}).inert_keys()
     with pytest.raises(ValueError, match="fltrust_root_size"):
         make_config({"aggregator": "fltrust", "fltrust_root_size": 0})
+
+
+def test_a_root_set_missing_classes_is_warned_and_recorded(tiny, caplog):
+    fed = build_federation(make_config({**BASE, "fltrust_root_size": 3}), tiny())
+    assert len(fed.root_indices) == 3
+    assert "holds no example of class(es)" in fed.notes["fltrust_root"]["warnings"][0]
+    assert "Raise fltrust_root_size" in caplog.text

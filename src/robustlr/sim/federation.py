@@ -333,4 +333,11 @@ def draw_root_set(cfg: ExperimentConfig, ds: ImageDataset, agents: list[np.ndarr
     rng = seeding.numpy_rng(cfg.seed, seeding.ROOT)
     root = np.sort(rng.choice(pool, size=size, replace=False)).astype(np.int64)
     counts = np.bincount(ds.train_y.numpy()[root], minlength=ds.num_classes)
-    return root, {"size": int(size), "source": source, "label_counts": [int(c) for c in counts]}
+    note = {"size": int(size), "source": source, "label_counts": [int(c) for c in counts]}
+    missing = [int(c) for c in np.flatnonzero(counts == 0)]
+    if missing:
+        msg = (f"FLTrust's root set of {size} examples holds no example of class(es) {missing}: the server's own "
+               f"update ignores them, and honest updates that learn them lose trust. Raise fltrust_root_size")
+        log.warning(msg)
+        note["warnings"] = [msg]
+    return root, note

@@ -1,0 +1,132 @@
+"""docs/defenses.md's tables are the committed results' numbers (read only).
+
+The tables are built here from docs/defenses/results (the defenses-noniid sweep, compact: no
+checkpoints or models) and docs/defenses/bench-aggregation.json (``robustlr bench aggregation
+--json``), and the test checks that each line appears in the page verbatim.
+``python tests/reports/test_defenses_doc.py [RESULTS]`` prints them (how the page's tables were written).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "defenses" / "results"
+BENCH = ROOT / "docs" / "defenses" / "bench-aggregation.json"
+SUITE = "defenses-noniid"
+DEFENSES = ["fedavg", "rlr", "fltrust", "signguard"]
+ATTACKS = ["trojan", "boost", "stealth", "adaptive-sign-f03"]
+#: an attack "took" in a seed when the undefended twin's backdoor accuracy reached this
+TOOK = 0.5
+
+
+def _mean_sd(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    vals = [scale * v for v in vals]
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.fmean(vals):.{digits}f} +- {statistics.stdev(vals):.{digits}f}"
+
+
+def _runs(results: Path) -> dict[str, list[dict]]:
+    from robustlr.experiments import store
+
+    out: dict[str, list[dict]] = {}
+    for r in sorted(store.query(results), key=lambda r: (r["label"], r["seed"])):
+        if r["suite"] == SUITE and r["status"] == "done":
+            out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def _records(results: Path, run: dict) -> list[dict]:
+    path = results / SUITE / run["name"] / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _left_out(results: Path, runs: list[dict]) -> tuple[str, str]:
+    """The shares of corrupt and of honest updates the defense left out (rejected by the rule or the
+    screen), over every round of every seed."""
+    corrupt = corrupt_out = honest = honest_out = 0
+    for run in runs:
+        for rec in _records(results, run):
+            c = rec["corrupt_in_round"]
+            c_out = rec.get("corrupt_excluded") or 0
+            excluded = len(rec.get("excluded") or [])
+            corrupt, corrupt_out = corrupt + c, corrupt_out + c_out
+            honest, honest_out = honest + rec["agents"] - c, honest_out + excluded - c_out
+    pct = lambda a, b: f"{100 * a / b:.0f}" if b else "-"  # noqa: E731
+    return pct(corrupt_out, corrupt), pct(honest_out, honest)
+
+
+def tables(results: Path, bench: Path | None = BENCH) -> dict[str, list[str]]:
+    runs = _runs(results)
+    out: dict[str, list[str]] = {}
+    lines = ["| defense \\ attack | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+    took_row = []
+    for a in ATTACKS:
+        twin = runs.get(f"fedavg.{a}", [])
+        took = [r["seed"] for r in twin if r["backdoor_acc"] >= TOOK]
+        took_row.append(f"{len(took)} of {len(twin)}" if twin else "-")
+    for d in DEFENSES:
+        cells = []
+        for a in ATTACKS:
+            rs = runs.get(f"{d}.{a}", [])
+            n = f" ({len(rs)})" if len(rs) > 1 else ""
+            cells.append("-" if not rs else f"{_mean_sd([r['backdoor_acc'] for r in rs])} / "
+                                            f"{_mean_sd([r['val_acc'] for r in rs])}{n}")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append(f"| attack took in fedavg (backdoor >= {100 * TOOK:.0f} %), seeds | " + " | ".join(took_row) + " |")
+    out["defenses-noniid"] = lines
+
+    lines = ["| defense | attack | corrupt updates left out % | honest updates left out % | server s / round |",
+             "|---|---|---|---|---|"]
+    for d in DEFENSES:
+        for a in ATTACKS:
+            rs = runs.get(f"{d}.{a}", [])
+            if not rs:
+                continue
+            corrupt, honest = _left_out(results, rs)
+            secs = [rec["seconds_aggregation"] for run in rs for rec in _records(results, run)]
+            lines.append(f"| {d} | {a} | {corrupt} | {honest} | {statistics.fmean(secs):.3f} |")
+    out["left-out"] = lines
+
+    if bench is not None and bench.exists():
+        rows = json.loads(bench.read_text())
+        agents = sorted({r["n_agents"] for r in rows})
+        rules = list(dict.fromkeys(r["rule"] for r in rows))
+        by = {(r["rule"], r["n_agents"]): r for r in rows}
+        lines = ["| rule | " + " | ".join(f"{n} agents: ms (x mean)" for n in agents) + " |",
+                 "|---" * (len(agents) + 1) + "|"]
+        for rule in rules:
+            cells = [f"{1e3 * by[(rule, n)]['seconds']:.1f} ({by[(rule, n)]['ratio']:.1f})" if (rule, n) in by else "-"
+                     for n in agents]
+            lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+        out["bench"] = lines
+    return out
+
+
+def test_every_table_of_the_page_is_the_stored_results(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)  # the store may be migrated on open: never touch the committed one
+    page = (ROOT / "docs" / "defenses.md").read_text()
+    built = tables(results)
+    assert set(built) == {"defenses-noniid", "left-out", "bench"}
+    assert len(built["defenses-noniid"]) == 2 + len(DEFENSES) + 1
+    for name, lines in built.items():
+        for line in lines:
+            assert line in page, (name, line)
+
+
+if __name__ == "__main__":  # print the tables of a results folder
+    import tempfile
+
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    copy = Path(tempfile.mkdtemp()) / "results"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("*.pt"))  # opening a store may migrate it
+    for name, lines in tables(copy).items():
+        print(f"<!-- {name} -->")
+        print("\n".join(lines))
+        print()
