@@ -274,6 +274,20 @@ class AggregationRule(abc.ABC):
         if isinstance(inner, AggregationRule):
             inner.set_reference(reference)
 
+    @property
+    def needs_global(self) -> bool:
+        """Whether the rule needs the round's global model (FLDetector, see :meth:`set_global`)
+        before each call; a wrapper asks the rule it wraps."""
+        inner = getattr(self, "rule", None)
+        return isinstance(inner, AggregationRule) and inner.needs_global
+
+    def set_global(self, global_params: Tensor | None) -> None:
+        """Hand the round's global model (over the same coordinates as the updates) to the rule
+        that needs it; a wrapper passes it to the rule it wraps."""
+        inner = getattr(self, "rule", None)
+        if isinstance(inner, AggregationRule):
+            inner.set_global(global_params)
+
     def state_dict(self) -> dict[str, Any]:
         """The state kept between calls, as tensors and plain values (what a checkpoint saves).
 

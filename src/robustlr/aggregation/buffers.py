@@ -84,6 +84,12 @@ class PlainBuffers(FusedCheckRule):
             reference = reference[self.trainable.to(reference.device)]
         super().set_reference(reference)
 
+    def set_global(self, global_params: Tensor | None) -> None:
+        """The rule sees the trainable coordinates only: so does the global model it is given."""
+        if global_params is not None and isinstance(self.rule, AggregationRule):
+            global_params = global_params[self.trainable.to(global_params.device)]
+        super().set_global(global_params)
+
     def aggregate_fused(self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None,
                    check_finite: bool) -> Tensor:
         if updates.shape[1] != self.trainable.shape[0]:

@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
-                     "flame", "signguard", "fltrust"]
+                     "flame", "signguard", "fltrust", "fldetector"]
 Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
@@ -277,6 +277,10 @@ class ExperimentConfig(BaseModel):
         100, ge=1, description="fltrust: examples in the server's clean root dataset, drawn (seeded) from the "
         "training rows no agent holds when there are enough, else from the agents' clean rows (the paper's 100, "
         "drawn from the clients' data)")
+    fldetector_window: int = Field(
+        10, ge=1, description="fldetector: rounds of history behind each prediction and each suspicious score (the "
+        "paper's N = 10); predictions start in round N + 2 and detection in round 2N + 1, so the run needs at least "
+        "2N + 1 rounds")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -415,6 +419,16 @@ class ExperimentConfig(BaseModel):
                 f"aggregator 'sign' with model {self.model!r} and buffer_aggregation 'rule': the sign vote would move "
                 "batch-norm running statistics by +-1 (eta scales trainable parameters only); use "
                 "buffer_aggregation = 'mean'")
+        if self.aggregator == "fldetector":
+            if self.participation < 1:
+                problems.append(f"aggregator 'fldetector' with participation = {self.participation}: FLDetector predicts "
+                                f"each agent's update from its update of the round before, so every agent must take "
+                                f"part in every round; set participation = 1.0")
+            if self.rounds < 2 * self.fldetector_window + 1:
+                problems.append(f"fldetector_window = {self.fldetector_window} with rounds = {self.rounds}: the first "
+                                f"prediction comes in round window + 2 and detection needs a window of them (round "
+                                f"{2 * self.fldetector_window + 1} at the earliest), so the run would end before "
+                                f"FLDetector could detect anyone; lower fldetector_window or raise rounds")
         if self.aggregator == "signguard" and self.signguard_lower >= self.signguard_upper:
             problems.append(f"signguard_lower={self.signguard_lower} must be below signguard_upper="
                             f"{self.signguard_upper} (the norm filter keeps lower x median < norm < upper x median; "
@@ -568,6 +582,8 @@ class ExperimentConfig(BaseModel):
             (("signguard_lower", "signguard_upper", "signguard_coord_fraction"), self.aggregator != "signguard",
              f"aggregator {self.aggregator} (only signguard)", True),
             (("fltrust_root_size",), self.aggregator != "fltrust", f"aggregator {self.aggregator} (only fltrust)", True),
+            (("fldetector_window",), self.aggregator != "fldetector", f"aggregator {self.aggregator} (only fldetector)",
+             True),
             (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
              f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
-                                  FLTrust,
+                                  FLDetector, FLTrust,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -67,6 +67,7 @@ RULES = {
     "signguard": lambda cfg, n, gen: SignGuard(cfg.signguard_lower, cfg.signguard_upper, cfg.signguard_coord_fraction,
                                                generator=gen),
     "fltrust": lambda cfg, n, gen: FLTrust(),
+    "fldetector": lambda cfg, n, gen: FLDetector(FedAvg(), window=cfg.fldetector_window, generator=gen),
 }
 
 
@@ -337,6 +338,8 @@ class Server:
                 rule.set_reference(reference.to(updates.device))
             except ValueError as exc:
                 raise TrainingError(f"round {round_}: {exc}") from exc
+        if rule.needs_global:
+            rule.set_global(global_params)
         try:
             aggregate = rule(updates, weights=weights, agent_ids=agents)
         except ValueError as exc:  # e.g. Krum/Bulyan with too few updates left after screening

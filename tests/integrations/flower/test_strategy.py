@@ -261,3 +261,26 @@ def test_fltrust_in_a_rule_strategy_gives_the_simulators_aggregate_with_the_serv
     got = torch.cat([torch.as_tensor(arrays[k].numpy()).flatten() for k in ("a", "b")])
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert ours.rule.telemetry["rejected_agents"] == [i + 1 for i in sim.telemetry["rejected_rows"]]
+
+
+def test_fldetector_in_a_rule_strategy_keeps_its_state_across_rounds_as_the_simulators_rule():
+    from robustlr.aggregation import FLDetector
+
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(7)
+    n, rounds = 4, 6
+    ours = RuleStrategy(FLDetector(window=1, generator=torch.Generator().manual_seed(3)), screen_norm_multiple=0,
+                        min_available_nodes=n, min_train_nodes=n)
+    sim = FLDetector(window=1, generator=torch.Generator().manual_seed(3))
+    w = np.zeros(5, dtype=np.float32)
+    w_sim = torch.zeros(5)
+    for r in range(1, rounds + 1):
+        rows = [(-0.1 * (w - c)).astype(np.float32) for c in (1.0, 2.0, 3.0)] + [rng.normal(size=5).astype(np.float32)]
+        _configure(ours, _global({"w": w}), range(1, n + 1))
+        arrays, _ = ours.aggregate_train(r, [_reply(i + 1, {"w": w + u}) for i, u in enumerate(rows)])
+        sim.set_global(w_sim)
+        w_sim = w_sim + sim(torch.stack([torch.as_tensor((w + u) - w) for u in rows]), agent_ids=[1, 2, 3, 4])
+        w = arrays["w"].numpy()
+        torch.testing.assert_close(torch.as_tensor(w), w_sim, rtol=1e-5, atol=1e-6)
+        assert ours.rule.telemetry["rejected_agents"] == sim.telemetry["rejected_agents"]
+    assert ours.rule.telemetry["predicted"]

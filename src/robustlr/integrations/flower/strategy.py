@@ -279,6 +279,8 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         if rule.needs_reference:
             trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
             rule.set_reference(self._layout.flatten(trained) - self._global)
+        if rule.needs_global:
+            rule.set_global(self._global)
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
