@@ -17,9 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "defenses" / "results"
 BENCH = ROOT / "docs" / "defenses" / "bench-aggregation.json"
-SUITE = "defenses-noniid"
-DEFENSES = ["fedavg", "rlr", "fltrust", "signguard"]
-ATTACKS = ["trojan", "boost", "stealth", "adaptive-sign-f03"]
+#: suite -> (defenses, attacks) of its table
+SUITES = {"defenses-noniid": (["fedavg", "rlr", "fltrust", "signguard"], ["trojan", "boost", "stealth", "adaptive-sign-f03"]),
+          "defenses-iid": (["fedavg", "rlr", "fltrust", "signguard", "fldetector"],
+                           ["trojan", "stealth", "adaptive-sign-f03"])}
 #: an attack "took" in a seed when the undefended twin's backdoor accuracy reached this
 TOOK = 0.5
 
@@ -31,18 +32,18 @@ def _mean_sd(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{statistics.fmean(vals):.{digits}f} +- {statistics.stdev(vals):.{digits}f}"
 
 
-def _runs(results: Path) -> dict[str, list[dict]]:
+def _runs(results: Path, suite: str) -> dict[str, list[dict]]:
     from robustlr.experiments import store
 
     out: dict[str, list[dict]] = {}
     for r in sorted(store.query(results), key=lambda r: (r["label"], r["seed"])):
-        if r["suite"] == SUITE and r["status"] == "done":
+        if r["suite"] == suite and r["status"] == "done":
             out.setdefault(r["label"], []).append(r)
     return out
 
 
 def _records(results: Path, run: dict) -> list[dict]:
-    path = results / SUITE / run["name"] / "metrics.jsonl"
+    path = results / run["suite"] / run["name"] / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -62,36 +63,39 @@ def _left_out(results: Path, runs: list[dict]) -> tuple[str, str]:
 
 
 def tables(results: Path, bench: Path | None = BENCH) -> dict[str, list[str]]:
-    runs = _runs(results)
     out: dict[str, list[str]] = {}
-    lines = ["| defense \\ attack | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
-    took_row = []
-    for a in ATTACKS:
-        twin = runs.get(f"fedavg.{a}", [])
-        took = [r["seed"] for r in twin if r["backdoor_acc"] >= TOOK]
-        took_row.append(f"{len(took)} of {len(twin)}" if twin else "-")
-    for d in DEFENSES:
-        cells = []
-        for a in ATTACKS:
-            rs = runs.get(f"{d}.{a}", [])
-            n = f" ({len(rs)})" if len(rs) > 1 else ""
-            cells.append("-" if not rs else f"{_mean_sd([r['backdoor_acc'] for r in rs])} / "
-                                            f"{_mean_sd([r['val_acc'] for r in rs])}{n}")
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    lines.append(f"| attack took in fedavg (backdoor >= {100 * TOOK:.0f} %), seeds | " + " | ".join(took_row) + " |")
-    out["defenses-noniid"] = lines
+    for suite, (defenses, attacks) in SUITES.items():
+        runs = _runs(results, suite)
+        if not runs:
+            continue
+        lines = ["| defense \\ attack | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+        took_row = []
+        for a in attacks:
+            twin = runs.get(f"fedavg.{a}", [])
+            took = [r["seed"] for r in twin if r["backdoor_acc"] >= TOOK]
+            took_row.append(f"{len(took)} of {len(twin)}" if twin else "-")
+        for d in defenses:
+            cells = []
+            for a in attacks:
+                rs = runs.get(f"{d}.{a}", [])
+                n = f" ({len(rs)})" if len(rs) > 1 else ""
+                cells.append("-" if not rs else f"{_mean_sd([r['backdoor_acc'] for r in rs])} / "
+                                                f"{_mean_sd([r['val_acc'] for r in rs])}{n}")
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines.append(f"| attack took in fedavg (backdoor >= {100 * TOOK:.0f} %), seeds | " + " | ".join(took_row) + " |")
+        out[suite] = lines
 
-    lines = ["| defense | attack | corrupt updates left out % | honest updates left out % | server s / round |",
-             "|---|---|---|---|---|"]
-    for d in DEFENSES:
-        for a in ATTACKS:
-            rs = runs.get(f"{d}.{a}", [])
-            if not rs:
-                continue
-            corrupt, honest = _left_out(results, rs)
-            secs = [rec["seconds_aggregation"] for run in rs for rec in _records(results, run)]
-            lines.append(f"| {d} | {a} | {corrupt} | {honest} | {statistics.fmean(secs):.3f} |")
-    out["left-out"] = lines
+        lines = ["| defense | attack | corrupt updates left out % | honest updates left out % | server s / round |",
+                 "|---|---|---|---|---|"]
+        for d in defenses:
+            for a in attacks:
+                rs = runs.get(f"{d}.{a}", [])
+                if not rs:
+                    continue
+                corrupt, honest = _left_out(results, rs)
+                secs = [rec["seconds_aggregation"] for run in rs for rec in _records(results, run)]
+                lines.append(f"| {d} | {a} | {corrupt} | {honest} | {statistics.fmean(secs):.3f} |")
+        out[f"{suite}-left-out"] = lines
 
     if bench is not None and bench.exists():
         rows = json.loads(bench.read_text())
@@ -113,8 +117,10 @@ def test_every_table_of_the_page_is_the_stored_results(tmp_path):
     shutil.copytree(RESULTS, results)  # the store may be migrated on open: never touch the committed one
     page = (ROOT / "docs" / "defenses.md").read_text()
     built = tables(results)
-    assert set(built) == {"defenses-noniid", "left-out", "bench"}
-    assert len(built["defenses-noniid"]) == 2 + len(DEFENSES) + 1
+    assert {"defenses-noniid", "defenses-noniid-left-out", "bench"} <= set(built)
+    for suite, (defenses, _) in SUITES.items():
+        if suite in built:
+            assert len(built[suite]) == 2 + len(defenses) + 1
     for name, lines in built.items():
         for line in lines:
             assert line in page, (name, line)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import AggregationRule
+from .base import AggregationRule, column_chunk
 from .robust import _combine, _rows_telemetry
 
 __all__ = ["FLTrust", "fltrust_weights"]
@@ -34,11 +34,19 @@ def fltrust_weights(updates: Tensor, reference: Tensor) -> tuple[Tensor, Tensor,
     >>> [round(float(t), 4) for t in trust], [round(float(s), 4) for s in scale]
     ([0.7071, 0.7071, 0.0], [0.7071, 0.4714, 1.4142])
     """
-    u64 = updates.to(torch.float64)
-    r64 = reference.to(device=updates.device, dtype=torch.float64)
-    norms = torch.linalg.vector_norm(u64, dim=1).cpu()
-    ref_norm = float(torch.linalg.vector_norm(r64))
-    dots = torch.mv(u64, r64).cpu()
+    n, n_params = updates.shape
+    ref = reference.to(device=updates.device)
+    sq = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    dots = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    ref_sq = 0.0
+    step = column_chunk(n, updates.device)  # float64 one cache-sized block at a time, no n x d float64 copy
+    for start in range(0, n_params, step):
+        block = updates[:, start:start + step].to(torch.float64)
+        r = ref[start:start + step].to(torch.float64)
+        sq += (block * block).sum(1)
+        dots += torch.mv(block, r)
+        ref_sq += float(r @ r)
+    norms, dots, ref_norm = sq.sqrt().cpu(), dots.cpu(), math.sqrt(ref_sq)
     trust = torch.zeros(updates.shape[0], dtype=torch.float64)
     scale = torch.zeros(updates.shape[0], dtype=torch.float64)
     nonzero = norms > 0
