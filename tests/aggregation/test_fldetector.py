@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from robustlr.aggregation import FedAvg, FLDetector, RobustLR
-from robustlr.aggregation.fldetector import gap_statistic_k, lbfgs_hvp
-
-pytest.importorskip("sklearn", reason="FLDetector clusters with scikit-learn: pip install 'robustlr[flame]'")
+from robustlr.aggregation.fldetector import gap_statistic_k, kmeans_1d, lbfgs_hvp
 
 
 def _bfgs(S, Y, v):
@@ -38,6 +36,23 @@ def test_lbfgs_is_the_bfgs_recursion_and_meets_the_last_secant_equation():
     s, y = torch.tensor([[1.0], [0.0]], dtype=torch.float64), torch.tensor([[2.0], [1.0]], dtype=torch.float64)
     torch.testing.assert_close(lbfgs_hvp(s, y, torch.tensor([1.0, 1.0], dtype=torch.float64)),
                                torch.tensor([3.0, 3.5], dtype=torch.float64))
+
+
+def test_one_dimensional_kmeans_is_the_best_split_into_intervals():
+    import itertools
+
+    rng = np.random.default_rng(4)
+    for n, k in ((6, 2), (7, 3), (8, 4)):
+        x = rng.uniform(0.0, 1.0, n)
+        v = np.sort(x)
+        best = min(sum(((v[a:b] - v[a:b].mean()) ** 2).sum() for a, b in zip((0, *cuts), (*cuts, n)))
+                   for cuts in itertools.combinations(range(1, n), k - 1))
+        sse, labels = kmeans_1d(x, k)
+        assert sse == pytest.approx(best, abs=1e-12)
+        assert sorted(set(labels.tolist())) == list(range(k))
+        # labels number the intervals from the smallest values up
+        assert all(x[labels == i].max() < x[labels == i + 1].min() for i in range(k - 1))
+    assert kmeans_1d(np.array([3.0, 3.0]), 5) == (0.0, pytest.approx(np.array([0, 1])))
 
 
 def test_the_gap_statistic_finds_two_groups_and_one():

@@ -9,8 +9,6 @@ from robustlr.sim.config import make_config
 from robustlr.sim.federation import build_federation
 from robustlr.sim.loop import Simulation
 
-pytest.importorskip("sklearn")
-
 BASE = {"dataset": "fashion-mnist", "rounds": 7, "num_agents": 4, "corrupt_fraction": 0.25, "poison_fraction": 0.5,
         "local_epochs": 1, "batch_size": 16, "eval_every": 7, "seed": 3, "train_mode": "sequential",
         "aggregator": "fldetector", "fldetector_window": 2, "rlr_threshold": 0, "boost_factor": 20.0}

@@ -266,7 +266,6 @@ def test_fltrust_in_a_rule_strategy_gives_the_simulators_aggregate_with_the_serv
 def test_fldetector_in_a_rule_strategy_keeps_its_state_across_rounds_as_the_simulators_rule():
     from robustlr.aggregation import FLDetector
 
-    pytest.importorskip("sklearn")
     rng = np.random.default_rng(7)
     n, rounds = 4, 6
     ours = RuleStrategy(FLDetector(window=1, generator=torch.Generator().manual_seed(3)), screen_norm_multiple=0,
