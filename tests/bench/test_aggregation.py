@@ -23,8 +23,8 @@ def _clustering() -> list[str]:
 def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():
     rows = run_benchmark(n_agents_list=(3, 5, 7), n_params=2000, repeats=1, threads=1)
     # f = 1: multi-Krum from n = 5 (n > 2f + 2), Bulyan from n = 7 (n >= 4f + 3)
-    expected = {3: [*RULES, "RFA", "FLTrust"], 5: [*RULES, "MultiKrum", "RFA", "FLTrust"],
-                7: [*RULES, "MultiKrum", "Bulyan", "RFA", "FLTrust"]}
+    expected = {3: [*RULES, "RFA", "FLTrust", "FLDetector"], 5: [*RULES, "MultiKrum", "RFA", "FLTrust", "FLDetector"],
+                7: [*RULES, "MultiKrum", "Bulyan", "RFA", "FLTrust", "FLDetector"]}
     assert [(r["n_agents"], r["rule"]) for r in rows] == [
         (n, rule) for n in (3, 5, 7) for rule in ["mean(0) baseline", *expected[n], *_clustering()]]
     assert all(r["n_params"] == 2000 and r["threads"] == 1 for r in rows)

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from robustlr.aggregation import (Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, FLTrust, FoolsGold, GeometricMedian,
+from robustlr.aggregation import (Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, FLDetector, FLTrust, FoolsGold,
+                                  GeometricMedian,
                                   Krum, RobustLR, SignAggregation, TrimmedMean, threshold_range)
 from robustlr.bench.common import time_pair
 from robustlr.errors import ConfigError, did_you_mean
@@ -46,7 +47,8 @@ def run_benchmark(
     ``device``, ``threads`` (torch's intra-op threads).
 
     ``rules`` restricts the rules timed (names as in the rows); the baseline always runs. The
-    defenses (trimmed mean, multi-Krum, Bulyan, RFA, FLTrust; FLAME and SignGuard where
+    defenses (trimmed mean, multi-Krum, Bulyan, RFA, FLTrust, FLDetector with its window of 10
+    full; FLAME and SignGuard where
     scikit-learn is installed) assume f = ceil(0.1 n) corrupt agents; multi-Krum and Bulyan are
     timed only at agent counts they accept (n > 2f + 2, n >= 4f + 3).
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).
@@ -74,6 +76,14 @@ def run_benchmark(
         f = max(1, -(-n_agents // 10))  # ceil(0.1 n), as the simulator's assumed_corrupt at F = 0.1
         fltrust = FLTrust()  # the server update: one more random update (its training is not the rule's time)
         fltrust.set_reference(torch.randn(n_params, generator=gen).mul_(1e-3).to(dev))
+        # FLDetector with its window full (the paper's 10 rounds): every timed call predicts and scores
+        fldetector = FLDetector(window=10, generator=torch.Generator().manual_seed(seed))
+        w = torch.zeros(n_params, device=dev)
+        if rules is None or "fldetector" in {r.lower() for r in rules}:
+            for _ in range(12):
+                fldetector.set_global(w)
+                w = w + fldetector(updates * (1.0 + 0.1 * torch.rand((), generator=gen).item()), agent_ids=ids)
+        fldetector.set_global(w)
         candidates: dict[str, Callable[[], Any]] = {
             "FedAvg": lambda: FedAvg()(updates),
             "CoordinateMedian": lambda: CoordinateMedian()(updates),
@@ -89,6 +99,7 @@ def run_benchmark(
             "Bulyan": lambda: Bulyan(f)(updates),
             "RFA": lambda: GeometricMedian()(updates),
             "FLTrust": lambda: fltrust(updates),
+            "FLDetector": lambda: fldetector(updates, agent_ids=ids),
         }
         if n_agents <= 2 * f + 2:  # Krum needs n > 2f + 2, Bulyan n >= 4f + 3: not timed below that
             del candidates["MultiKrum"]
@@ -119,7 +130,7 @@ def run_benchmark(
         if not all_base:
             all_base = time_pair(baseline, baseline, repeats, dev)[0]
         base_row["seconds"] = statistics.median(all_base)
-        del updates, fg, fltrust
+        del updates, fg, fltrust, fldetector
     return rows
 
 
