@@ -248,7 +248,7 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
                  weighting: Literal["claimed", "equal"] = "claimed",
                  max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE,
                  reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None, **fedavg_kwargs) -> None:
-        if rule.needs_reference and reference_fn is None:
+        if getattr(rule, "needs_reference", False) and reference_fn is None:
             raise ValueError(f"{rule!r} needs the server's own update every round: pass reference_fn(server_round, "
                              f"arrays) -> the ArrayRecord the server trains on its root data from arrays")
         self.reference_fn = reference_fn
@@ -276,10 +276,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,
                                              self.weighted_by_key)
         rule = self.rule_for_round(server_round)
-        if rule.needs_reference:
+        if getattr(rule, "needs_reference", False):
             trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
             rule.set_reference(self._layout.flatten(trained) - self._global)
-        if rule.needs_global:
+        if getattr(rule, "needs_global", False):
             rule.set_global(self._global)
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
