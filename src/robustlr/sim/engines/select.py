@@ -113,7 +113,7 @@ def engine_context(cfg: ExperimentConfig, fed, device: torch.device) -> EngineCo
             twins[int(c)] = fed.num_agents + j
             agent_indices.append(fed.honest_indices[int(c)])
     root_agent = None
-    if getattr(fed, "root_indices", None) is not None:
+    if fed.root_indices is not None:
         # FLTrust: the server trains on its root set as one more agent, after the twins
         root_agent = len(agent_indices)
         agent_indices.append(fed.root_indices)
