@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustlr.aggregation import FedAvg, FLDetector, RobustLR
+from robustlr.aggregation import FedAvg, FLDetector, RobustLR, RoundInputs
 from robustlr.aggregation.fldetector import gap_statistic_k, kmeans_1d, lbfgs_hvp
 
 
@@ -75,7 +75,7 @@ def _toy(rounds: int, window: int, bad: int | None = 3, rule=None):
         U = torch.stack([-0.1 * (A @ (w - centres[i])) for i in range(4)])
         if bad is not None:
             U[bad] = torch.randn(4, generator=g) * U[:bad].norm(dim=1).mean()
-        rule.set_global(w)
+        rule.set_round_inputs(RoundInputs(global_params=w))
         w = w + rule(U, agent_ids=[10, 11, 12, 13])
         tel.append(dict(rule.telemetry))
     return rule, w, tel
@@ -120,7 +120,7 @@ def test_the_state_survives_a_checkpoint_and_resets():
 
 def test_it_composes_with_the_robust_learning_rate_and_passes_the_global_model_through():
     rule = RobustLR(FLDetector(window=3, generator=torch.Generator().manual_seed(2)), threshold=2)
-    assert rule.needs_global and not FedAvg().needs_global
+    assert rule.round_inputs == {"global_params"} and not FedAvg().round_inputs
     _, _, tel = _toy(rounds=12, window=3, rule=rule)
     assert rule.rule.detected == [13]
 
@@ -129,7 +129,7 @@ def test_bad_input_is_refused_with_the_fix():
     U = torch.ones(3, 2)
     with pytest.raises(ValueError, match="needs agent_ids"):
         FLDetector()(U)
-    with pytest.raises(ValueError, match="call rule.set_global"):
+    with pytest.raises(ValueError, match=r"call rule.set_round_inputs\(RoundInputs\(global_params=w\)\)"):
         FLDetector()(U, agent_ids=[0, 1, 2])
     with pytest.raises(ValueError, match="window must be an integer >= 1"):
         FLDetector(window=0)

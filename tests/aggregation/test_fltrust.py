@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from robustlr.aggregation import ClipAndNoise, FedAvg, FLTrust, PlainBuffers, RobustLR, fltrust_weights
+from robustlr.aggregation import RoundInputs, ClipAndNoise, FedAvg, FLTrust, PlainBuffers, RobustLR, fltrust_weights
 
 
 def _with(reference) -> FLTrust:
@@ -63,8 +63,8 @@ def test_nobody_trusted_or_a_zero_server_update_leaves_the_model_where_it_is():
 def test_with_the_robust_learning_rate_the_vote_flips_the_trusted_mean_where_it_is_weak():
     U = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
     rule = RobustLR(FLTrust(), threshold=3)
-    assert rule.needs_reference
-    rule.set_reference(torch.tensor([1.0, 0.0]))
+    assert RobustLR(rule, threshold=1).round_inputs == {"reference"}
+    rule.set_round_inputs(RoundInputs(reference=torch.tensor([1.0, 0.0])))
     inner = _with([1.0, 0.0])(U)
     out = rule(U)
     # coordinate 0: all three agree (kept); coordinate 1: 1 of 3 net, below 3 (flipped)
@@ -74,8 +74,8 @@ def test_with_the_robust_learning_rate_the_vote_flips_the_trusted_mean_where_it_
 def test_the_reference_reaches_the_rule_through_the_wrappers_on_the_same_coordinates():
     trainable = torch.tensor([True, False, True])
     rule = PlainBuffers(ClipAndNoise(FLTrust(), clip_norm=100.0, noise_sigma=0.0), trainable)
-    assert rule.needs_reference and not FedAvg().needs_reference
-    rule.set_reference(torch.tensor([1.0, 99.0, 0.0]))
+    assert rule.round_inputs == {"reference"} and not FedAvg().round_inputs
+    rule.set_round_inputs(RoundInputs(reference=torch.tensor([1.0, 99.0, 0.0])))
     U = torch.tensor([[2.0, 5.0, 0.0], [0.0, 7.0, 1.0]])
     out = rule(U, weights=torch.tensor([1.0, 1.0]))
     # parameters (columns 0, 2): row 0 trust 1 rescaled to (1, 0); row 1 orthogonal, trust 0.
@@ -85,7 +85,7 @@ def test_the_reference_reaches_the_rule_through_the_wrappers_on_the_same_coordin
 
 def test_bad_input_is_refused_with_the_fix():
     U = torch.ones(3, 4)
-    with pytest.raises(ValueError, match="call rule.set_reference"):
+    with pytest.raises(ValueError, match=r"call rule.set_round_inputs\(RoundInputs\(reference=g0\)\)"):
         FLTrust()(U)
     with pytest.raises(ValueError, match="reference has 3 entries but the updates have 4 columns"):
         _with([1.0, 2.0, 3.0])(U)
@@ -93,6 +93,9 @@ def test_bad_input_is_refused_with_the_fix():
         FLTrust().set_reference(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="1-D floating-point"):
         FLTrust().set_reference(torch.ones(2, 2))
+    wrapped = PlainBuffers(FLTrust(), torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match=r"reference \(server update\) has shape \(2,\), but the model has 3 coordinates"):
+        wrapped.set_round_inputs(RoundInputs(reference=torch.ones(2)))
     bad = U.clone()
     bad[1, 2] = float("inf")
     with pytest.raises(ValueError, match=r"rows \[1\]"):

@@ -12,8 +12,8 @@ Wrappers take another rule: ``RobustLR(FedAvg(), threshold=4)``,
 The rules: ``FedAvg``, ``CoordinateMedian``, ``SignAggregation`` (:mod:`.rules`); ``FoolsGold``;
 the Byzantine-robust baselines ``TrimmedMean(beta)``, ``Krum(f, m=1)`` (and multi-Krum),
 ``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``FLTrust()`` in :mod:`.fltrust` (it
-needs the server's own update each round, given with ``rule.set_reference(g0)``); ``FLDetector(rule)``
-in :mod:`.fldetector` (it needs the round's global model, ``rule.set_global(w)``, and keeps state); ``Flame()`` in :mod:`.flame` and
+needs the server's own update each round, given with ``rule.set_round_inputs(RoundInputs(reference=g0))``); ``FLDetector(rule)``
+in :mod:`.fldetector` (it needs the round's global model, ``RoundInputs(global_params=w)``, and keeps state); ``Flame()`` in :mod:`.flame` and
 ``SignGuard()`` in :mod:`.signguard` (both need ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
 ``NormBounding(rule, bound)`` (Sun et al. 2019) and ``RobustLR``. Any rule composes with the
 wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMean(0.2), clip_norm=4)``.
@@ -25,7 +25,7 @@ wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMea
 tensor([ 1.0000, -0.6667, -1.0000])
 """
 
-from .base import AggregationRule, FusedCheckRule, sign_vote, validate_inputs
+from .base import AggregationRule, FusedCheckRule, RoundInputs, sign_vote, validate_inputs
 from .buffers import PlainBuffers
 from .clip import ClipAndNoise, NormBounding, clip_updates
 from .flame import Flame
@@ -41,6 +41,7 @@ from .signguard import SignGuard
 from .telemetry import flipped_per_layer, vote_telemetry
 
 __all__ = [
+    "RoundInputs",
     "AggregationRule",
     "FedAvg",
     "CoordinateMedian",

@@ -20,6 +20,7 @@ wrappers do so through one hook, :meth:`FusedCheckRule.aggregate_fused`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AggregationRule", "FusedCheckRule", "overflowed", "sign_vote", "wider", "validate_inputs", "check_finite_rows", "column_chunk"]
+__all__ = ["AggregationRule", "FusedCheckRule", "RoundInputs", "overflowed", "sign_vote", "wider", "validate_inputs", "check_finite_rows", "column_chunk"]
 
 # Column blocks of about this many elements (4 MiB of float32) keep a block of the update
 # matrix in cache while several passes run over it; measured fastest on CPU for 10..100 agents.
@@ -208,6 +209,37 @@ def validate_inputs(
     return updates, w, ids
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundInputs:
+    """What the server holds in a round beside the stacked updates, for the rules that need more
+    (:attr:`AggregationRule.round_inputs` names the fields a rule needs; the simulator's server
+    step and the Flower strategies fill exactly those before each call).
+
+    Every tensor is over the same coordinates as the updates' columns.
+
+    Attributes:
+        reference: the server's own update of the round, trained on its root dataset from the
+            global model (FLTrust's :math:`g_0`), ``(n_params,)``.
+        global_params: the round's global model (the weights the updates are relative to),
+            ``(n_params,)`` (FLDetector).
+    """
+
+    reference: Tensor | None = None
+    global_params: Tensor | None = None
+
+    def restricted(self, columns: Tensor) -> RoundInputs:
+        """The same inputs over the coordinates ``columns`` (a bool mask over ``n_params``) only."""
+        def cut(t: Tensor | None, name: str) -> Tensor | None:
+            if t is None:
+                return None
+            if t.ndim != 1 or t.shape[0] != columns.shape[0]:
+                raise ValueError(f"the round's {name} has shape {tuple(t.shape)}, but the model has "
+                                 f"{columns.shape[0]} coordinates: pass a flat vector of the same model")
+            return t[columns.to(t.device)]
+        return RoundInputs(reference=cut(self.reference, "reference (server update)"),
+                           global_params=cut(self.global_params, "global model"))
+
+
 class AggregationRule(abc.ABC):
     """Base class of all aggregation rules.
 
@@ -260,33 +292,20 @@ class AggregationRule(abc.ABC):
             inner.reset()
 
     @property
-    def needs_reference(self) -> bool:
-        """Whether the rule needs the round's server update (FLTrust's ``g0``, see
-        :meth:`set_reference`) before each call; a wrapper asks the rule it wraps."""
+    def round_inputs(self) -> frozenset[str]:
+        """The names of the :class:`RoundInputs` fields the rule needs before each call (empty for
+        a rule that reads the updates alone: FLTrust needs ``reference``, FLDetector
+        ``global_params``); a wrapper asks the rule it wraps."""
         inner = getattr(self, "rule", None)
-        return isinstance(inner, AggregationRule) and inner.needs_reference
+        return inner.round_inputs if isinstance(inner, AggregationRule) else frozenset()
 
-    def set_reference(self, reference: Tensor | None) -> None:
-        """Hand the round's server update (the server's own update on its root data, over the same
-        coordinates as the updates) to the rule that needs it; a wrapper passes it to the rule it
-        wraps (one that shows its rule only some coordinates passes those)."""
+    def set_round_inputs(self, inputs: RoundInputs) -> None:
+        """Hand the rule what the server holds this round beside the updates (see
+        :class:`RoundInputs`); a wrapper passes it to the rule it wraps (one that shows its rule
+        only some coordinates passes those, :meth:`RoundInputs.restricted`)."""
         inner = getattr(self, "rule", None)
         if isinstance(inner, AggregationRule):
-            inner.set_reference(reference)
-
-    @property
-    def needs_global(self) -> bool:
-        """Whether the rule needs the round's global model (FLDetector, see :meth:`set_global`)
-        before each call; a wrapper asks the rule it wraps."""
-        inner = getattr(self, "rule", None)
-        return isinstance(inner, AggregationRule) and inner.needs_global
-
-    def set_global(self, global_params: Tensor | None) -> None:
-        """Hand the round's global model (over the same coordinates as the updates) to the rule
-        that needs it; a wrapper passes it to the rule it wraps."""
-        inner = getattr(self, "rule", None)
-        if isinstance(inner, AggregationRule):
-            inner.set_global(global_params)
+            inner.set_round_inputs(inputs)
 
     def state_dict(self) -> dict[str, Any]:
         """The state kept between calls, as tensors and plain values (what a checkpoint saves).

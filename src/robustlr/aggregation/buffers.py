@@ -26,6 +26,7 @@ from torch import Tensor
 from .base import (
     AggregationRule,
     FusedCheckRule,
+    RoundInputs,
     call_inner,
     check_finite_rows,
     check_rule,
@@ -75,20 +76,11 @@ class PlainBuffers(FusedCheckRule):
             self._index[device] = (mask.nonzero().flatten(), (~mask).nonzero().flatten())
         return self._index[device]
 
-    def set_reference(self, reference: Tensor | None) -> None:
-        """The rule sees the trainable coordinates only: so does its reference (FLTrust's ``g0``)."""
-        if reference is not None and isinstance(self.rule, AggregationRule):
-            if reference.shape[0] != self.trainable.shape[0]:
-                raise ValueError(f"the reference has {reference.shape[0]} entries but trainable has "
-                                 f"{self.trainable.shape[0]} (n_params)")
-            reference = reference[self.trainable.to(reference.device)]
-        super().set_reference(reference)
-
-    def set_global(self, global_params: Tensor | None) -> None:
-        """The rule sees the trainable coordinates only: so does the global model it is given."""
-        if global_params is not None and isinstance(self.rule, AggregationRule):
-            global_params = global_params[self.trainable.to(global_params.device)]
-        super().set_global(global_params)
+    def set_round_inputs(self, inputs: RoundInputs) -> None:
+        """The rule sees the trainable coordinates only: so do the round's inputs (FLTrust's ``g0``,
+        FLDetector's global model)."""
+        if isinstance(self.rule, AggregationRule):
+            self.rule.set_round_inputs(inputs.restricted(self.trainable))
 
     def aggregate_fused(self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None,
                    check_finite: bool) -> Tensor:

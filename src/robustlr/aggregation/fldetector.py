@@ -4,7 +4,7 @@ are predicted from their own history.
 The rule keeps state across rounds (the window of global-model and aggregate differences, each
 agent's last update and its scores): it is in the checkpoint, so a resumed run equals an
 uninterrupted one. It needs the global model of each round, handed to it by the server
-(:meth:`AggregationRule.set_global`), and every agent in every round.
+(:meth:`AggregationRule.set_round_inputs`, its ``global_params``), and every agent in every round.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, call_inner, check_rule, inner_telemetry
+from .base import AggregationRule, RoundInputs, call_inner, check_rule, inner_telemetry
 from .clip import check_generator
 from .rules import FedAvg
 
@@ -195,12 +195,18 @@ class FLDetector(AggregationRule):
         self.reset_state()
 
     @property
-    def needs_global(self) -> bool:
-        return True
+    def round_inputs(self) -> frozenset[str]:
+        return frozenset({"global_params"})
+
+    def set_round_inputs(self, inputs: RoundInputs) -> None:
+        """Takes ``inputs.global_params``, the global model of the round about to be aggregated
+        (copied: the server changes its own in place)."""
+        g = inputs.global_params
+        self._global = None if g is None else g.detach().clone()
 
     def set_global(self, global_params: Tensor | None) -> None:
-        """The global model of the round about to be aggregated (copied: the server changes its own in place)."""
-        self._global = None if global_params is None else global_params.detach().clone()
+        """Shorthand for ``set_round_inputs(RoundInputs(global_params=global_params))`` on a bare FLDetector."""
+        self.set_round_inputs(RoundInputs(global_params=global_params))
 
     def aggregate_validated(self, updates: Tensor, weights: Tensor | None,
                             agent_ids: list[Hashable] | None) -> Tensor:
@@ -208,7 +214,8 @@ class FLDetector(AggregationRule):
             raise ValueError("FLDetector keeps each agent's last update and needs agent_ids: call "
                              "rule(updates, weights, agent_ids=[...]) with one id per row")
         if self._global is None:
-            raise ValueError("FLDetector needs the round's global model: call rule.set_global(w) before "
+            raise ValueError("FLDetector needs the round's global model: call "
+                             "rule.set_round_inputs(RoundInputs(global_params=w)) before "
                              "aggregating (the simulator and the Flower ServerApp do)")
         w = self._global.to(device=updates.device, dtype=torch.float64)
         if w.shape[0] != updates.shape[1]:

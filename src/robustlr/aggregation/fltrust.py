@@ -3,7 +3,8 @@
 The rule needs one thing besides the round's updates: the *server update* ``g0``, what the
 server's own local training on its small clean root dataset gives from the same global model.
 The simulator and the Flower ServerApp train it each round (:mod:`robustlr.sim.server`) and hand it
-to the rule with :meth:`AggregationRule.set_reference`; a library user passes it the same way.
+to the rule with :meth:`AggregationRule.set_round_inputs` (its ``reference``); a library user passes it the same
+way (``FLTrust.set_reference(g0)`` is the shorthand on a bare FLTrust).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import AggregationRule, column_chunk
+from .base import AggregationRule, RoundInputs, column_chunk
 from .robust import _combine, _rows_telemetry
 
 __all__ = ["FLTrust", "fltrust_weights"]
@@ -103,8 +104,13 @@ class FLTrust(AggregationRule):
         super().__init__()
         self.reference: Tensor | None = None
 
-    def set_reference(self, reference: Tensor | None) -> None:
-        """The round's server update :math:`g_0` (an ``(n_params,)`` tensor), used by the next call."""
+    @property
+    def round_inputs(self) -> frozenset[str]:
+        return frozenset({"reference"})
+
+    def set_round_inputs(self, inputs: RoundInputs) -> None:
+        """Takes ``inputs.reference``, the round's server update :math:`g_0` (``(n_params,)``), for the next call."""
+        reference = inputs.reference
         if reference is not None:
             if not isinstance(reference, Tensor) or reference.ndim != 1 or not reference.is_floating_point():
                 raise ValueError("FLTrust's reference (the server update g0) must be a 1-D floating-point tensor of "
@@ -114,15 +120,16 @@ class FLTrust(AggregationRule):
                                  "training on its root dataset diverged (lower client_lr?)")
         self.reference = reference
 
-    @property
-    def needs_reference(self) -> bool:
-        return True
+    def set_reference(self, reference: Tensor | None) -> None:
+        """Shorthand for ``set_round_inputs(RoundInputs(reference=reference))`` on a bare FLTrust."""
+        self.set_round_inputs(RoundInputs(reference=reference))
 
     def aggregate_validated(self, updates: Tensor, weights: Tensor | None,
                             agent_ids: list[Hashable] | None) -> Tensor:
         ref = self.reference
         if ref is None:
-            raise ValueError("FLTrust needs the server update g0 of this round: call rule.set_reference(g0) before "
+            raise ValueError("FLTrust needs the server update g0 of this round: call "
+                             "rule.set_round_inputs(RoundInputs(reference=g0)) before "
                              "aggregating (the simulator and the Flower ServerApp train it on the root dataset)")
         n, n_params = updates.shape
         if ref.shape[0] != n_params:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from robustlr.aggregation import (Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, FLDetector, FLTrust, FoolsGold,
+from robustlr.aggregation import (Bulyan, RoundInputs, ClipAndNoise, CoordinateMedian, FedAvg, FLDetector, FLTrust, FoolsGold,
                                   GeometricMedian,
                                   Krum, RobustLR, SignAggregation, TrimmedMean, threshold_range)
 from robustlr.bench.common import time_pair
@@ -75,15 +75,15 @@ def run_benchmark(
         fg = FoolsGold()
         f = max(1, -(-n_agents // 10))  # ceil(0.1 n), as the simulator's assumed_corrupt at F = 0.1
         fltrust = FLTrust()  # the server update: one more random update (its training is not the rule's time)
-        fltrust.set_reference(torch.randn(n_params, generator=gen).mul_(1e-3).to(dev))
+        fltrust.set_round_inputs(RoundInputs(reference=torch.randn(n_params, generator=gen).mul_(1e-3).to(dev)))
         # FLDetector with its window full (the paper's 10 rounds): every timed call predicts and scores
         fldetector = FLDetector(window=10, generator=torch.Generator().manual_seed(seed))
         w = torch.zeros(n_params, device=dev)
         if rules is None or "fldetector" in {r.lower() for r in rules}:
             for _ in range(12):
-                fldetector.set_global(w)
+                fldetector.set_round_inputs(RoundInputs(global_params=w))
                 w = w + fldetector(updates * (1.0 + 0.1 * torch.rand((), generator=gen).item()), agent_ids=ids)
-        fldetector.set_global(w)
+        fldetector.set_round_inputs(RoundInputs(global_params=w))
         candidates: dict[str, Callable[[], Any]] = {
             "FedAvg": lambda: FedAvg()(updates),
             "CoordinateMedian": lambda: CoordinateMedian()(updates),

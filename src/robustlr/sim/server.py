@@ -34,7 +34,7 @@ from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
-                                  FLDetector, FLTrust,
+                                  FLDetector, FLTrust, RoundInputs,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -278,7 +278,7 @@ class Server:
         the :class:`robustlr.aggregation.screening.Rejection` of updates refused before they could
         be stacked (Flower: malformed replies); ``norms`` the updates' L2 norms if already known;
         ``reference`` the server's own update of the round on its root dataset (FLTrust's ``g0``,
-        required by a rule that :attr:`~robustlr.aggregation.AggregationRule.needs_reference`).
+        required by a rule whose :attr:`~robustlr.aggregation.AggregationRule.round_inputs` name it).
 
         Screening rejects non-finite updates and, with ``screen_norm_multiple``, those far larger
         than the round's median, and logs them; the rule aggregates the rest (RLR on or off by its
@@ -330,16 +330,17 @@ class Server:
         self.noise_gen.manual_seed(seeding.seed_of(cfg.seed, seeding.NOISE, round_))
         weights = torch.as_tensor(self.agent_sizes[agents], dtype=torch.float32)
         rule = self.rule_for(rec.rlr_on)
-        if rule.needs_reference:
-            if reference is None:
+        need = rule.round_inputs
+        if need:
+            if "reference" in need and reference is None:
                 raise TrainingError(f"round {round_}: aggregator {cfg.aggregator!r} needs the server's own update on "
                                     f"its root dataset (reference), and none was given")
             try:
-                rule.set_reference(reference.to(updates.device))
+                rule.set_round_inputs(RoundInputs(
+                    reference=reference.to(updates.device) if "reference" in need else None,
+                    global_params=global_params if "global_params" in need else None))
             except ValueError as exc:
                 raise TrainingError(f"round {round_}: {exc}") from exc
-        if rule.needs_global:
-            rule.set_global(global_params)
         try:
             aggregate = rule(updates, weights=weights, agent_ids=agents)
         except ValueError as exc:  # e.g. Krum/Bulyan with too few updates left after screening

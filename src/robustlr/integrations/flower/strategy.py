@@ -35,7 +35,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from robustlr.aggregation import AggregationRule, FLTrust, FoolsGold, RobustLR, SignAggregation, Threshold
+from robustlr.aggregation import (AggregationRule, FLTrust, FoolsGold, RobustLR, RoundInputs, SignAggregation,
+                                  Threshold)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -237,7 +238,7 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
     history by them). Dropped replies are counted in ``dropped-replies``; ``screen_norm_multiple``
     (0 = off) also drops replies whose update norm exceeds that multiple of the round's median.
 
-    A rule that needs the server's own update each round (FLTrust, ``rule.needs_reference``) needs
+    A rule that needs the server's own update each round (FLTrust: ``"reference" in rule.round_inputs``) needs
     ``reference_fn(server_round, arrays) -> ArrayRecord``: the server's local model after its own
     training on its root data from the global ``arrays``; the strategy hands the rule that model
     minus the global one (see :func:`fltrust_strategy`).
@@ -248,7 +249,7 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
                  weighting: Literal["claimed", "equal"] = "claimed",
                  max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE,
                  reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None, **fedavg_kwargs) -> None:
-        if getattr(rule, "needs_reference", False) and reference_fn is None:
+        if "reference" in getattr(rule, "round_inputs", frozenset()) and reference_fn is None:
             raise ValueError(f"{rule!r} needs the server's own update every round: pass reference_fn(server_round, "
                              f"arrays) -> the ArrayRecord the server trains on its root data from arrays")
         self.reference_fn = reference_fn
@@ -276,11 +277,14 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         updates, weights, nodes = updates_of(kept, self._layout, self._global, self.arrayrecord_key,
                                              self.weighted_by_key)
         rule = self.rule_for_round(server_round)
-        if getattr(rule, "needs_reference", False):
-            trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
-            rule.set_reference(self._layout.flatten(trained) - self._global)
-        if getattr(rule, "needs_global", False):
-            rule.set_global(self._global)
+        need = getattr(rule, "round_inputs", frozenset())
+        if need:
+            reference = None
+            if "reference" in need:
+                trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
+                reference = self._layout.flatten(trained) - self._global
+            rule.set_round_inputs(RoundInputs(reference=reference,
+                                              global_params=self._global if "global_params" in need else None))
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
