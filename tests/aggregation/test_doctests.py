@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry", ".robust", ".flame", ".screening", ".signguard", ".fltrust", ".fldetector"]
+MODULES = ["", ".base", ".rules", ".rlr", ".clip", ".foolsgold", ".layout", ".telemetry", ".robust", ".flame", ".screening", ".signguard", ".fltrust", ".fldetector",
+           ".freqfed", ".deepsight"]
 
 
 @pytest.mark.parametrize("suffix", MODULES)
@@ -20,6 +21,7 @@ def test_every_public_rule_has_an_example():
     import robustlr.aggregation as agg
 
     for name in ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise", "RobustLR", "ParamLayout", "threshold_range",
-                 "TrimmedMean", "Krum", "Bulyan", "GeometricMedian", "NormBounding", "Flame", "SignGuard", "FLTrust", "FLDetector"]:
+                 "TrimmedMean", "Krum", "Bulyan", "GeometricMedian", "NormBounding", "Flame", "SignGuard", "FLTrust", "FLDetector",
+                 "FreqFed", "DeepSight"]:
         doc = getattr(agg, name).__doc__
         assert doc and ">>>" in doc, name

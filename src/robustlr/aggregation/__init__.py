@@ -14,7 +14,9 @@ the Byzantine-robust baselines ``TrimmedMean(beta)``, ``Krum(f, m=1)`` (and mult
 ``Bulyan(f)``, ``GeometricMedian()`` (RFA) in :mod:`.robust`; ``FLTrust()`` in :mod:`.fltrust` (it
 needs the server's own update each round, given with ``rule.set_round_inputs(RoundInputs(reference=g0))``); ``FLDetector(rule)``
 in :mod:`.fldetector` (it needs the round's global model, ``RoundInputs(global_params=w)``, and keeps state); ``Flame()`` in :mod:`.flame` and
-``SignGuard()`` in :mod:`.signguard` (both need ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
+``SignGuard()`` in :mod:`.signguard`, ``FreqFed(weight, shape)`` in :mod:`.freqfed` (it needs the global model) and
+``DeepSight(...)`` in :mod:`.deepsight` (it needs the models' outputs on random inputs, ``RoundInputs(probe=...)``)
+(all four need ``pip install 'robustlr[flame]'``); and the wrappers ``ClipAndNoise``,
 ``NormBounding(rule, bound)`` (Sun et al. 2019) and ``RobustLR``. Any rule composes with the
 wrappers, e.g. ``RobustLR(Krum(f=1), threshold=2)`` or ``ClipAndNoise(TrimmedMean(0.2), clip_norm=4)``.
 
@@ -28,10 +30,12 @@ tensor([ 1.0000, -0.6667, -1.0000])
 from .base import AggregationRule, FusedCheckRule, RoundInputs, sign_vote, validate_inputs
 from .buffers import PlainBuffers
 from .clip import ClipAndNoise, NormBounding, clip_updates
+from .deepsight import DeepSight, ModelProbe
 from .flame import Flame
 from .fldetector import FLDetector
 from .fltrust import FLTrust, fltrust_weights
 from .foolsgold import FoolsGold, foolsgold_weights
+from .freqfed import FreqFed
 from .layout import LayoutEntry, ParamLayout
 from .rlr import RobustLR, Threshold, threshold_range
 from .step import apply_server_lr, server_lr_vector
@@ -41,6 +45,9 @@ from .signguard import SignGuard
 from .telemetry import flipped_per_layer, vote_telemetry
 
 __all__ = [
+    "DeepSight",
+    "ModelProbe",
+    "FreqFed",
     "RoundInputs",
     "AggregationRule",
     "FedAvg",

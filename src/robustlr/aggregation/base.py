@@ -221,11 +221,15 @@ class RoundInputs:
         reference: the server's own update of the round, trained on its root dataset from the
             global model (FLTrust's :math:`g_0`), ``(n_params,)``.
         global_params: the round's global model (the weights the updates are relative to),
-            ``(n_params,)`` (FLDetector).
+            ``(n_params,)`` (FLDetector, FreqFed).
+        probe: ``probe(rows, x)`` -> the logits ``(len(rows), len(x), n_classes)`` of the models
+            ``global + row`` on the inputs ``x`` (DeepSight's DDifs); ``rows`` are over the updates'
+            coordinates (a row of zeros is the global model).
     """
 
     reference: Tensor | None = None
     global_params: Tensor | None = None
+    probe: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def restricted(self, columns: Tensor) -> RoundInputs:
         """The same inputs over the coordinates ``columns`` (a bool mask over ``n_params``) only."""
@@ -236,8 +240,16 @@ class RoundInputs:
                 raise ValueError(f"the round's {name} has shape {tuple(t.shape)}, but the model has "
                                  f"{columns.shape[0]} coordinates: pass a flat vector of the same model")
             return t[columns.to(t.device)]
+        probe = None
+        if self.probe is not None:
+            inner = self.probe
+
+            def probe(rows: Tensor, x: Tensor) -> Tensor:  # the rule's rows, placed among all coordinates
+                full = torch.zeros(rows.shape[0], columns.shape[0], dtype=rows.dtype, device=rows.device)
+                full[:, columns.to(rows.device)] = rows
+                return inner(full, x)
         return RoundInputs(reference=cut(self.reference, "reference (server update)"),
-                           global_params=cut(self.global_params, "global model"))
+                           global_params=cut(self.global_params, "global model"), probe=probe)
 
 
 class AggregationRule(abc.ABC):

@@ -199,3 +199,48 @@ class ParamLayout:
         if unknown:
             raise ValueError(f"unknown parameter names {unknown}; valid names: {list(self.names)}")
         return mask
+
+    def output_layer(self, num_classes: int, *, trainable_only: bool = False) -> OutputLayer:
+        """Where the model's output layer (its last linear layer) lives: the last trainable entry of
+        two dimensions with ``num_classes`` rows, and its bias (the entry of the same module named
+        ``bias``, if any). DeepSight reads its update energies and FreqFed its frequencies.
+
+        With ``trainable_only`` the positions are in the vector of trainable coordinates only (what
+        a rule behind :class:`~robustlr.aggregation.PlainBuffers` sees). A model without such an
+        entry is a ``ValueError`` naming the entries.
+
+        Example:
+            >>> from torch import nn
+            >>> layout = ParamLayout.from_module(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)))
+            >>> out = layout.output_layer(2)
+            >>> out.weight, out.shape, out.bias
+            (slice(28, 34, None), (2, 3), slice(34, 36, None))
+            >>> layout.output_layer(2, trainable_only=True).weight
+            slice(21, 27, None)
+        """
+        starts: dict[str, int] = {}
+        position = 0
+        for e in self.entries:
+            if e.is_trainable or not trainable_only:
+                starts[e.name] = position
+                position += e.numel
+        found = [e for e in self.entries if e.is_trainable and len(e.shape) == 2 and e.shape[0] == num_classes]
+        if not found:
+            raise ValueError(f"the model has no output layer: no trainable 2-D parameter with {num_classes} rows (one "
+                             f"per class) among {[(e.name, e.shape) for e in self.entries]}; DeepSight and FreqFed "
+                             f"read the last linear layer's weights")
+        w = found[-1]
+        prefix = w.name.rsplit(".", 1)[0] if "." in w.name else ""
+        bias = next((e for e in self.entries if e.is_trainable and e.shape == (num_classes,)
+                     and e.name == (f"{prefix}.bias" if prefix else "bias")), None)
+        return OutputLayer(name=w.name, weight=slice(starts[w.name], starts[w.name] + w.numel), shape=w.shape,
+                           bias=None if bias is None else slice(starts[bias.name], starts[bias.name] + bias.numel))
+
+
+class OutputLayer(NamedTuple):
+    """The output layer's place in a flat vector (:meth:`ParamLayout.output_layer`)."""
+
+    name: str  # the weight's state-dict name
+    weight: slice  # its coordinates, row-major (num_classes, fan_in)
+    shape: tuple[int, ...]
+    bias: slice | None  # the bias's coordinates, None if the layer has no bias

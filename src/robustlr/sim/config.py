@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
-                     "flame", "signguard", "fltrust", "fldetector"]
+                     "flame", "signguard", "fltrust", "fldetector", "deepsight", "freqfed"]
 Attack = Literal["trojan", "dba", "label-flip"]
 Trojan = Literal["plus", "square", "copyright", "apple"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
@@ -281,6 +281,18 @@ class ExperimentConfig(BaseModel):
         10, ge=1, description="fldetector: rounds of history behind each prediction and each suspicious score (the "
         "paper's N = 10); predictions start in round N + 2 and detection in round 2N + 1, so the run needs at least "
         "2N + 1 rounds")
+    deepsight_samples: int = Field(
+        20000, ge=1, description="deepsight: random inputs per seed on which every local model's outputs are "
+        "compared with the global model's (the DDifs; the authors' 20000). The cost is seeds x samples x (agents + 1) "
+        "forward passes a round")
+    deepsight_seeds: int = Field(3, ge=1, description="deepsight: seeds of random inputs, one DDif clustering each "
+                                 "(the authors' 3)")
+    deepsight_tau: float = Field(
+        1 / 3, gt=0, le=1, description="deepsight: a cluster is accepted when its share of suspicious agents is below "
+        "tau (the authors' 1/3)")
+    deepsight_min_cluster_size: int = Field(
+        5, ge=2, description="deepsight: HDBSCAN's min_cluster_size (and min_samples) in every clustering (the "
+        "reimplementations' HDBSCAN default 5)")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -429,6 +441,10 @@ class ExperimentConfig(BaseModel):
                                 f"prediction comes in round window + 2 and detection needs a window of them (round "
                                 f"{2 * self.fldetector_window + 1} at the earliest), so the run would end before "
                                 f"FLDetector could detect anyone; lower fldetector_window or raise rounds")
+        if self.aggregator == "deepsight" and self.facts.token_ids:
+            problems.append(f"aggregator 'deepsight' with dataset {self.dataset!r}: DeepSight compares the models' "
+                            f"outputs on random inputs uniform in [0, 1), which a model of token ids cannot take; "
+                            f"choose another aggregator")
         if self.aggregator == "signguard" and self.signguard_lower >= self.signguard_upper:
             problems.append(f"signguard_lower={self.signguard_lower} must be below signguard_upper="
                             f"{self.signguard_upper} (the norm filter keeps lower x median < norm < upper x median; "
@@ -584,6 +600,8 @@ class ExperimentConfig(BaseModel):
             (("fltrust_root_size",), self.aggregator != "fltrust", f"aggregator {self.aggregator} (only fltrust)", True),
             (("fldetector_window",), self.aggregator != "fldetector", f"aggregator {self.aggregator} (only fldetector)",
              True),
+            (("deepsight_samples", "deepsight_seeds", "deepsight_tau", "deepsight_min_cluster_size"),
+             self.aggregator != "deepsight", f"aggregator {self.aggregator} (only deepsight)", True),
             (("dirichlet_alpha", "dirichlet_min_size"), self.partition != "dirichlet",
              f"partition {self.partition} (only dirichlet)", True),
             (("classes_per_client",), self.partition != "shards", f"partition {self.partition} (only shards)", True),

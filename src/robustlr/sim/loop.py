@@ -113,7 +113,7 @@ class Simulation:
         self.model = place_model(initial_model(cfg, fed.dataset.num_classes, self.init_model), self.device)
         self.layout = ParamLayout.from_module(self.model)
         self.global_params = self.layout.flatten(self.model).to(self.device)
-        self.server = Server.for_federation(cfg, fed, self.layout, self.device)
+        self.server = Server.for_federation(cfg, fed, self.layout, self.device, model=self.model)
         self.update_attack = cfg.update_attack()
         self.engine_ctx = engine_context(cfg, fed, self.device)
         self.engine = build_engine(self.engine_ctx, select_mode(cfg, fed.agent_sizes, self.device))

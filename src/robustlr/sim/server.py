@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
-                                  FLDetector, FLTrust, RoundInputs,
+                                  DeepSight, FLDetector, FLTrust, FreqFed, ModelProbe, RoundInputs,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -53,21 +53,26 @@ __all__ = ["RULES", "Server", "ServerStep", "apply_server_lr", "build_base_rule"
 
 #: the config's ``aggregator`` -> the base rule, from the config, the round's agent count and the noise generator
 RULES = {
-    "fedavg": lambda cfg, n, gen: FedAvg(),
-    "comed": lambda cfg, n, gen: CoordinateMedian(even=cfg.comed_even),
-    "sign": lambda cfg, n, gen: SignAggregation(),
-    "foolsgold": lambda cfg, n, gen: FoolsGold(),
-    "trimmed-mean": lambda cfg, n, gen: TrimmedMean(cfg.trim_fraction),
-    "krum": lambda cfg, n, gen: Krum(cfg.resolved_assumed_corrupt(n)),
-    "multikrum": lambda cfg, n, gen: Krum(f := cfg.resolved_assumed_corrupt(n),
+    "fedavg": lambda cfg, n, gen, out: FedAvg(),
+    "comed": lambda cfg, n, gen, out: CoordinateMedian(even=cfg.comed_even),
+    "sign": lambda cfg, n, gen, out: SignAggregation(),
+    "foolsgold": lambda cfg, n, gen, out: FoolsGold(),
+    "trimmed-mean": lambda cfg, n, gen, out: TrimmedMean(cfg.trim_fraction),
+    "krum": lambda cfg, n, gen, out: Krum(cfg.resolved_assumed_corrupt(n)),
+    "multikrum": lambda cfg, n, gen, out: Krum(f := cfg.resolved_assumed_corrupt(n),
                                           m=cfg.multikrum_keep if cfg.multikrum_keep is not None else n - f),
-    "bulyan": lambda cfg, n, gen: Bulyan(cfg.resolved_assumed_corrupt(n)),
-    "rfa": lambda cfg, n, gen: GeometricMedian(),
-    "flame": lambda cfg, n, gen: Flame(noise_lambda=cfg.flame_noise_lambda, generator=gen),
-    "signguard": lambda cfg, n, gen: SignGuard(cfg.signguard_lower, cfg.signguard_upper, cfg.signguard_coord_fraction,
+    "bulyan": lambda cfg, n, gen, out: Bulyan(cfg.resolved_assumed_corrupt(n)),
+    "rfa": lambda cfg, n, gen, out: GeometricMedian(),
+    "flame": lambda cfg, n, gen, out: Flame(noise_lambda=cfg.flame_noise_lambda, generator=gen),
+    "signguard": lambda cfg, n, gen, out: SignGuard(cfg.signguard_lower, cfg.signguard_upper, cfg.signguard_coord_fraction,
                                                generator=gen),
-    "fltrust": lambda cfg, n, gen: FLTrust(),
-    "fldetector": lambda cfg, n, gen: FLDetector(FedAvg(), window=cfg.fldetector_window, generator=gen),
+    "fltrust": lambda cfg, n, gen, out: FLTrust(),
+    "fldetector": lambda cfg, n, gen, out: FLDetector(FedAvg(), window=cfg.fldetector_window, generator=gen),
+    "deepsight": lambda cfg, n, gen, out: DeepSight(out().weight, out().shape, out().bias, cfg.input_shape,
+                                                    samples=cfg.deepsight_samples, seeds=cfg.deepsight_seeds,
+                                                    tau=cfg.deepsight_tau,
+                                                    min_cluster_size=cfg.deepsight_min_cluster_size),
+    "freqfed": lambda cfg, n, gen, out: FreqFed(out().weight, out().shape),
 }
 
 
@@ -81,15 +86,22 @@ def build_base_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch
     round)) agents; multi-Krum averages the n - f best-scored updates unless ``multikrum_keep``.
     FLAME's noise comes from the server's seeded noise stream, as clipping and noise do.
 
-    To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` and to
-    the config's ``aggregator`` field.
+    To add a rule: implement it in :mod:`robustlr.aggregation`, add it to ``RULES`` (a builder
+    ``(cfg, agents_per_round, noise_generator, output_layer)``, the last a function giving the
+    model's :class:`~robustlr.aggregation.layout.OutputLayer` where the rule sees it) and to the
+    config's ``aggregator`` field.
     """
     n = agents_per_round if agents_per_round is not None else (cfg.num_agents or 1)
-    rule: AggregationRule = RULES[cfg.aggregator](cfg, n, noise_gen)
+    trainable = layout.trainable_mask()
+    plain_buffers = cfg.buffer_aggregation == "mean" and not bool(trainable.all())
+
+    def output_layer():  # where the rule sees the output layer (DeepSight, FreqFed): among trainable coordinates
+        return layout.output_layer(cfg.num_classes, trainable_only=plain_buffers)  # behind PlainBuffers
+
+    rule: AggregationRule = RULES[cfg.aggregator](cfg, n, noise_gen, output_layer)
     if cfg.server_clip_norm > 0 or cfg.noise_sigma > 0:
         rule = ClipAndNoise(rule, clip_norm=cfg.server_clip_norm, noise_sigma=cfg.noise_sigma, generator=noise_gen)
-    trainable = layout.trainable_mask()
-    if cfg.buffer_aggregation == "mean" and not bool(trainable.all()):
+    if plain_buffers:
         # batch-norm buffers: the plain size-weighted mean; the rule, clipping and noise see parameters only
         rule = PlainBuffers(rule, trainable)
     return rule
@@ -217,12 +229,13 @@ class Server:
         without_base: corrupt agents that hold no base-class sample (they train honestly).
         unpoisoned: corrupt agents with no poisoned sample.
         device: where the global parameters live.
+        model: the global model's module, for a rule that runs the round's models (DeepSight).
     """
 
     def __init__(self, cfg: ExperimentConfig, layout: ParamLayout, *, num_agents: int,
                  agent_sizes: Sequence[int] | np.ndarray, corrupt: Iterable[int] = (),
                  without_base: Iterable[int] = (), unpoisoned: Iterable[int] = (),
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", model: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.num_agents = int(num_agents)
@@ -236,12 +249,18 @@ class Server:
         self.base_rule = build_base_rule(cfg, layout, self.noise_gen, full_round)
         theta = rlr_threshold(cfg, full_round)
         self.rlr: RobustLR | None = None if theta is None else build_rlr(cfg, self.base_rule, theta, layout)
+        self.probe: ModelProbe | None = None
+        if "probe" in self.rule.round_inputs:
+            if model is None:
+                raise ValueError(f"aggregator {cfg.aggregator!r} runs the round's models on random inputs: build the "
+                                 f"Server with model= (the global model's module)")
+            self.probe = ModelProbe(model, layout)
         eta = server_lr_vector(cfg.resolved_server_lr, layout.trainable_mask())
         self.eta = eta.to(self.device) if isinstance(eta, Tensor) else eta
 
     @classmethod
     def for_federation(cls, cfg: ExperimentConfig, fed, layout: ParamLayout,
-                       device: torch.device | str = "cpu") -> "Server":
+                       device: torch.device | str = "cpu", model: torch.nn.Module | None = None) -> "Server":
         """The server of ``cfg`` on federation ``fed`` (:class:`robustlr.sim.federation.Federation`)."""
         labels = fed.dataset.train_y
         corrupt = [int(a) for a in fed.corrupt]
@@ -249,7 +268,7 @@ class Server:
                         if not bool((labels[torch.from_numpy(fed.agent_indices[a])] == cfg.base_class).any())]
         unpoisoned = [a for a in corrupt if fed.poisoned_per_agent.get(a, 0) == 0]
         return cls(cfg, layout, num_agents=fed.num_agents, agent_sizes=fed.agent_sizes, corrupt=corrupt,
-                   without_base=without_base, unpoisoned=unpoisoned, device=device)
+                   without_base=without_base, unpoisoned=unpoisoned, device=device, model=model)
 
     @property
     def rule(self) -> AggregationRule:
@@ -338,7 +357,8 @@ class Server:
             try:
                 rule.set_round_inputs(RoundInputs(
                     reference=reference.to(updates.device) if "reference" in need else None,
-                    global_params=global_params if "global_params" in need else None))
+                    global_params=global_params if "global_params" in need else None,
+                    probe=self.probe.bound(global_params.clone()) if "probe" in need and self.probe else None))
             except ValueError as exc:
                 raise TrainingError(f"round {round_}: {exc}") from exc
         try:

@@ -56,8 +56,10 @@ def _both_paths(overrides: list[str], data_dir):
     ["boost_factor=10.0", "stealth='project'", "pgd_radius=0.5", "aggregator='multikrum'", "rlr_threshold=0"],
     # FLTrust: the ServerApp trains the server's own update on the same root set as the simulator
     ["aggregator='fltrust'", "fltrust_root_size=50", "boost_factor=10.0"],
+    # DeepSight: the ServerApp runs each reply's model on the random inputs, as the simulator's server
+    ["aggregator='deepsight'", "deepsight_samples=50", "deepsight_min_cluster_size=2", "boost_factor=10.0"],
 ], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-neurotoxin", "boost-screened",
-        "stealth-pgd-multikrum", "fltrust-rlr-boost"])
+        "stealth-pgd-multikrum", "fltrust-rlr-boost", "deepsight-rlr-boost"])
 def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model
@@ -75,7 +77,7 @@ def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     assert [r.rejected for r in result.robustlr_records] == [r.rejected for r in ours.records]
     assert [[x["reason"] for x in r.rejections] for r in result.robustlr_records] == \
         [[x["reason"] for x in r.rejections] for r in ours.records]
-    if "aggregator='fltrust'" in overrides:  # the same agents left out (trust 0) on both paths
+    if "aggregator='fltrust'" in overrides or "aggregator='deepsight'" in overrides:  # the same agents left out
         assert [r.excluded for r in result.robustlr_records] == [r.excluded for r in ours.records]
     if "screen_norm_multiple=3.0" in overrides:  # the one corrupt agent of 10, boosted, every round
         assert all([x["reason"] for x in r.rejections] == ["norm"] for r in ours.records)

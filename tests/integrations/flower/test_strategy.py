@@ -283,3 +283,39 @@ def test_fldetector_in_a_rule_strategy_keeps_its_state_across_rounds_as_the_simu
         torch.testing.assert_close(torch.as_tensor(w), w_sim, rtol=1e-5, atol=1e-6)
         assert ours.rule.telemetry["rejected_agents"] == sim.telemetry["rejected_agents"]
     assert ours.rule.telemetry["predicted"]
+
+
+@pytest.mark.parametrize("which", ["deepsight", "freqfed"])
+def test_deepsight_and_freqfed_in_a_rule_strategy_give_the_rules_aggregate_on_the_same_replies(which):
+    pytest.importorskip("sklearn")
+    from torch import nn
+
+    from robustlr.aggregation import DeepSight, FreqFed, ModelProbe, ParamLayout, RoundInputs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4))
+    layout = ParamLayout.from_module(model)
+    out = layout.output_layer(4)
+    make = (lambda: DeepSight(out.weight, out.shape, out.bias, (5,), samples=30, min_cluster_size=2)) \
+        if which == "deepsight" else (lambda: FreqFed(out.weight, out.shape))
+    rng = np.random.default_rng(9)
+    g = {k: v.numpy() for k, v in model.state_dict().items()}
+    n = 7
+    rows = [{k: (v + 0.1 * rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()} for i in range(n)]
+    rows[6]["2.weight"][0] += 2.0
+    if which == "deepsight":
+        with pytest.raises(ValueError, match="pass model="):
+            RuleStrategy(make())
+    ours = RuleStrategy(make(), model=model, screen_norm_multiple=0, min_available_nodes=n, min_train_nodes=n)
+    _configure(ours, _global(g), range(1, n + 1))
+    arrays, _ = ours.aggregate_train(1, [_reply(i + 1, r) for i, r in enumerate(rows)])
+    flat = lambda d: torch.cat([torch.as_tensor(np.asarray(d[k], dtype=np.float32)).flatten() for k in g])
+    updates = torch.stack([flat(r) - flat(g) for r in rows])
+    sim = make()
+    sim.set_round_inputs(RoundInputs(global_params=flat(g), probe=ModelProbe(model, layout).bound(flat(g))))
+    expected = flat(g) + sim(updates, weights=torch.ones(n))
+    got = torch.cat([torch.as_tensor(arrays[k].numpy()).flatten() for k in g])
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert ours.rule.telemetry["rejected_agents"] == [i + 1 for i in sim.telemetry["rejected_rows"]]
+    if which == "deepsight":  # the seventh moved its output weights towards class 0 only: suspicious, left out
+        assert 6 in sim.telemetry["suspicious_rows"] and 7 in ours.rule.telemetry["rejected_agents"]

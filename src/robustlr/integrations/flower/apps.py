@@ -144,12 +144,13 @@ class ExperimentStrategy(FedAvg):
     screens, aggregates and records the round as the simulator does.
     """
 
-    def __init__(self, cfg: ExperimentConfig, fed: Federation, layout: ParamLayout) -> None:
+    def __init__(self, cfg: ExperimentConfig, fed: Federation, layout: ParamLayout,
+                 model: torch.nn.Module | None = None) -> None:
         super().__init__(fraction_evaluate=0.0, min_available_nodes=fed.num_agents)
         self.cfg = cfg
         self.num_agents = fed.num_agents
         self.layout = layout
-        self.server = Server.for_federation(cfg, fed, layout)
+        self.server = Server.for_federation(cfg, fed, layout, model=model)  # model: DeepSight runs it
         self.records: dict[int, RoundRecord] = {}  # the simulator's round records, built on the server
         # FLTrust: the server trains on its root dataset itself, as the simulator's engine does
         self.root_engine = (SequentialEngine(engine_context(cfg, fed, torch.device("cpu")))
@@ -266,7 +267,7 @@ def run_on_grid(grid: Grid, cfg: ExperimentConfig, data_dir: str | None = None, 
     model.load_state_dict(state)
     layout = ParamLayout.from_module(model)
     model = place_model(model, torch.device("cpu"))  # the simulator's evaluation layout (bitwise-equal numbers)
-    strategy = ExperimentStrategy(cfg, fed, layout)
+    strategy = ExperimentStrategy(cfg, fed, layout, model)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 or (server_round % cfg.eval_every and server_round != cfg.rounds):

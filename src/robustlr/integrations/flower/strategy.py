@@ -31,11 +31,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from robustlr.aggregation import (AggregationRule, FLTrust, FoolsGold, RobustLR, RoundInputs, SignAggregation,
+from robustlr.aggregation import (AggregationRule, FLTrust, FoolsGold, ModelProbe, RobustLR, RoundInputs,
+                                  SignAggregation,
                                   Threshold)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, updates_of
@@ -241,18 +243,24 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
     A rule that needs the server's own update each round (FLTrust: ``"reference" in rule.round_inputs``) needs
     ``reference_fn(server_round, arrays) -> ArrayRecord``: the server's local model after its own
     training on its root data from the global ``arrays``; the strategy hands the rule that model
-    minus the global one (see :func:`fltrust_strategy`).
+    minus the global one (see :func:`fltrust_strategy`). A rule that runs each reply's model on random
+    inputs (DeepSight) needs ``model``, a module of the clients' architecture.
     """
 
     def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
                  screen_norm_multiple: float = DEFAULT_SCREEN_NORM_MULTIPLE,
                  weighting: Literal["claimed", "equal"] = "claimed",
                  max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE,
-                 reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None, **fedavg_kwargs) -> None:
+                 reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None,
+                 model: torch.nn.Module | None = None, **fedavg_kwargs) -> None:
         if "reference" in getattr(rule, "round_inputs", frozenset()) and reference_fn is None:
             raise ValueError(f"{rule!r} needs the server's own update every round: pass reference_fn(server_round, "
                              f"arrays) -> the ArrayRecord the server trains on its root data from arrays")
+        if "probe" in getattr(rule, "round_inputs", frozenset()) and model is None:
+            raise ValueError(f"{rule!r} runs each reply's model on random inputs: pass model= (a module of the "
+                             f"clients' architecture; its weights do not matter)")
         self.reference_fn = reference_fn
+        self.model = model
         super().__init__(**fedavg_kwargs)
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
         self.weighting, self.max_weight_multiple = _weighting(weighting, max_weight_multiple)
@@ -283,7 +291,11 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
             if "reference" in need:
                 trained = self.reference_fn(server_round, self._layout.unflatten(self._global))
                 reference = self._layout.flatten(trained) - self._global
-            rule.set_round_inputs(RoundInputs(reference=reference,
+            probe = None
+            if "probe" in need:
+                probe = ModelProbe(self.model, state_of=lambda v: self._layout.unflatten(v).to_torch_state_dict()
+                                   ).bound(self._global)
+            rule.set_round_inputs(RoundInputs(reference=reference, probe=probe,
                                               global_params=self._global if "global_params" in need else None))
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
