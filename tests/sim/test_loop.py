@@ -69,8 +69,10 @@ def _rounds_in(folder):
 @pytest.mark.parametrize("extra", [{}, {"aggregator": "foolsgold", "rlr_threshold": 0},
                                    {"clip_norm": 0.5, "noise_sigma": 1e-2},
                                    # its window, last updates and scores: predictions and detection from round 3
-                                   {"aggregator": "fldetector", "fldetector_window": 1}],
-                         ids=["fedavg-rlr", "foolsgold", "rlr-clip-noise", "fldetector-rlr"])
+                                   {"aggregator": "fldetector", "fldetector_window": 1},
+                                   # the noise on the model sent in round 3 comes from the seeded stream again
+                                   {"crfl": True, "crfl_sigma": 1e-3, "crfl_rho_intercept": 5.0}],
+                         ids=["fedavg-rlr", "foolsgold", "rlr-clip-noise", "fldetector-rlr", "crfl-rlr"])
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, tiny, extra):
     ds = tiny()
     cfg = cfg_of(rounds=4, **extra)

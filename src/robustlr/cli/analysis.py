@@ -1,4 +1,4 @@
-"""``robustlr attribute`` (parameter attribution, Figure 4) and ``robustlr explain`` (Gradient SHAP, Figure 5)."""
+"""``robustlr attribute`` (parameter attribution, Figure 4), ``robustlr explain`` (Gradient SHAP, Figure 5) and ``robustlr certify`` (CRFL)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,36 @@ def explain(
                       f"{100 * m['attribution_on_trojan']:.1f} % of the map on the trojan, "
                       f"completeness error {m['completeness_error']:.3f}")
     console.print(f"wrote {out / 'explain.png'} and {out / 'explain.json'} (image {doc['index']})")
+
+
+@user_errors
+def certify(
+    run_dirs: list[Path] = typer.Argument(..., help="finished run folders trained with crfl = true"),
+    copies: int = typer.Option(1000, "--copies", min=1, help="noisy copies of the final model voting on each input "
+                               "(CRFL's M; the authors' 1000)"),
+    alpha: float = typer.Option(0.001, "--alpha", min=0.0, max=1.0, help="1 - confidence of the Hoeffding bounds (the "
+                                "authors' 0.001)"),
+    limit: int = typer.Option(1632, "--limit", min=1, help="the first LIMIT test images (the authors' 1632) and as many "
+                              "triggered base-class images"),
+    sigma_test: Optional[float] = typer.Option(None, "--sigma-test", min=0.0, help="the smoothing noise's std "
+                                               "(default: the run's crfl_sigma, as the authors)"),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """CRFL's parameter smoothing and certified radii (Xie et al., ICML 2021): writes certify.json beside each run.
+
+    The smoothed model votes with COPIES noisy copies of the final model; each clean test image's
+    certified radius is the L2 norm (in the model's input space) of a training-time trigger under
+    which its prediction provably stays. The cost is COPIES x (2 x LIMIT) forward passes."""
+    from robustlr.analysis.certify import certify_run
+
+    for run_dir in run_dirs:
+        path = certify_run(run_dir, copies=copies, alpha=alpha, limit=limit, sigma_test=sigma_test,
+                           data_dir=str(data_dir) if data_dir else None)
+        import json
+
+        doc = json.loads(path.read_text())
+        cert = ", ".join(f"r {r}: {100 * a:.1f} %" for r, a in doc["certified_accuracy"].items())
+        console.print(f"{run_dir}: smoothed val {100 * doc['smoothed_val_acc']:.1f} %, backdoor "
+                      f"{100 * (doc['smoothed_backdoor_acc'] or 0):.1f} %; median radius {doc['radius_median']:.3g} "
+                      f"(the trigger's norm {doc['trigger_norm_mean']:.3g}); certified accuracy {cert}")
+        console.print(f"wrote {path}")

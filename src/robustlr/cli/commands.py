@@ -1,7 +1,7 @@
 """The ``robustlr`` command's Typer app: every command, registered from the module of its group.
 
 ``run`` (run, demo, pretrain), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
-``analysis`` (attribute, explain),
+``analysis`` (attribute, explain, certify),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 Importing this module needs the ``sim`` extra (typer, rich, pydantic); :func:`robustlr.cli.main` says so.
 """
@@ -57,6 +57,7 @@ app.command("runs")(experiments.runs)
 app.command("report")(experiments.report)
 app.command("attribute")(analysis.attribute)
 app.command("explain")(analysis.explain)
+app.command("certify")(analysis.certify)
 app.add_typer(bench.app, name="bench")
 
 

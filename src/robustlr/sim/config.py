@@ -293,6 +293,20 @@ class ExperimentConfig(BaseModel):
     deepsight_min_cluster_size: int = Field(
         5, ge=2, description="deepsight: HDBSCAN's min_cluster_size (and min_samples) in every clustering (the "
         "reimplementations' HDBSCAN default 5)")
+    crfl: bool = Field(
+        False, description="CRFL (Xie et al., ICML 2021): after each round's aggregation the server clips the global "
+        "model's parameter norm to rho_t and sends the next round's agents the clipped model plus N(0, crfl_sigma^2) "
+        "on every parameter (the model it evaluates and keeps is not perturbed); `robustlr certify RUN` then smooths "
+        "and certifies the final model")
+    crfl_sigma: float = Field(
+        0.01, gt=0, description="crfl: the std of the noise on every parameter of the model sent (the authors' 0.01, "
+        "for their linear models)")
+    crfl_rho_slope: float = Field(
+        0.1, ge=0, description="crfl: rho_t = min(cap, slope x t + intercept) (the authors' MNIST 0.1)")
+    crfl_rho_intercept: float = Field(
+        2.0, gt=0, description="crfl: rho_t's intercept (the authors' MNIST 2; the paper's CNN starts at norm ~8.9, "
+        "so their value shrinks it fourfold in round 1)")
+    crfl_rho_cap: float = Field(15.0, gt=0, description="crfl: rho_t's cap (the authors' MNIST 15)")
     screen_norm_multiple: float = Field(
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
@@ -599,6 +613,8 @@ class ExperimentConfig(BaseModel):
              f"aggregator {self.aggregator} (only signguard)", True),
             (("fltrust_root_size",), self.aggregator != "fltrust", f"aggregator {self.aggregator} (only fltrust)", True),
             (("fldetector_window",), self.aggregator != "fldetector", f"aggregator {self.aggregator} (only fldetector)",
+             True),
+            (("crfl_sigma", "crfl_rho_slope", "crfl_rho_intercept", "crfl_rho_cap"), not self.crfl, "crfl = false",
              True),
             (("deepsight_samples", "deepsight_seeds", "deepsight_tau", "deepsight_min_cluster_size"),
              self.aggregator != "deepsight", f"aggregator {self.aggregator} (only deepsight)", True),

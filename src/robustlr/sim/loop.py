@@ -373,6 +373,8 @@ class Simulation:
         """Train -> the server step (:meth:`robustlr.sim.server.Server.step`) -> evaluate."""
         cfg, fed = self.cfg, self.fed
         t0 = time.perf_counter()
+        # CRFL: the agents train from the global model plus noise (the server step clips the result)
+        self.global_params = self.server.model_to_send(self.global_params, round_)
         updates, agents, seconds_training = self._train_round(round_)
         before = self.global_params.clone() if self.observers or self._tracks_update else None
         try:

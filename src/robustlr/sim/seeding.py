@@ -21,6 +21,7 @@ INIT = 6  # model initialisation
 SUBSET = 7  # train_limit subset
 TRIGGER = 8  # an optimised trigger's batch order in a round (A3FL)
 ROOT = 9  # the server's root dataset (FLTrust)
+CRFL = 10  # CRFL's noise on the model sent to the agents in a round; its test-time smoothing (round 0)
 
 
 def seed_of(seed: int, purpose: int, *coords: int) -> int:

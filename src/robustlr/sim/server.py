@@ -37,6 +37,7 @@ from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, Coordin
                                   DeepSight, FLDetector, FLTrust, FreqFed, ModelProbe, RoundInputs,
                                   Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
+from robustlr.aggregation.crfl import clip_model, crfl_rho
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
 from robustlr.errors import TrainingError
 from robustlr.models import build_model, model_spec
@@ -255,6 +256,7 @@ class Server:
                 raise ValueError(f"aggregator {cfg.aggregator!r} runs the round's models on random inputs: build the "
                                  f"Server with model= (the global model's module)")
             self.probe = ModelProbe(model, layout)
+        self._trainable = layout.trainable_mask()
         eta = server_lr_vector(cfg.resolved_server_lr, layout.trainable_mask())
         self.eta = eta.to(self.device) if isinstance(eta, Tensor) else eta
 
@@ -369,6 +371,9 @@ class Server:
         if not bool(torch.isfinite(aggregate).all()):
             raise TrainingError(f"round {round_}: the aggregated update is not finite.")
         apply_server_lr(global_params, aggregate, self.eta)
+        if cfg.crfl:  # CRFL: the global model's parameter norm clipped to rho_t (its buffers are not parameters)
+            rec.crfl_rho = crfl_rho(round_, cfg.crfl_rho_slope, cfg.crfl_rho_intercept, cfg.crfl_rho_cap)
+            rec.crfl_clip_scale = clip_model(global_params, rec.crfl_rho, self._trainable.to(global_params.device))
         if not bool(torch.isfinite(global_params).all()):
             raise TrainingError(f"round {round_}: the global model became non-finite after the server step "
                                 f"(server_lr = {cfg.resolved_server_lr}).")
@@ -390,6 +395,17 @@ class Server:
             "seconds_telemetry": time.perf_counter() - t_tel})
         rec.seconds_aggregation = time.perf_counter() - t_agg
         return ServerStep(rec, updates, agents, corrupt_t, aggregate, flipped, all_rejections)
+
+    # -- CRFL: the model sent is perturbed
+    def model_to_send(self, global_params: Tensor, round_: int) -> Tensor:
+        """The model the agents of round ``round_`` train from: ``global_params`` itself, or with CRFL
+        (``cfg.crfl``) from round 2 on a copy plus ``N(0, crfl_sigma^2)`` on every parameter (drawn on
+        the CPU from the seeded stream ``(seed, CRFL, round)``: a resumed run sends the same model)."""
+        if not self.cfg.crfl or round_ < 2:
+            return global_params
+        gen = seeding.torch_generator(self.cfg.seed, seeding.CRFL, round_)
+        noise = torch.randn(global_params.shape, generator=gen, dtype=torch.float32) * self.cfg.crfl_sigma
+        return global_params + (noise * self._trainable).to(device=global_params.device, dtype=global_params.dtype)
 
     # -- the run record
     def summary(self, records: Sequence[RoundRecord], *, seconds: float, engine: str, federation: dict,

@@ -58,8 +58,10 @@ def _both_paths(overrides: list[str], data_dir):
     ["aggregator='fltrust'", "fltrust_root_size=50", "boost_factor=10.0"],
     # DeepSight: the ServerApp runs each reply's model on the random inputs, as the simulator's server
     ["aggregator='deepsight'", "deepsight_samples=50", "deepsight_min_cluster_size=2", "boost_factor=10.0"],
+    # CRFL: the ServerApp sends the nodes the global model plus the same seeded noise, and clips the same
+    ["crfl=true", "crfl_sigma=0.001", "crfl_rho_slope=0.01", "crfl_rho_intercept=8.0"],
 ], ids=["sign-clip-noise", "participation-schedule", "warm-start-late-neurotoxin", "boost-screened",
-        "stealth-pgd-multikrum", "fltrust-rlr-boost", "deepsight-rlr-boost"])
+        "stealth-pgd-multikrum", "fltrust-rlr-boost", "deepsight-rlr-boost", "crfl-rlr"])
 def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
     if any("WARM" in o for o in overrides):
         from robustlr.models import build_model
@@ -79,6 +81,10 @@ def test_flower_gives_the_simulators_model(fmnist_dir, overrides, tmp_path):
         [[x["reason"] for x in r.rejections] for r in ours.records]
     if "aggregator='fltrust'" in overrides or "aggregator='deepsight'" in overrides:  # the same agents left out
         assert [r.excluded for r in result.robustlr_records] == [r.excluded for r in ours.records]
+    if "crfl=true" in overrides:  # the clip bound and factor of every round
+        assert [(r.crfl_rho, r.crfl_clip_scale) for r in result.robustlr_records] == \
+            [(r.crfl_rho, r.crfl_clip_scale) for r in ours.records]
+        assert any(r.crfl_clip_scale < 1 for r in ours.records)
     if "screen_norm_multiple=3.0" in overrides:  # the one corrupt agent of 10, boosted, every round
         assert all([x["reason"] for x in r.rejections] == ["norm"] for r in ours.records)
     final = result.evaluate_metrics_serverapp[3]

@@ -167,6 +167,10 @@ class ExperimentStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        # CRFL: the nodes train from the global model plus noise, as the simulator's agents
+        if self.cfg.crfl and server_round > 1:
+            sent = ArrayLayout.of(arrays)
+            arrays = sent.unflatten(self.server.model_to_send(sent.flatten(arrays), server_round))
         # what was sent (the global arrays and which agent each node trains) is the state the
         # replies are read against in aggregate_train
         self._sent_arrays = arrays
