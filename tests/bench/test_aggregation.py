@@ -17,7 +17,7 @@ def _clustering() -> list[str]:
         import sklearn  # noqa: F401
     except ImportError:
         return []
-    return ["Flame", "SignGuard"]
+    return ["Flame", "SignGuard", "FreqFed"]
 
 
 def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():

@@ -48,8 +48,8 @@ def run_benchmark(
 
     ``rules`` restricts the rules timed (names as in the rows); the baseline always runs. The
     defenses (trimmed mean, multi-Krum, Bulyan, RFA, FLTrust, FLDetector with its window of 10
-    full; FLAME and SignGuard where
-    scikit-learn is installed) assume f = ceil(0.1 n) corrupt agents; multi-Krum and Bulyan are
+    full; FLAME, SignGuard and FreqFed where
+    scikit-learn is installed; DeepSight's time is its models' forward passes, measured in the runs) assume f = ceil(0.1 n) corrupt agents; multi-Krum and Bulyan are
     timed only at agent counts they accept (n > 2f + 2, n >= 4f + 3).
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).
     The RLR threshold is the low end of :func:`threshold_range` at F = 0.1; the clipping
@@ -106,10 +106,14 @@ def run_benchmark(
         if n_agents < 4 * f + 3:
             del candidates["Bulyan"]
         if _have_sklearn():  # FLAME and SignGuard cluster with scikit-learn (the 'flame' extra)
-            from robustlr.aggregation import Flame, SignGuard
+            from robustlr.aggregation import Flame, FreqFed, SignGuard
 
             candidates["Flame"] = lambda: Flame(generator=torch.Generator().manual_seed(seed))(updates)
             candidates["SignGuard"] = lambda: SignGuard(generator=torch.Generator().manual_seed(seed))(updates)
+            # FreqFed: an output layer of 10 classes x 128 inputs at the end of the vector, as the paper's CNN
+            freqfed = FreqFed(slice(n_params - 1290, n_params - 10), (10, 128))
+            freqfed.set_round_inputs(RoundInputs(global_params=torch.zeros(n_params, device=dev)))
+            candidates["FreqFed"] = lambda: freqfed(updates)
         by_lower = {name.lower(): name for name in candidates}  # names match case-insensitively
         unknown = [r for r in rules or () if r.lower() not in by_lower]
         if unknown:
