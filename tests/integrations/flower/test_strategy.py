@@ -319,3 +319,34 @@ def test_deepsight_and_freqfed_in_a_rule_strategy_give_the_rules_aggregate_on_th
     assert ours.rule.telemetry["rejected_agents"] == [i + 1 for i in sim.telemetry["rejected_rows"]]
     if which == "deepsight":  # the seventh moved its output weights towards class 0 only: suspicious, left out
         assert 6 in sim.telemetry["suspicious_rows"] and 7 in ours.rule.telemetry["rejected_agents"]
+
+
+def test_a_stateful_rule_keeps_its_state_in_the_serverapps_context_and_a_new_strategy_resumes_from_it():
+    from flwr.app import Context, RecordDict
+
+    from robustlr.aggregation import FLDetector
+    from robustlr.integrations.flower.strategy import RULE_STATE_KEY
+
+    n = 4
+    rng = np.random.default_rng(3)
+    rounds = [[np.full(5, -0.1 * (c + r), dtype=np.float32) for c in (1.0, 2.0, 3.0)]
+              + [rng.normal(size=5).astype(np.float32)] for r in range(6)]
+
+    def play(strategy, w, rs):
+        for r in rs:
+            _configure(strategy, _global({"w": w}), range(1, n + 1))
+            arrays, _ = strategy.aggregate_train(r + 1, [_reply(i + 1, {"w": w + u}) for i, u in enumerate(rounds[r])])
+            w = arrays["w"].numpy()
+        return w
+
+    make = lambda ctx: RuleStrategy(FLDetector(window=1, generator=torch.Generator().manual_seed(3)), context=ctx,  # noqa: E731
+                                    screen_norm_multiple=0, min_available_nodes=n, min_train_nodes=n)
+    straight = play(make(None), np.zeros(5, dtype=np.float32), range(6))
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    first = make(ctx)
+    w = play(first, np.zeros(5, dtype=np.float32), range(3))
+    assert ctx.state[RULE_STATE_KEY]["round"] == 3
+    second = make(ctx)  # a restarted ServerApp: a new rule object, its state from the context
+    assert len(second.rule._S) == len(first.rule._S) == 1 and second.rule._last.keys() == first.rule._last.keys()
+    second.rule.generator.set_state(first.rule.generator.get_state())  # (the generator is the caller's)
+    np.testing.assert_array_equal(play(second, w, range(3, 6)), straight)

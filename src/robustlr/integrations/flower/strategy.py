@@ -26,13 +26,14 @@ votes on the (unclipped) replies and flips the clipped, noised aggregate.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -44,6 +45,9 @@ from robustlr.integrations.flower.arrays import ArrayLayout, screen_replies, upd
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
 
 log = logging.getLogger("robustlr")
+
+#: where RuleStrategy keeps a stateful rule's state in the ServerApp's context.state
+RULE_STATE_KEY = "robustlr-rule-state"
 
 __all__ = ["RobustLRStrategy", "RuleStrategy", "fltrust_strategy", "foolsgold_strategy", "sign_aggregation_strategy"]
 
@@ -245,6 +249,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
     training on its root data from the global ``arrays``; the strategy hands the rule that model
     minus the global one (see :func:`fltrust_strategy`). A rule that runs each reply's model on random
     inputs (DeepSight) needs ``model``, a module of the clients' architecture.
+
+    A stateful rule (FLDetector, FoolsGold) keeps its state in the ServerApp's ``context`` when one
+    is given: after every round its ``state_dict()`` is stored in ``context.state`` under
+    ``"robustlr-rule-state"``, and a strategy built on a context that holds one starts from it.
     """
 
     def __init__(self, rule: AggregationRule, server_lr: float = 1.0, *, flip_keys: Sequence[str] | None = None,
@@ -252,7 +260,7 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
                  weighting: Literal["claimed", "equal"] = "claimed",
                  max_weight_multiple: float = DEFAULT_MAX_WEIGHT_MULTIPLE,
                  reference_fn: Callable[[int, ArrayRecord], ArrayRecord] | None = None,
-                 model: torch.nn.Module | None = None, **fedavg_kwargs) -> None:
+                 model: torch.nn.Module | None = None, context: Context | None = None, **fedavg_kwargs) -> None:
         if "reference" in getattr(rule, "round_inputs", frozenset()) and reference_fn is None:
             raise ValueError(f"{rule!r} needs the server's own update every round: pass reference_fn(server_round, "
                              f"arrays) -> the ArrayRecord the server trains on its root data from arrays")
@@ -261,6 +269,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
                              f"clients' architecture; its weights do not matter)")
         self.reference_fn = reference_fn
         self.model = model
+        self.context = context
+        if context is not None and RULE_STATE_KEY in context.state:  # a restarted ServerApp picks up the rule's state
+            blob = context.state[RULE_STATE_KEY]["state"]
+            rule.load_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
         super().__init__(**fedavg_kwargs)
         self.screen_norm_multiple = _norm_multiple(screen_norm_multiple)
         self.weighting, self.max_weight_multiple = _weighting(weighting, max_weight_multiple)
@@ -300,6 +312,10 @@ class RuleStrategy(_KeepsGlobal, FedAvg):
         step = rule(updates, weights=weights, agent_ids=nodes)
         new = apply_server_lr(self._global.clone(), step, server_lr_vector(self.server_lr,
                                                                           self._layout.mask(self.flip_keys)))
+        if self.context is not None:  # the rule's state (FLDetector's window, FoolsGold's histories) in the context
+            buf = io.BytesIO()
+            torch.save(rule.state_dict(), buf)
+            self.context.state[RULE_STATE_KEY] = ConfigRecord({"state": buf.getvalue(), "round": server_round})
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
         tel = getattr(rule, "telemetry", {}) or {}
         if "flipped_fraction" in tel:
