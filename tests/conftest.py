@@ -94,6 +94,12 @@ TIER_OF = {
     "tests/attacks/test_iba.py::test_a_run_draws": "slow",
     "tests/bench/test_attacks.py::test_each_row_times_the_attack": "slow",
     "tests/integrations/flower/test_untrusted_replies.py": "slow",
+    # whole tiny runs of the defenses of issue 29 (10-25 s each on 2 cores): in the full tier, out of `make test`
+    "tests/sim/test_crfl.py": "slow",
+    "tests/sim/test_deepsight_freqfed.py::test_the_servers_aggregate": "slow",
+    "tests/sim/test_loop.py::test_resume_gives_the_numbers_of_an_uninterrupted_run[crfl-rlr]": "slow",
+    "tests/sim/test_fltrust.py": "slow",
+    "tests/sim/test_fldetector.py": "slow",
 }
 
 
