@@ -60,10 +60,13 @@ def test_noise_std_and_reproducibility():
     again = ClipAndNoise(FedAvg(), clip_norm=4.0, noise_sigma=0.5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(again(U), a)
     assert not torch.equal(rule(U), a)  # the generator advanced
-    # without clipping the std is noise_sigma itself
-    bare = ClipAndNoise(FedAvg(), clip_norm=0.0, noise_sigma=0.5, generator=torch.Generator().manual_seed(7))
-    assert bare.noise_std == 0.5
-    assert torch.allclose(bare(U), a / 4.0)
+    # without clipping there is no noise either: its std is sigma * M = 0 (the authors' code), and
+    # the generator is not drawn from
+    gen = torch.Generator().manual_seed(7)
+    bare = ClipAndNoise(FedAvg(), clip_norm=0.0, noise_sigma=0.5, generator=gen)
+    assert bare.noise_std == 0.0
+    assert torch.equal(bare(U), FedAvg()(U)) and bare.telemetry["noise_std"] == 0.0
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(7).get_state())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

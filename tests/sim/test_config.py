@@ -245,3 +245,20 @@ def test_the_config_command_warns_about_an_inert_key_and_says_so_in_its_help(cap
     assert "dirichlet_alpha = 0.1 has no effect with partition iid (only dirichlet)" in caplog.text
     helptext = " ".join(CliRunner().invoke(app, ["config", "--help"]).output.split())
     assert "Keys that have no effect in this config are warned about and left out of its hash" in helptext
+
+
+def test_a_theta_outside_the_papers_range_is_warned_not_refused(caplog):
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        inside = load_config("iid-rlr", ["corrupt_fraction=0.3"])  # theta 4 of 10 at F 0.3: range 4 .. 7
+    assert inside.advice() == [] and "outside the paper's range" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="robustlr"):
+        low = load_config("iid-rlr", ["corrupt_fraction=0.3", "rlr_threshold=3"])
+    assert low.advice() == ["rlr_threshold = 3 is theta 3 of the 10 agents a round, outside the paper's range "
+                            "K*F+1 .. K-K*F = 4 .. 7 at corrupt_fraction 0.3 (below it the corrupt agents' votes "
+                            "alone can keep a coordinate's sign)"]
+    assert low.advice()[0] in caplog.text
+    # a share of the round: 0.2 of the 33 writers a round is theta 7, inside 5 .. 29 at F 0.1
+    assert load_config("noniid-paper-rlr", ["rlr_threshold=0.2"]).advice() == []
+    high = load_config("iid-rlr", ["rlr_threshold=10"])
+    assert "theta 10 of the 10 agents a round" in high.advice()[0] and "honest agents cannot reach it" in high.advice()[0]
+    assert load_config("iid-rlr", ["rlr_threshold=0"]).advice() == []  # no RLR, nothing to say

@@ -95,9 +95,10 @@ class ClipAndNoise(FusedCheckRule):
         g(\Delta) = \mathrm{rule}\Big(\Big\{\frac{\Delta^k}{\max(1, \|\Delta^k\|_2 / M)}\Big\}_k\Big)
                     + \mathcal{N}(0, \sigma^2 M^2 I)
 
-    (paper eq. 2 with ``rule = FedAvg``). ``M = clip_norm = 0`` disables clipping; the noise
-    standard deviation is then ``noise_sigma`` itself (there is no ``M`` to scale it by).
-    ``noise_sigma = 0`` adds no noise and draws no random numbers.
+    (paper eq. 2 with ``rule = FedAvg``). ``M = clip_norm = 0`` disables clipping, and with it
+    the noise: its standard deviation is ``sigma * M`` (as the authors' code computes it, so 0 at
+    ``M = 0``). A zero standard deviation (``noise_sigma = 0`` or ``M = 0``) adds no noise and
+    draws no random numbers.
 
     The noise is drawn on the CPU from ``generator`` in float32 (float64 for float64
     updates) and then moved to the updates' device, so a seeded generator gives the same
@@ -143,9 +144,8 @@ class ClipAndNoise(FusedCheckRule):
 
     @property
     def noise_std(self) -> float:
-        """Standard deviation of the noise per coordinate: ``noise_sigma * clip_norm``, or
-        ``noise_sigma`` when clipping is disabled."""
-        return self.noise_sigma * (self.clip_norm if self.clip_norm > 0 else 1.0)
+        """Standard deviation of the noise per coordinate: ``noise_sigma * clip_norm`` (0 without clipping)."""
+        return self.noise_sigma * self.clip_norm
 
     def aggregate_fused(
         self, updates: Tensor, weights: Tensor | None, agent_ids: list[Hashable] | None, check_finite: bool

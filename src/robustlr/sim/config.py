@@ -666,6 +666,28 @@ class ExperimentConfig(BaseModel):
             return self.server_lr
         return 1e-3 if self.aggregator == "sign" else 1.0
 
+    def advice(self) -> list[str]:
+        """Warnings about a valid config whose numbers may not mean what the user expects (logged by
+        :func:`load_config`; not refusals): theta outside the paper's range ``K*F+1 .. K-K*F`` for the
+        agents of a full round."""
+        from robustlr.aggregation import Threshold, threshold_range
+
+        out = []
+        if self.rlr_threshold > 0 and self.corrupt_fraction > 0 and self.num_agents is not None:
+            k = self.agents_per_round(self.num_agents)
+            theta = Threshold.of(self.rlr_threshold, full_round=k).for_round(k)
+            try:
+                low, high = threshold_range(k, self.corrupt_fraction)
+            except ValueError:
+                low = high = None
+            if low is not None and not low <= theta <= high:
+                side = ("below it the corrupt agents' votes alone can keep a coordinate's sign" if theta < low else
+                        "above it the honest agents cannot reach it and RLR flips their learning too")
+                out.append(f"rlr_threshold = {self.rlr_threshold:g} is theta {theta} of the {k} agents a round, outside "
+                           f"the paper's range K*F+1 .. K-K*F = {low} .. {high} at corrupt_fraction "
+                           f"{self.corrupt_fraction} ({side})")
+        return out
+
     def agents_per_round(self, num_agents: int) -> int:
         """floor(C*K), at least 1, as the authors' code samples (33 of 3,383 writers at C 0.01)."""
         return max(1, int(math.floor(self.participation * num_agents + 1e-9)))
@@ -775,6 +797,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if warn:
             log.warning("%s = %r has no effect with %s; it is left out of the config hash (remove it)",
                         key, getattr(cfg, key), why)
+    for line in cfg.advice():
+        log.warning("%s", line)
     return cfg
 
 
