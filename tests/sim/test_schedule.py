@@ -34,6 +34,11 @@ def test_rlr_from_a_round_aggregates_without_it_before(tiny):
     assert late.records[0].flipped_fraction is None and late.records[2].flipped_fraction > 0
     assert late.summary.rlr_switch_round == 3 and always.summary.rlr_switch_round == 1
     assert plain.summary.rlr_switch_round is None and all(r.rlr_on is None for r in plain.records)
+    # Theorem 1's p0: the flipped shares of the rounds RLR was on only
+    shares = [r.flipped_fraction for r in late.records[2:]]
+    assert late.summary.rlr_p0_mean == pytest.approx(sum(shares) / 2) and late.summary.rlr_p0_max == max(shares)
+    assert late.summary.theorem1_premise == (max(shares) < 0.25)
+    assert plain.summary.rlr_p0_mean is None and plain.summary.theorem1_premise is None
     # before the switch the run is the plain FedAvg run, after it it is not
     assert _strip(late.records[:2]) == _strip(plain.records[:2])
     assert _strip(late.records[2:]) != _strip(plain.records[2:])

@@ -111,6 +111,14 @@ class RunSummary(BaseModel):
     backdoor_peak: float | None = None
     backdoor_durability: int | None = None
     backdoor_durability_censored: bool | None = None
+    # Theorem 1 of the paper assumes every coordinate fails the vote (|sum of signs| < theta) with a
+    # probability p0 < 1/4 in every round. RLR's flipped share of a round estimates the mean of those
+    # probabilities over the coordinates: a share above 1/4 means some coordinate's is above it. The
+    # mean and largest share over the rounds RLR was on, and whether every round's share was below 1/4
+    # (None without RLR)
+    rlr_p0_mean: float | None = None
+    rlr_p0_max: float | None = None
+    theorem1_premise: bool | None = None
     # the final validation accuracy at or below 1.5 x chance (1 / classes): the model collapsed. Under
     # attack that is a result (the attack won), not a failure; None when nothing was evaluated
     collapsed: bool | None = None

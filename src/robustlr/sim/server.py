@@ -414,6 +414,16 @@ class Server:
         return run_summary(self.cfg, records, seconds=seconds, engine=engine, federation=federation, init=init)
 
 
+def theorem1_fields(records: Sequence[RoundRecord]) -> dict[str, Any]:
+    """The summary's p0 fields (see :class:`robustlr.sim.records.RunSummary`): the mean and largest
+    flipped share over the rounds RLR was on, and whether every one was below 1/4 (Theorem 1's premise)."""
+    shares = [r.flipped_fraction for r in records if r.flipped_fraction is not None]
+    if not shares:
+        return {}
+    return {"rlr_p0_mean": sum(shares) / len(shares), "rlr_p0_max": max(shares),
+            "theorem1_premise": max(shares) < 0.25}
+
+
 def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, seconds: float, engine: str,
                 federation: dict, init: InitModel | None = None) -> RunSummary:
     """The run summary: the last evaluated round's metrics, whether the model collapsed (validation
@@ -427,6 +437,7 @@ def run_summary(cfg: ExperimentConfig, records: Sequence[RoundRecord], *, second
         name=cfg.name, rounds=cfg.rounds,
         **{k: getattr(final, k) if final else None for k in ("val_acc", "val_loss", "base_acc", "backdoor_acc")},
         rlr_switch_round=next((r.round for r in records if r.rlr_on), None),
+        **theorem1_fields(records),
         **backdoor_durability(records, cfg.attack_until_round if cfg.corrupt_fraction > 0 else None, cfg.rounds),
         seconds=seconds, seconds_per_round=seconds / max(1, cfg.rounds),
         engine=engine, federation=dict(federation),
