@@ -1,9 +1,10 @@
 """docs/defenses.md's tables are the committed results' numbers (read only).
 
-The tables are built here from docs/defenses/results (the defenses-noniid sweep, compact: no
+The tables are built here from docs/defenses/results (the defenses suites' sweeps, compact: no
 checkpoints or models) and docs/defenses/bench-aggregation.json (``robustlr bench aggregation
 --json``), and the test checks that each line appears in the page verbatim.
-``python tests/reports/test_defenses_doc.py [RESULTS]`` prints them (how the page's tables were written).
+``python tests/reports/test_defenses_doc.py [RESULTS] [--write]`` prints them and with ``--write`` puts them into the
+page after their ``<!-- TABLE:name -->`` markers (how the page's tables were written).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "defenses" / "results"
 BENCH = ROOT / "docs" / "defenses" / "bench-aggregation.json"
-#: suite -> (defenses, attacks) of its table
-SUITES = {"defenses-noniid": (["fedavg", "rlr", "fltrust", "signguard"], ["trojan", "boost", "stealth", "adaptive-sign-f03"]),
-          "defenses-iid": (["fedavg", "rlr", "fltrust", "signguard", "fldetector"],
-                           ["trojan", "stealth", "adaptive-sign-f03"])}
+#: table -> (its suites, defenses, attacks): a row's runs are its label's over the suites (seeds apart)
+SUITES = {"defenses-noniid": (["defenses-noniid", "defenses-noniid-2"],
+                              ["fedavg", "rlr", "fltrust", "signguard", "freqfed", "deepsight", "crfl"],
+                              ["trojan", "boost", "stealth", "adaptive-sign-f03"]),
+          "defenses-iid": (["defenses-iid", "defenses-iid-seeds", "defenses-iid-2", "defenses-iid-crfl", "defenses-iid-boost"],
+                           ["fedavg", "rlr", "fltrust", "signguard", "freqfed", "deepsight", "crfl", "fldetector"],
+                           ["trojan", "boost", "stealth", "adaptive-sign-f03"])}
 #: an attack "took" in a seed when the undefended twin's backdoor accuracy reached this
 TOOK = 0.5
 
@@ -32,13 +36,16 @@ def _mean_sd(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{statistics.fmean(vals):.{digits}f} +- {statistics.stdev(vals):.{digits}f}"
 
 
-def _runs(results: Path, suite: str) -> dict[str, list[dict]]:
+def _runs(results: Path, suites: list[str]) -> dict[str, list[dict]]:
     from robustlr.experiments import store
 
     out: dict[str, list[dict]] = {}
     for r in sorted(store.query(results), key=lambda r: (r["label"], r["seed"])):
-        if r["suite"] == suite and r["status"] == "done":
+        if r["suite"] in suites and r["status"] == "done":
             out.setdefault(r["label"], []).append(r)
+    for label, rs in out.items():
+        seeds = [r["seed"] for r in rs]
+        assert len(seeds) == len(set(seeds)), f"{label}: seed twice in {suites}"
     return out
 
 
@@ -64,8 +71,8 @@ def _left_out(results: Path, runs: list[dict]) -> tuple[str, str]:
 
 def tables(results: Path, bench: Path | None = BENCH) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for suite, (defenses, attacks) in SUITES.items():
-        runs = _runs(results, suite)
+    for suite, (suites, defenses, attacks) in SUITES.items():
+        runs = _runs(results, suites)
         if not runs:
             continue
         lines = ["| defense \\ attack | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
@@ -97,6 +104,23 @@ def tables(results: Path, bench: Path | None = BENCH) -> dict[str, list[str]]:
                 lines.append(f"| {d} | {a} | {corrupt} | {honest} | {statistics.fmean(secs):.3f} |")
         out[f"{suite}-left-out"] = lines
 
+    # CRFL's certification of its final models (robustlr certify: certify.json beside the run)
+    lines = ["| suite | run | seed | smoothed val % | smoothed backdoor % | median radius | trigger norm | certified acc. % at r 0.01 / 0.1 / 1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for suite in ("defenses-iid-crfl", "defenses-iid-boost", "defenses-noniid-2"):
+        for r in [r for rs in _runs(results, [suite]).values() for r in rs]:
+            path = results / r["suite"] / r["name"] / "certify.json"
+            if not path.exists():
+                continue
+            c = json.loads(path.read_text())
+            acc = c["certified_accuracy"]
+            lines.append(f"| {suite} | {r['label']} | {r['seed']} | {100 * c['smoothed_val_acc']:.1f} | "
+                         f"{100 * c['smoothed_backdoor_acc']:.1f} | {c['radius_median']:.2g} | "
+                         f"{c['trigger_norm_mean']:.2g} | {100 * acc['0.01']:.1f} / {100 * acc['0.1']:.1f} / "
+                         f"{100 * acc['1.0']:.1f} |")
+    if len(lines) > 2:
+        out["crfl-certify"] = lines
+
     if bench is not None and bench.exists():
         rows = json.loads(bench.read_text())
         agents = sorted({r["n_agents"] for r in rows})
@@ -118,7 +142,7 @@ def test_every_table_of_the_page_is_the_stored_results(tmp_path):
     page = (ROOT / "docs" / "defenses.md").read_text()
     built = tables(results)
     assert {"defenses-noniid", "defenses-noniid-left-out", "bench"} <= set(built)
-    for suite, (defenses, _) in SUITES.items():
+    for suite, (_, defenses, _) in SUITES.items():
         if suite in built:
             assert len(built[suite]) == 2 + len(defenses) + 1
     for name, lines in built.items():
@@ -126,13 +150,31 @@ def test_every_table_of_the_page_is_the_stored_results(tmp_path):
             assert line in page, (name, line)
 
 
-if __name__ == "__main__":  # print the tables of a results folder
+def write_page(page: Path, built: dict[str, list[str]]) -> None:
+    """Replace the table after each ``<!-- TABLE:name -->`` marker of the page with the built one."""
+    lines, out, i = page.read_text().splitlines(), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        name = lines[i].removeprefix("<!-- TABLE:").removesuffix(" -->") if lines[i].startswith("<!-- TABLE:") else None
+        i += 1
+        if name in built:
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            out.extend(built[name])
+    page.write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":  # print the tables of a results folder; --write: put them into docs/defenses.md
     import tempfile
 
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    args = [a for a in sys.argv[1:] if a != "--write"]
+    src = Path(args[0]) if args else RESULTS
     copy = Path(tempfile.mkdtemp()) / "results"
     shutil.copytree(src, copy, ignore=shutil.ignore_patterns("*.pt"))  # opening a store may migrate it
-    for name, lines in tables(copy).items():
+    built = tables(copy)
+    if "--write" in sys.argv:
+        write_page(ROOT / "docs" / "defenses.md", built)
+    for name, lines in built.items():
         print(f"<!-- {name} -->")
         print("\n".join(lines))
         print()
