@@ -84,7 +84,7 @@ def test_masks_are_fresh_tensors():
 
 
 def test_bad_names_and_sizes():
-    with pytest.raises(ValueError, match=r"trojan must be one of plus, square, copyright, apple, got 'star'"):
+    with pytest.raises(ValueError, match=r"trojan must be one of plus, square, copyright, apple, copyright-authors, apple-authors, got 'star'"):
         trojan_mask("star")
     with pytest.raises(ValueError, match=r"dataset must be one of fashion-mnist, femnist, cifar10.*got 'mnist'"):
         trojan_mask("plus", dataset="mnist")
@@ -238,3 +238,90 @@ def test_dba_bad_part_counts():
         dba_parts("square", 0)
     with pytest.raises(ValueError, match="trojan must be one of"):
         dba_parts("cross", 4)
+
+
+# --- the authors' logos (package data) ---
+
+
+def test_authors_logos_are_the_shared_arrays_exactly():
+    """The shipped arrays are the files of shared/data/trojans (sha256 as its README states), with the
+    pixel counts it states: copyright 59 non-zero (24 above 127), Apple 38 (28 above 127)."""
+    from robustlr.attacks.trojans import authors_pattern
+
+    c, a = authors_pattern("copyright-authors"), authors_pattern("apple-authors")
+    assert c.dtype == a.dtype == torch.uint8 and c.shape == a.shape == (28, 28)
+    assert (int((c > 0).sum()), int((c > 127).sum())) == (59, 24)
+    assert (int((a > 0).sum()), int((a > 127).sum())) == (38, 28)
+    assert pixels(trojan_mask("apple-authors")) == pixels(a > 0)
+    rows, cols = (a > 0).nonzero().unbind(1)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (20, 27, 20, 26)
+
+
+def test_authors_logos_are_added_with_wrap_around_on_bright_ink_and_subtracted_on_dark():
+    """The authors' arithmetic: Fashion-MNIST ``x + trojan`` on uint8 (numpy wraps modulo 256);
+    FEMNIST ``x - trojan / 255`` on [0, 1] (here uint8, saturating at 0)."""
+    import numpy as np
+
+    from robustlr.attacks.trojans import AdditiveTrojan, authors_pattern, trigger
+
+    x = _images(n=3, c=1, seed=1)
+    x[0] = 255  # a white image: every logo pixel wraps
+    bright = trigger("copyright-authors", 28, 28, "fashion-mnist", ink=255)
+    assert isinstance(bright, AdditiveTrojan) and not bright.subtract
+    expected = (x.numpy().astype(np.uint8) + authors_pattern("copyright-authors").numpy()[None, None]).astype(np.uint8)
+    assert torch.equal(apply_trojan(x, bright, 255), torch.from_numpy(expected))
+    assert int(apply_trojan(x, bright, 0)[0, 0, 27, 10]) == (255 + int(bright.pattern[27, 10])) % 256
+
+    dark = trigger("apple-authors", 28, 28, "femnist", ink=0)
+    assert dark.subtract
+    p = authors_pattern("apple-authors").to(torch.int16)
+    assert torch.equal(apply_trojan(x, dark, 0), (x.to(torch.int16) - p).clamp_min(0).to(torch.uint8))
+    white = torch.full((1, 1, 28, 28), 255, dtype=torch.uint8)  # FEMNIST's background: no saturation
+    assert torch.equal(apply_trojan(white, dark, 0)[0, 0].to(torch.int16), 255 - p)
+
+
+def test_authors_logos_move_whole_and_refuse_what_they_cannot_do():
+    from robustlr.attacks.trojans import placement_offset, shift_mask, trigger
+
+    t = trigger("apple-authors")
+    moved = shift_mask(t, placement_offset(t.mask, "top-left"))
+    assert torch.equal(moved.pattern[2:10, 2:9], t.pattern[20:28, 20:27])
+    assert int(moved.pattern.sum()) == int(t.pattern.sum())
+    with pytest.raises(ValueError, match=r"authors' 28x28 image and this dataset's images are 32x32: use trojan = 'apple'"):
+        trigger("apple-authors", 32, 32, "cifar10")
+    with pytest.raises(ValueError, match="not split into parts"):
+        dba_parts("copyright-authors", 2)
+
+
+def test_a_config_with_the_authors_logos_refuses_a_value_a_split_and_another_size():
+    from robustlr.sim.config import make_config
+
+    make_config({"dataset": "fashion-mnist", "trojan": "copyright-authors"})
+    with pytest.raises(ValueError, match="trojan_value does not apply"):
+        make_config({"dataset": "fashion-mnist", "trojan": "copyright-authors", "trojan_value": 200})
+    with pytest.raises(ValueError, match="not split into parts"):
+        make_config({"dataset": "fashion-mnist", "trojan": "apple-authors", "attack": "dba"})
+    with pytest.raises(ValueError, match="use trojan = 'copyright'"):
+        make_config({"dataset": "cifar10", "trojan": "copyright-authors"})
+
+
+def test_a_federation_draws_the_authors_logo_on_its_backdoor_set(tiny):
+    import numpy as np
+
+    from robustlr.attacks.trojans import authors_pattern
+    from robustlr.sim.config import make_config
+    from robustlr.sim.federation import build_federation
+
+    ds = tiny()
+    cfg = make_config({"dataset": "fashion-mnist", "trojan": "apple-authors", "num_agents": 5, "corrupt_fraction": 0.4,
+                       "poison_fraction": 0.5, "rounds": 1})
+    fed = build_federation(cfg, ds)
+    base = ds.test_x[ds.test_y == cfg.base_class]
+    want = (base.numpy() + authors_pattern("apple-authors").numpy()[None, None]).astype(np.float32)  # uint8: wraps
+    got = fed.backdoor_x.numpy() * 0.3 + 0.2  # tiny's normalisation undone
+    assert np.allclose(got * 255, want, atol=1e-3)
+    assert torch.equal(fed.trigger_mask, authors_pattern("apple-authors") > 0)
+    changed = fed.train_y != ds.train_y
+    assert int(changed.sum()) == fed.notes["poisoned_samples"] > 0
+    diff = (fed.train_x.images[changed].to(torch.int16) - ds.train_x[changed].to(torch.int16)) % 256
+    assert torch.equal(diff[0, 0], authors_pattern("apple-authors").to(torch.int16))

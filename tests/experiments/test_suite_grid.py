@@ -96,9 +96,10 @@ def test_shipped_suites_expand_and_their_paper_rows_exist():
     for name in list_suites():  # every shipped suite validates at both budgets, and its paper rows are its rows
         suite = load_suite(name)
         assert suite.runs("lite") and suite.runs("paper"), name
-        if not suite.paper:  # beyond the paper: a defense x attack table (adversaries-*) or bf16 vs fp32 (precision-*)
-            assert suite.pivot or "precision" in suite.grid, \
-                f"{name} names no paper setting and is neither a defense x attack (pivot) nor a precision suite"
+        if not suite.paper:  # beyond the paper: a defense x attack table (adversaries-*), bf16 vs fp32 (precision-*)
+            # or trojans side by side (table10-logos-authors)
+            assert suite.pivot or "precision" in suite.grid or "trojan" in suite.grid, \
+                f"{name} names no paper setting and is neither a defense x attack (pivot), a precision nor a trojan suite"
             continue
         paper_rows = {k for k, v in PAPER.get(suite.paper, {}).items() if isinstance(v, dict)}
         assert paper_rows and paper_rows <= set(suite.row_keys("paper")), name

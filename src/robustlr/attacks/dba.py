@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustlr.attacks.trojans import _mask_np, canonical_dataset, plus_geometry
+from robustlr.attacks.trojans import AUTHORS_LOGOS, _mask_np, canonical_dataset, plus_geometry
 
 __all__ = ["dba_parts"]
 
@@ -89,6 +89,10 @@ def dba_parts(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if name in AUTHORS_LOGOS:
+        raise ValueError(f"the {name} trojan (the authors' greyscale logo) is not split into parts (the authors "
+                         f"split only the plus): use attack = 'trojan', or trojan = {name.removesuffix('-authors')!r} "
+                         f"(drawn) for a distributed backdoor")
     mask = _mask_np(name, height, width, dataset)
     n_pixels = int(mask.sum())
     if isinstance(n_parts, bool) or not isinstance(n_parts, (int, np.integer)) or not 1 <= n_parts <= n_pixels:

@@ -40,6 +40,17 @@ The four trojans of the paper (Ozdayi et al. 2021, main text and appendix, after
       0.28 apart), a disc of radius 0.26 centred on the right edge bites into its right side,
       and a leaf (an ellipse, semi-axes 0.17 x 0.09, tilted 45 degrees) sits above it.
 
+``copyright-authors`` and ``apple-authors`` (bottom-right)
+    The paper authors' own logos: the 28x28 greyscale arrays their code derives from their logo
+    images (package data, ``robustlr/attacks/trojan_images``, MIT licence, sha256 checked on load),
+    applied as they apply them (:class:`AdditiveTrojan`): on a dataset whose ink is bright
+    (Fashion-MNIST) the pattern is *added* to the uint8 image modulo 256 (so a bright logo pixel
+    over a bright garment comes out dark), on one whose ink is dark (FEMNIST) it is *subtracted*
+    (saturating at 0: robustlr's pixels are uint8, the authors' FEMNIST floats go below 0 there).
+    28x28 images only; ``trojan_value`` does not apply; not split for a distributed backdoor.
+    Their mask (where the pattern is non-zero) is what placement and trigger optimisation use:
+    copyright 59 pixels (rows 16..27, columns 1..27), apple 38 (rows 20..27, columns 20..26).
+
 Any other image size: the ``generic`` family (what a dataset registered by a user gets) scales
 the Fashion-MNIST geometry to an H x W image: the plus is centred at (round(7H/28), round(5W/28))
 with bars of the odd length nearest 5 min(H, W)/28 (at least 3), the square is
@@ -52,12 +63,20 @@ Their split into parts for a distributed backdoor lives in :mod:`robustlr.attack
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 import torch
 
-TROJANS = ("plus", "square", "copyright", "apple")
+TROJANS = ("plus", "square", "copyright", "apple", "copyright-authors", "apple-authors")
+#: the authors' logos: package file and its sha256
+AUTHORS_LOGOS = {
+    "copyright-authors": ("copyright-28x28.npy", "5fad91b2aa529775b68a96e535303e60a0e1c47762c244c2eb04e216ac6fd49b"),
+    "apple-authors": ("apple-28x28.npy", "ee8f7d8e443324b7747ef0387afb41b90da16137f9d6923ba13f1d52b10a9ac8"),
+}
 
 DATASETS = ("fashion-mnist", "femnist", "cifar10", "generic")
 _DATASET_ALIASES = {
@@ -186,10 +205,98 @@ def _logo(name: str, height: int, width: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=None)
+def _authors_pattern_np(name: str) -> np.ndarray:
+    file, sha = AUTHORS_LOGOS[name]
+    raw = resources.files("robustlr.attacks").joinpath("trojan_images", file).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sha:
+        raise RuntimeError(f"the package file trojan_images/{file} is not the authors' array (sha256 differs): "
+                           f"reinstall robustlr")
+    import io
+
+    arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    arr.setflags(write=False)
+    return arr
+
+
+def authors_pattern(name: str, height: int = 28, width: int = 28) -> torch.Tensor:
+    """The authors' logo ``name`` (``"copyright-authors"`` or ``"apple-authors"``) as a uint8 (28, 28)
+    tensor; refused on any other image size (their code resizes the logo to 28x28).
+
+    Example:
+        >>> p = authors_pattern("apple-authors")
+        >>> p.dtype, tuple(p.shape), int((p > 0).sum()), int(p.max())
+        (torch.uint8, (28, 28), 38, 255)
+    """
+    if name not in AUTHORS_LOGOS:
+        raise ValueError(f"the authors' logos are {', '.join(AUTHORS_LOGOS)}, got {name!r}")
+    if (height, width) != (28, 28):
+        drawn = name.removesuffix("-authors")
+        raise ValueError(f"the {name} trojan is the authors' 28x28 image and this dataset's images are "
+                         f"{height}x{width}: use trojan = {drawn!r} (drawn, any size)")
+    return torch.from_numpy(_authors_pattern_np(name).copy())
+
+
+@dataclass(frozen=True)
+class AdditiveTrojan:
+    """A greyscale trojan combined with the image's pixels, as the paper authors apply their logos.
+
+    ``pattern`` is uint8 (H, W); ``subtract`` False adds it modulo 256 (uint8 arithmetic, the
+    authors' Fashion-MNIST), True subtracts it saturating at 0 (their FEMNIST, on dark ink over a
+    white background). :attr:`mask` is where the pattern is non-zero.
+
+    Example:
+        >>> t = AdditiveTrojan(torch.tensor([[0, 100], [200, 255]], dtype=torch.uint8), subtract=False)
+        >>> t.apply(torch.full((1, 1, 2, 2), 200, dtype=torch.uint8))[0, 0].tolist()
+        [[200, 44], [144, 199]]
+        >>> AdditiveTrojan(t.pattern, subtract=True).apply(torch.full((1, 1, 2, 2), 200, dtype=torch.uint8))[0, 0].tolist()
+        [[200, 100], [0, 0]]
+    """
+
+    pattern: torch.Tensor
+    subtract: bool
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.pattern != 0
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.pattern.shape
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pattern.to(device=x.device, dtype=torch.int16)
+        wide = x.to(torch.int16)
+        out = (wide - p).clamp_min(0) if self.subtract else torch.remainder(wide + p, 256)
+        return out.to(torch.uint8)
+
+    def shifted(self, offset: tuple[int, int]) -> AdditiveTrojan:
+        """The trojan moved by ``offset`` (rows, columns); every non-zero pixel must stay inside."""
+        dr, dc = offset
+        if (dr, dc) == (0, 0):
+            return self
+        moved_mask = shift_mask(self.mask, offset)
+        out = torch.zeros_like(self.pattern)
+        out[moved_mask] = self.pattern[self.mask]  # row-major order is kept by a shift
+        return AdditiveTrojan(out, self.subtract)
+
+
+def trigger(name: str, height: int = 28, width: int = 28, dataset: str = "fashion-mnist",
+            ink: int = 255) -> torch.Tensor | AdditiveTrojan:
+    """What a run draws: a bool mask (drawn in one value by :func:`apply_trojan`) or, for the
+    authors' logos, an :class:`AdditiveTrojan` (subtracted where the dataset's ``ink`` is dark)."""
+    if name in AUTHORS_LOGOS:
+        _check_size(height, width)
+        return AdditiveTrojan(authors_pattern(name, height, width), subtract=int(ink) < 128)
+    return trojan_mask(name, height, width, dataset)
+
+
 def _mask_np(name: str, height: int, width: int, dataset: str) -> np.ndarray:
     _check_name(name)
     _check_size(height, width)
     dataset = canonical_dataset(dataset)
+    if name in AUTHORS_LOGOS:
+        return authors_pattern(name, height, width).numpy() != 0
     if name == "plus":
         return _plus(height, width, dataset)
     if name == "square":
@@ -220,17 +327,23 @@ def trojan_mask(name: str, height: int = 28, width: int = 28, dataset: str = "fa
     return torch.from_numpy(_mask_np(name, height, width, dataset))
 
 
-def apply_trojan(x: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Tensor:
+def apply_trojan(x: torch.Tensor, mask: torch.Tensor | AdditiveTrojan, value: int) -> torch.Tensor:
     """A copy of the images ``x`` with the ``mask`` pixels set to ``value`` in every channel.
 
     Args:
         x: uint8 images of shape (N, C, H, W).
-        mask: bool tensor of shape (H, W), e.g. from :func:`trojan_mask`.
+        mask: bool tensor of shape (H, W), e.g. from :func:`trojan_mask`; or an
+            :class:`AdditiveTrojan` (from :func:`trigger`), applied to every channel, ``value``
+            unused.
         value: the pixel value 0..255 (usually the dataset's ``ink``).
     """
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a uint8 tensor of shape (N, C, H, W), got {got}")
+    if isinstance(mask, AdditiveTrojan):
+        if tuple(mask.shape) != tuple(x.shape[-2:]):
+            raise ValueError(f"the trojan's pattern is {tuple(mask.shape)}, the images {tuple(x.shape[-2:])}")
+        return mask.apply(x)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[-2:]):
         got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[-2:])}, got {got}")
@@ -289,8 +402,10 @@ def placement_offset(mask: torch.Tensor, position: str) -> tuple[int, int]:
     return tr - r0, tc - c0
 
 
-def shift_mask(mask: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+def shift_mask(mask: torch.Tensor | AdditiveTrojan, offset: tuple[int, int]) -> torch.Tensor | AdditiveTrojan:
     """``mask`` moved by ``offset`` (rows, columns); every set pixel must stay inside the image."""
+    if isinstance(mask, AdditiveTrojan):
+        return mask.shifted(offset)
     dr, dc = offset
     if (dr, dc) == (0, 0):
         return mask
@@ -305,9 +420,12 @@ def shift_mask(mask: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def trojan_contrast(x_uint8: torch.Tensor, mask: torch.Tensor, value: int) -> float:
+def trojan_contrast(x_uint8: torch.Tensor, mask: torch.Tensor | AdditiveTrojan, value: int) -> float:
     """How much the trojan changes the images ``x_uint8`` (N, C, H, W), on average: the mean over
     images, channels and trojan pixels of ``|value - pixel| / 255``, in [0, 1].
+
+    For an :class:`AdditiveTrojan` it is the mean of ``|changed - original| / 255`` over its
+    non-zero pixels (``value`` unused).
 
     1 means every trojan pixel flips from black to white (ink on empty background); near 0 the
     trojan is drawn in ink on a region that is ink already, and a model can hardly see it. A
@@ -318,6 +436,12 @@ def trojan_contrast(x_uint8: torch.Tensor, mask: torch.Tensor, value: int) -> fl
         >>> trojan_contrast(x, trojan_mask("plus"), 255)
         0.5
     """
+    if isinstance(mask, AdditiveTrojan):
+        m = mask.mask.to(x_uint8.device)
+        if m.sum() == 0 or x_uint8.shape[0] == 0:
+            return 0.0
+        changed = mask.apply(x_uint8)[:, :, m].to(torch.float32) - x_uint8[:, :, m].to(torch.float32)
+        return float(changed.abs().mean() / 255.0)
     if mask.sum() == 0 or x_uint8.shape[0] == 0:
         return 0.0
     pixels = x_uint8[:, :, mask.to(x_uint8.device)].to(torch.float32)

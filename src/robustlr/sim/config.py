@@ -32,7 +32,7 @@ Partition = Literal["iid", "iid-balanced", "natural", "dirichlet", "shards"]
 Aggregator = Literal["fedavg", "comed", "sign", "foolsgold", "trimmed-mean", "krum", "multikrum", "bulyan", "rfa",
                      "flame", "signguard", "fltrust", "fldetector", "deepsight", "freqfed"]
 Attack = Literal["trojan", "dba", "label-flip"]
-Trojan = Literal["plus", "square", "copyright", "apple"]
+Trojan = Literal["plus", "square", "copyright", "apple", "copyright-authors", "apple-authors"]
 TrainMode = Literal["auto", "sequential", "processes", "vectorized"]
 Precision = Literal["fp32", "bf16"]
 
@@ -515,6 +515,10 @@ class ExperimentConfig(BaseModel):
         if self.adaptive == "scale" and self.boost_factor == 1.0:
             problems.append("adaptive = 'scale' multiplies the chosen coordinates by boost_factor: set boost_factor "
                             "!= 1 (e.g. 10)")
+        if self.trojan.endswith("-authors") and self.trojan_value is not None:
+            problems.append(f"trojan {self.trojan!r} is the authors' greyscale logo, added to (or subtracted from) the "
+                            f"image: trojan_value does not apply; leave it unset, or use trojan = "
+                            f"{self.trojan.removesuffix('-authors')!r} (drawn in one value)")
         if self.attack == "label-flip" and (self.trojan != "plus" or self.trojan_position != "default"
                                             or self.trojan_value is not None):
             problems.append("attack 'label-flip' draws no trojan: leave trojan, trojan_position and trojan_value unset")

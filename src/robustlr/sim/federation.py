@@ -14,11 +14,12 @@ import torch
 from robustlr.attacks.dba import dba_parts
 from robustlr.attacks.poison import poison_agents
 from robustlr.attacks.trojans import (
+    AdditiveTrojan,
     apply_trojan,
     placement_offset,
     shift_mask,
+    trigger,
     trojan_contrast,
-    trojan_mask,
 )
 from robustlr.data import partition as partitioners
 from robustlr.data import registry
@@ -222,11 +223,13 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
     if ds.is_image:
         h, w = ds.image_shape[1:]
         family = registry.dataset_spec(cfg.dataset).trojan_family
-        full_mask = trojan_mask(cfg.trojan, h, w, dataset=family)
+        ink = ds.ink if cfg.trojan_value is None else cfg.trojan_value
+        full_mask = trigger(cfg.trojan, h, w, dataset=family, ink=ink)  # a mask, or the authors' additive logo
         masks: list = (dba_parts(cfg.trojan, cfg.dba_parts, h, w, dataset=family, split=cfg.dba_split)
                        if cfg.attack == "dba" else [full_mask])
         try:
-            offset = placement_offset(full_mask, cfg.trojan_position)
+            offset = placement_offset(full_mask.mask if isinstance(full_mask, AdditiveTrojan) else full_mask,
+                                      cfg.trojan_position)
         except ValueError as exc:
             raise DataError(f"trojan_position = {cfg.trojan_position!r}: {exc}") from None
         full_mask, masks = shift_mask(full_mask, offset), [shift_mask(m, offset) for m in masks]
@@ -272,7 +275,16 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         # the trojan-contrast diagnostic: how much the trojan changes the base class's test images
         contrast = trojan_contrast(base_x_u8, full_mask, value)
         notes["trojan_contrast"] = round(contrast, 4)
-        if contrast < LOW_CONTRAST:
+        if contrast < LOW_CONTRAST and isinstance(full_mask, AdditiveTrojan):
+            how = "subtracted from" if full_mask.subtract else "added (modulo 256) to"
+            msg = (f"the {cfg.trojan} trojan (position {cfg.trojan_position}), {how} the images as the authors do, "
+                   f"changes the base class's test images by only {contrast:.2f} of the pixel range on its pixels "
+                   f"(below {LOW_CONTRAST}): it wraps around or saturates there, and the backdoor may never take. "
+                   f"Try another trojan_position, or the drawn logo (trojan = "
+                   f"{cfg.trojan.removesuffix('-authors')!r})")
+            log.warning(msg)
+            notes["warnings"] = [msg]
+        elif contrast < LOW_CONTRAST:
             msg = (f"the {cfg.trojan} trojan (position {cfg.trojan_position}, value {value}) changes the base class's "
                    f"test images by only {contrast:.2f} of the pixel range on its pixels (below {LOW_CONTRAST}): it is "
                    f"drawn on a region of that colour already, and the backdoor may never take. Try another "
@@ -302,7 +314,8 @@ def build_federation(cfg: ExperimentConfig, ds: ImageDataset) -> Federation:
         attack_from_round=int(cfg.attack_from_round),
         attack_until_round=cfg.attack_until_round,
         poisoned_rows=poisoned_rows,
-        trigger_mask=full_mask if ds.is_image and cfg.attack == "trojan" else None,
+        trigger_mask=((full_mask.mask if isinstance(full_mask, AdditiveTrojan) else full_mask)
+                      if ds.is_image and cfg.attack == "trojan" else None),
         root_indices=root,
     )
 
