@@ -4,7 +4,7 @@ influences of appendix B on a hand-made round whose answer is worked out by hand
 import torch
 
 from robustlr.aggregation import ParamLayout
-from robustlr.analysis.attribution import fisher_diagonal, influence
+from robustlr.analysis.attribution import fisher_authors, fisher_diagonal, influence, influence_authors
 
 
 def test_the_fisher_diagonal_equals_a_naive_per_sample_loop():
@@ -50,3 +50,40 @@ def test_a_parameter_in_both_mappings_cancels_out():
     assert out["norm_S1_minus_S2"] == 0.0 and out["norm_S2_minus_S1"] == 0.0
     assert out["I_adv"] == out["I_hon"] == out["net"] == 0.0
     assert "n_S1_flipped" not in out  # no RLR in this round
+
+
+def test_the_authors_fisher_squares_each_batchs_summed_logit_gradient():
+    """comp_diag_fisher of the authors' code, written out: per batch (in order) the gradient of the
+    summed logits of the labels, squared, summed over batches, divided by the image count."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 4 * 4, 3))
+    layout = ParamLayout.from_module(model)
+    flat = layout.flatten(model)
+    x, y = torch.randn(7, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    got = fisher_authors(model, flat, layout, x, y, batch=3)
+    want = torch.zeros(layout.numel)
+    for start in (0, 3, 6):
+        model.zero_grad()
+        model(x[start:start + 3]).gather(1, y[start:start + 3].view(-1, 1)).sum().backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        want += g * g / 7
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-8)
+    # one batch of all seven differs: the batch size is part of the authors' definition
+    assert not torch.allclose(fisher_authors(model, flat, layout, x, y, batch=256), got)
+
+
+def test_the_authors_sets_come_from_the_flip_mask_and_their_curve_from_norm_differences():
+    step = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.0])
+    f_adv = torch.tensor([5.0, 4.0, 3.0, 0.0, 0.0, 0.0])  # top 3: {0, 1, 2}
+    f_hon = torch.tensor([0.0, 4.0, 0.0, 5.0, 3.0, 0.0])  # top 3: {1, 3, 4}
+    flipped = torch.tensor([False, True, True, False, True, False])
+    r = influence_authors(step, f_adv, f_hon, flipped, k=3)
+    # max (not flipped): adv {0}, hon {3}; min (flipped): adv {1, 2}, hon {1, 4}
+    # S1 = {0}, S2 = {3}, S3 = {2}, S4 = {4}
+    assert (r["norm_S1"], r["norm_S2"], r["norm_S3"], r["norm_S4"]) == (1.0, 3.0, 0.5, 1.0)
+    assert (r["net_adv"], r["net_hon"], r["net"]) == (0.5, 2.0, 1.5)
+    # FedAvg: no flips, every coordinate "maximized": S3 = S4 = {}; S1 = {0, 2}, S2 = {3, 4}
+    f = influence_authors(step, f_adv, f_hon, None, k=3)
+    assert (f["norm_S3"], f["norm_S4"]) == (0.0, 0.0)
+    assert abs(f["net_adv"] - 1.25 ** 0.5) < 1e-6 and abs(f["net_hon"] - 10.0 ** 0.5) < 1e-6

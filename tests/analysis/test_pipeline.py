@@ -50,6 +50,10 @@ def test_attribution_and_explanation_reach_the_report(tmp_path, data_dir):
     assert [r["round"] for r in doc["rounds"]] == [1, 2, 3] and doc["rounds"][0]["samples"] == 32
     # RLR rounds say how many of each set were flipped; the FedAvg run has no flips to report
     assert "n_S1_flipped" in doc["rounds"][0]
+    # the authors' definition of Figure 4 beside ours, with their Fisher and with the slip fixed
+    for key in ("authors", "authors_corrected"):
+        rec = doc["rounds"][0][key]
+        assert rec["net"] == rec["net_hon"] - rec["net_adv"] and rec["norm_S1"] >= 0
     assert "n_S1_flipped" not in json.loads((runs["fedavg_attack"] / "attribution.json").read_text())["rounds"][0]
     ex = cli.invoke(app, ["explain", *map(str, runs.values()), "--index", "0", "--samples", "50",
                           "--out", str(res / "trio" / "explain"), "--data-dir", str(data_dir)])

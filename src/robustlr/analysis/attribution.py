@@ -40,6 +40,29 @@ How we read it, symbol by symbol:
   ``I_hon_diff = ||S2\\S1|| - ||S4\\S3||``. Plots show the printed definition.
 - *net influence* per round ``I_hon - I_adv``; Figure 4 plots its cumulative sum over rounds.
 
+**The authors' code** (``plot_sign_agreement`` and ``comp_diag_fisher`` in src/aggregation.py of
+TinfoilHat0/Defending-Against-Backdoors-with-Robust-Learning-Rate, commit 20b8f84; called from the
+round loop but commented out there) defines the figure differently, and each record carries that
+reading too, under ``authors``:
+
+- their "Fisher" of a mapping sums, over batches of 256 (their ``--bs``) of the same trojaned
+  images, the square of the gradient of the batch's summed *logit* of the label, divided by the
+  image count: ``F_j = sum_b (d/dw_j sum_{i in b} z_{y_i}(x_i))^2 / N``. That is not the empirical
+  Fisher: it squares a batch sum rather than each sample's gradient, and it differentiates the
+  logit, not the log-likelihood (the function computes ``log_softmax`` and then gathers from the
+  raw outputs, which reads as a slip);
+- "top" is the 100 largest (their ``--top_frac`` is a count, default 100);
+- the sets come from RLR's learning-rate vector, not from the loss gradient: "maximized" are the
+  coordinates whose rate is +eta (not flipped), "minimized" those at -eta (flipped; under FedAvg
+  there are none). S1 = top_adv & max minus top_hon & max, S2 = top_hon & max minus top_adv & max,
+  S3 and S4 the same over min;
+- the plotted quantity is a difference of norms of the round's step on those sets:
+  ``net_adv = ||S1|| - ||S3||``, ``net_hon = ||S2|| - ||S4||``, and the curve is the cumulative sum
+  of ``net_hon - net_adv``.
+
+``authors`` holds that computation with their Fisher; ``authors_corrected`` the same sets and
+quantity with the per-sample log-likelihood Fisher above (the slip fixed).
+
 Beyond the paper, each record also says how many of each set RLR flipped this round, and the
 share of the flipped top-k adversarial coordinates on which the flip went against the corrupt
 agents' collective sign vote.
@@ -62,7 +85,8 @@ from torch import Tensor
 
 from robustlr.errors import DataError
 
-__all__ = ["fisher_diagonal", "influence", "AttributionObserver", "attribute_run", "ATTRIBUTION_FILE"]
+__all__ = ["fisher_diagonal", "fisher_authors", "influence", "influence_authors", "AttributionObserver",
+           "attribute_run", "ATTRIBUTION_FILE"]
 
 ATTRIBUTION_FILE = "attribution.json"
 
@@ -102,6 +126,72 @@ def fisher_diagonal(model: torch.nn.Module, flat_params: Tensor, layout, x: Tens
             fisher[off:off + k] = (sq[name] / n).reshape(-1)
             grad_loss[off:off + k] = (-total[name] / n).reshape(-1)
     return fisher, grad_loss
+
+
+def fisher_authors(model: torch.nn.Module, flat_params: Tensor, layout, x: Tensor, y: Tensor,
+                   batch: int = 256) -> Tensor:
+    """The authors' ``comp_diag_fisher``: ``sum_b (grad of sum_{i in b} logit_{y_i})^2 / N`` over
+    batches of ``batch`` in order, flat in ``layout``'s order (zero on buffers); model in eval mode.
+
+    Example (a linear model on 3 images, one batch: the gradient of the summed logits is the
+    summed inputs on the label's row):
+        >>> from robustlr.aggregation import ParamLayout
+        >>> m = torch.nn.Linear(2, 2, bias=False)
+        >>> lay = ParamLayout.from_module(m)
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]]); y = torch.tensor([0, 0, 1])
+        >>> [round(v, 4) for v in fisher_authors(m, torch.zeros(4), lay, x, y).tolist()]   # row 0: (4, 2)^2 / 3; row 1: (0, 1)^2 / 3
+        [5.3333, 1.3333, 0.0, 0.3333]
+    """
+    from torch.func import functional_call
+
+    state = layout.unflatten(flat_params.detach().to(torch.float32).cpu())
+    trainable = {n for n, t in zip(layout.names, layout.is_trainable) if t}
+    buffers = {n: v for n, v in state.items() if n not in trainable}
+    model = model.eval()
+    n = x.shape[0]
+    if n == 0:
+        raise DataError("the Fisher diagonal needs at least one sample; the backdoor set is empty")
+    acc = {name: torch.zeros_like(v) for name, v in state.items() if name in trainable}
+    for start in range(0, n, batch):
+        params = {name: v.clone().requires_grad_(True) for name, v in state.items() if name in trainable}
+        out = functional_call(model, {**params, **buffers}, (x[start:start + batch],))
+        total = out.gather(1, y[start:start + batch].reshape(-1, 1)).sum()
+        grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        for (name, _), g in zip(params.items(), grads):
+            if g is not None:
+                acc[name] += g * g / n
+    fisher = torch.zeros(layout.numel)
+    for name, off, k in zip(layout.names, layout.offsets, layout.numels):
+        if name in acc:
+            fisher[off:off + k] = acc[name].reshape(-1)
+    return fisher
+
+
+def influence_authors(step: Tensor, fisher_adv: Tensor, fisher_hon: Tensor, flipped: Tensor | None,
+                      k: int = 100) -> dict[str, float]:
+    """The authors' ``plot_sign_agreement`` for one round (see the module docstring): sets from the
+    top ``k`` of each Fisher and RLR's flip mask (``None``: no RLR, every rate +eta), and the
+    differences of the step's norms on them.
+
+    Example (6 coordinates, k 2; coordinate 1 flipped):
+        >>> step = torch.tensor([3.0, -4.0, 1.0, 0.0, 2.0, 0.0])
+        >>> f_adv = torch.tensor([9.0, 8.0, 0.0, 0.0, 0.0, 0.0]); f_hon = torch.tensor([0.0, 8.0, 0.0, 0.0, 9.0, 0.0])
+        >>> flipped = torch.tensor([False, True, False, False, False, False])
+        >>> r = influence_authors(step, f_adv, f_hon, flipped, k=2)
+        >>> (r["norm_S1"], r["norm_S2"], r["norm_S3"], r["norm_S4"], r["net"])   # S1 {0}, S2 {4}, S3 = S4 = {}
+        (3.0, 2.0, 0.0, 0.0, -1.0)
+    """
+    k = min(k, step.numel())
+    top_adv = torch.topk(fisher_adv, k).indices
+    top_hon = torch.topk(fisher_hon, k).indices
+    minimized = torch.zeros_like(step, dtype=torch.bool) if flipped is None else flipped.to(torch.bool)
+    adv_max, adv_min = top_adv[~minimized[top_adv]], top_adv[minimized[top_adv]]
+    hon_max, hon_min = top_hon[~minimized[top_hon]], top_hon[minimized[top_hon]]
+    n1, n2 = _norm(step, _minus(adv_max, hon_max)), _norm(step, _minus(hon_max, adv_max))
+    n3, n4 = _norm(step, _minus(adv_min, hon_min)), _norm(step, _minus(hon_min, adv_min))
+    out = {"norm_S1": n1, "norm_S2": n2, "norm_S3": n3, "norm_S4": n4, "net_adv": n1 - n3, "net_hon": n2 - n4}
+    out["net"] = out["net_hon"] - out["net_adv"]
+    return out
 
 
 def _norm(step: Tensor, idx: Tensor) -> float:
@@ -162,6 +252,10 @@ class AttributionObserver:
         flipped = None if view.flipped is None else view.flipped.cpu()
         rec = {"round": view.round, "samples": int(x.shape[0]), "k": self.k,
                **influence(step, f_adv, g_adv, f_hon, g_hon, self.k, flipped)}
+        a_adv = fisher_authors(self._model, view.before, sim.layout, x, target)
+        a_hon = fisher_authors(self._model, view.before, sim.layout, x, base)
+        rec["authors"] = influence_authors(step, a_adv, a_hon, flipped, self.k)
+        rec["authors_corrected"] = influence_authors(step, f_adv, f_hon, flipped, self.k)
         if flipped is not None and view.corrupt.any():
             top_adv = torch.topk(f_adv, min(self.k, f_adv.numel())).indices
             hit = top_adv[flipped[top_adv]]

@@ -200,15 +200,20 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
 
 
 def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str) -> Path:
-    """The paper's Figure 4: per run (one column), the cumulative net influence (appendix B; top
-    row: the printed definition, a product; bottom row: the difference reading) with the
+    """The paper's Figure 4: per run (one column), the cumulative net influence (appendix B; rows:
+    the printed definition, a product; the difference reading; and, where the attribution file
+    has them, the authors' code's definition with their Fisher and with its slip fixed) with the
     backdoor loss per evaluated round on a second axis."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.2), constrained_layout=True,
-                             squeeze=False)
-    rows = (("net", "cumulative net influence\n(as printed: products)"),
-            ("net_diff", "cumulative net influence\n(difference reading)"))
+    rows = [(key, label) for key, label in (
+        ("net", "cumulative net influence\n(as printed: products)"),
+        ("net_diff", "cumulative net influence\n(difference reading)"),
+        ("authors", "authors' code: cumulative\nnet_hon - net_adv (their Fisher)"),
+        ("authors_corrected", "authors' code, Fisher of\nlog-likelihood per sample"))
+        if all(key in d for _, d in panels)]
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.6 * len(panels), 3.6 * len(rows)),
+                             constrained_layout=True, squeeze=False)
     for j, (name, d) in enumerate(panels):
         for i, (key, ylabel) in enumerate(rows):
             ax = axes[i][j]

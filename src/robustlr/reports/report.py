@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import logging
 import statistics
@@ -252,15 +253,16 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
         for r in attributed:
             doc = json.loads((results / r["path"] / "attribution.json").read_text())
             rounds = [x["round"] for x in doc["rounds"]]
-            net, net_diff, a, b = [], [], 0.0, 0.0
-            for x in doc["rounds"]:
-                a, b = a + x["net"], b + x["net_diff"]
-                net.append(a)
-                net_diff.append(b)
+            curves = {}
+            for key, get in (("net", lambda x: x["net"]), ("net_diff", lambda x: x["net_diff"]),
+                             ("authors", lambda x: x["authors"]["net"]),
+                             ("authors_corrected", lambda x: x["authors_corrected"]["net"])):
+                if all(key in x or key.startswith("net") for x in doc["rounds"]):  # older files lack authors'
+                    curves[key] = list(itertools.accumulate(get(x) for x in doc["rounds"]))
             recs = [x for x in files.records(r)
                     if x.evaluated and x.backdoor_loss is not None]
             panels.append((f"{r['label']} (seed {r['seed']}, k {doc['k']})",
-                           {"rounds": rounds, "net": net, "net_diff": net_diff,
+                           {"rounds": rounds, **curves,
                             "loss_rounds": [x.round for x in recs], "backdoor_loss": [x.backdoor_loss for x in recs]}))
         pngs.append(plot_influence(panels, out / f"{suite}-influence.png",
                                    f"suite {suite}: parameter attribution (the paper's Figure 4)"))
