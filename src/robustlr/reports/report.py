@@ -137,8 +137,57 @@ def _aliases(meta: Suite | None, budget: str | None) -> dict[str, tuple[str, lis
     return out
 
 
+#: a defended cell is evidence only where its undefended twin's backdoor accuracy reached this
+TOOK = 0.5
+
+
+def twin_index(rows: list[dict]) -> dict[str, list[dict]]:
+    """The store's finished runs by config hash (where :func:`twin_note` looks for undefended twins)."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            out.setdefault(r["config_hash"], []).append(r)
+    return out
+
+
+def twin_note(done: list[dict], twins: dict[str, list[dict]]) -> str:
+    """Whether the attack took in each defended run's undefended twin (the same config with the
+    defense keys at their defaults, :meth:`ExperimentConfig.undefended`, found anywhere in the
+    store): "" for undefended or clean rows, else a note; a cell whose twin's backdoor accuracy
+    stayed below :data:`TOOK`, or that has no twin, is no evidence for the defense."""
+    from robustlr.sim.config import config_hash, make_config
+
+    took, low, missing = [], [], []
+    for r in done:
+        try:
+            twin = make_config(json.loads(r["config"])).undefended()
+        except ValueError:
+            twin = None
+            missing.append(r["seed"])
+            continue
+        if twin is None:
+            return ""
+        found = [t for t in twins.get(config_hash(twin), []) if t["backdoor_acc"] is not None]
+        if not found:
+            missing.append(r["seed"])
+        elif found[0]["backdoor_acc"] >= TOOK:
+            took.append(r["seed"])
+        else:
+            low.append((r["seed"], found[0]["backdoor_acc"]))
+    if not (low or missing):
+        return f"attack took in the undefended twin ({len(took)} of {len(done)} seeds)"
+    parts = []
+    if low:
+        parts.append(f"NO EVIDENCE in {len(low)} of {len(done)} seeds: the undefended twin's backdoor stayed below "
+                     f"{100 * TOOK:.0f} % (" + ", ".join(f"seed {s}: {100 * b:.1f} %" for s, b in low) + ")")
+    if missing:
+        parts.append(f"no undefended twin run for seed {', '.join(map(str, missing))}: no evidence there")
+    return "; ".join(parts)
+
+
 def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = None,
-                aliases: dict[str, tuple[str, list[str]]] | None = None) -> tuple[list[str], list[list[str]]]:
+                aliases: dict[str, tuple[str, list[str]]] | None = None,
+                twins: dict[str, list[dict]] | None = None) -> tuple[list[str], list[list[str]]]:
     paper = PAPER.get(paper_setting, {})
     aliases = aliases or {}
     keys = list(order or [])
@@ -171,6 +220,8 @@ def suite_table(rows: list[dict], paper_setting: str, order: list[str] | None = 
             notes.append("not run")
         if _collapses(done):
             notes.append(f"collapsed in {_collapses(done)} of {len(done)} seeds")
+        if done and twins is not None and (twin := twin_note(done, twins)):
+            notes.append(twin)
         if ref.get("note"):
             notes.append(f"paper: {ref['note']}")
         extra, extra_paper = [], []
@@ -286,6 +337,7 @@ def build_report(results: Path, out: Path, warn: Callable[[str], None] | None = 
     warn = warn or log.warning
     files = _RunFiles(results)
     rows = store.query(results)
+    twins = twin_index(rows)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# robustlr report: {results.name}", ""]
     body = [f"<h1>robustlr report: {html.escape(results.name)}</h1>"]
@@ -303,7 +355,7 @@ def build_report(results: Path, out: Path, warn: Callable[[str], None] | None = 
             pngs = [_pivot_figure(srows, defenses, attacks, suite, out)] + _figures(
                 srows, suite, meta, order, out, files, curves=False)
         else:
-            tables = [("", *suite_table(srows, setting, order, _aliases(meta, budget)))]
+            tables = [("", *suite_table(srows, setting, order, _aliases(meta, budget), twins))]
             pngs = _figures(srows, suite, meta, order, out, files)
         done = [r for r in srows if r["status"] == "done"]
         seconds = sum(r["seconds"] or 0 for r in done)

@@ -589,6 +589,28 @@ class ExperimentConfig(BaseModel):
                             "never switch on; lower it, or set rlr_threshold = 0 for a run without RLR")
         return problems
 
+    def undefended(self) -> ExperimentConfig | None:
+        """This run's undefended twin: the same config with every key of the server's defense
+        (:data:`DEFENSE_KEYS`) at its default, i.e. plain FedAvg under the same attack, budget and
+        seed; ``None`` when this run is not a defended run under attack (no corrupt agents, or no
+        defense). A defended cell is evidence only where the attack took in this twin.
+
+        Example:
+            >>> cfg = make_config({"rlr_threshold": 4, "clip_norm": 2.0, "noise_sigma": 1e-3})
+            >>> twin = cfg.undefended()
+            >>> (twin.rlr_threshold, twin.clip_norm, twin.noise_sigma, twin.corrupt_fraction == cfg.corrupt_fraction)
+            (0.0, 0.0, 0.0, True)
+            >>> make_config({}).undefended() is None   # FedAvg already
+            True
+        """
+        if self.corrupt_fraction == 0:
+            return None
+        fields = type(self).model_fields
+        defaults = {k: fields[k].get_default(call_default_factory=True) for k in DEFENSE_KEYS}
+        if all(getattr(self, k) == v for k, v in defaults.items()):
+            return None
+        return type(self).model_validate({**self.model_dump(), **defaults})
+
     def inert_keys(self) -> dict[str, str]:
         """The keys set away from their defaults that cannot act in this config, each with the reason.
 
@@ -722,6 +744,13 @@ class ExperimentConfig(BaseModel):
 
 #: config keys that cannot change a run's numbers: a resume may change them
 NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
+#: the server's defense: an undefended twin (ExperimentConfig.undefended) has these at their defaults
+DEFENSE_KEYS = ("aggregator", "server_lr", "rlr_threshold", "buffer_aggregation", "rlr_scope", "rlr_soft",
+                "rlr_from_round", "rlr_from_val_acc", "clip_norm", "clip_scope", "noise_sigma", "assumed_corrupt",
+                "multikrum_keep", "trim_fraction", "flame_noise_lambda", "signguard_lower", "signguard_upper",
+                "signguard_coord_fraction", "fltrust_root_size", "fldetector_window", "deepsight_samples",
+                "deepsight_seeds", "deepsight_tau", "deepsight_min_cluster_size", "crfl", "crfl_sigma",
+                "crfl_rho_slope", "crfl_rho_intercept", "crfl_rho_cap", "screen_norm_multiple", "comed_even")
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
