@@ -72,7 +72,7 @@ def test_paper_presets_are_table_2(run, corrupt, theta):
     assert regular.attack == "trojan" and regular.rlr_threshold == theta and regular.rounds == 100
     cfg = load_config(f"cifar-dba-paper-{run}")
     assert (cfg.dataset, cfg.model, cfg.partition, cfg.attack, cfg.trojan, cfg.dba_parts) == (
-        "cifar10", "cifar-cnn", "iid", "dba", "plus", 4)
+        "cifar10", "cifar-cnn", "iid-balanced", "dba", "plus", 4)
     assert (cfg.rounds, cfg.num_agents, cfg.corrupt_fraction, cfg.poison_fraction, cfg.participation) == (
         100, 40, corrupt, 0.5, 1.0)
     assert (cfg.local_epochs, cfg.batch_size, cfg.rlr_threshold, cfg.base_class, cfg.target_class) == (2, 256, theta, 5, 7)

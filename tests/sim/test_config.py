@@ -120,10 +120,10 @@ INERT = [
     ("iid-rlr", "assumed_corrupt=2", "aggregator fedavg (only krum, multikrum and bulyan use it)"),
     ("iid-rlr", "multikrum_keep=3", "aggregator fedavg (only multikrum)"),
     ("iid-rlr", "trim_fraction=0.2", "aggregator fedavg (only trimmed-mean)"),
-    ("iid-rlr", "comed_even='lower'", "aggregator fedavg (only comed)"),
+    ("iid-rlr", "comed_even='mean'", "aggregator fedavg (only comed)"),
     ("iid-rlr", "flame_noise_lambda=0.01", "aggregator fedavg (only flame)"),
-    ("iid-rlr", "dirichlet_alpha=0.1", "partition iid (only dirichlet)"),
-    ("iid-rlr", "classes_per_client=100", "partition iid (only shards)"),
+    ("iid-rlr", "dirichlet_alpha=0.1", "partition iid-balanced (only dirichlet)"),
+    ("iid-rlr", "classes_per_client=100", "partition iid-balanced (only shards)"),
     ("iid-rlr", "digits_only=false", "dataset fashion-mnist (only femnist-leaf and femnist-tff)"),
     ("iid-rlr", "data_sources=['x']", "dataset fashion-mnist (only femnist-leaf, femnist-tff and plugged-in datasets)"),
     ("iid-rlr", "dba_parts=3", "attack trojan (only dba)"),
@@ -186,8 +186,10 @@ def test_the_presets_hashes_are_those_of_the_committed_results():
 
     # docs/reproduction/cifar-demo/*/summary.json: pretrain_config_hash; the pretrained cache folder's name
     assert config_hash(load_config("cifar-pretrain")) == "483bc622eadff2c5"
-    assert config_hash(load_config("iid-rlr")) == "703e46a6f2e733bf"
-    assert config_hash(load_config("iid-clean")) == "52a29251fbe16f7b"
+    # the committed iid results were made with the uniform split; the presets now split as the authors
+    assert config_hash(load_config("iid-rlr", ["partition='iid'"])) == "703e46a6f2e733bf"
+    assert config_hash(load_config("iid-clean", ["partition='iid'"])) == "52a29251fbe16f7b"
+    assert config_hash(load_config("iid-rlr")) != "703e46a6f2e733bf"
 
 
 # -- what `robustlr run` refused and `robustlr config` accepted: one check for both
@@ -242,7 +244,7 @@ def test_the_config_command_warns_about_an_inert_key_and_says_so_in_its_help(cap
         res = CliRunner().invoke(app, ["config", "iid-rlr", "--set", "dirichlet_alpha=0.1"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dirichlet_alpha"] == 0.1
-    assert "dirichlet_alpha = 0.1 has no effect with partition iid (only dirichlet)" in caplog.text
+    assert "dirichlet_alpha = 0.1 has no effect with partition iid-balanced (only dirichlet)" in caplog.text
     helptext = " ".join(CliRunner().invoke(app, ["config", "--help"]).output.split())
     assert "Keys that have no effect in this config are warned about and left out of its hash" in helptext
 
@@ -262,3 +264,17 @@ def test_a_theta_outside_the_papers_range_is_warned_not_refused(caplog):
     high = load_config("iid-rlr", ["rlr_threshold=10"])
     assert "theta 10 of the 10 agents a round" in high.advice()[0] and "honest agents cannot reach it" in high.advice()[0]
     assert load_config("iid-rlr", ["rlr_threshold=0"]).advice() == []  # no RLR, nothing to say
+
+
+def test_comed_takes_the_authors_lower_middle_by_default_and_old_hashes_stay():
+    """comed_even's default became "lower" (the authors' torch.median) in 0.3; a run stored before,
+    at "mean", keeps its hash, and a run at the new default gets another one."""
+    from robustlr.sim.config import HASH_BASELINE, config_hash
+
+    new = make_config({"aggregator": "comed"})
+    old = make_config({"aggregator": "comed", "comed_even": "mean"})
+    assert new.comed_even == "lower" and HASH_BASELINE == {"comed_even": "mean"}
+    assert config_hash(new) != config_hash(old)
+    assert config_hash(old) == config_hash(make_config({"aggregator": "comed", "comed_even": "mean", "rounds": 200}))
+    # the paper presets split iid data as the authors: every agent the same count of every class
+    assert load_config("iid-fedavg").partition == "iid-balanced" and load_config("demo-iid").partition == "iid"

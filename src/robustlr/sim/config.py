@@ -311,8 +311,8 @@ class ExperimentConfig(BaseModel):
         0.0, ge=0, description="update screening: reject updates whose L2 norm exceeds this multiple of the round's "
         "median norm (0 = off); rejections are logged and counted in the round record with the agent and the reason")
     comed_even: Literal["mean", "lower"] = Field(
-        "mean", description="comed with an even number of agents: the mean of the two middle values (numpy), or "
-        "the lower one (torch.median, as the authors' code)")
+        "lower", description="comed with an even number of agents: the lower of the two middle values (torch.median, "
+        "as the authors' code; the default since 0.3) or their mean (numpy's median; CoordinateMedian()'s default)")
     # -- run
     seed: int = Field(0, ge=0, lt=2**32, description="the run's seed, 0 .. 2**32 - 1 (every random stream is "
                       "derived from it; larger integers would repeat streams)")
@@ -744,6 +744,9 @@ class ExperimentConfig(BaseModel):
 
 #: config keys that cannot change a run's numbers: a resume may change them
 NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
+#: defaults that changed: a hash compares with the value the key had when hashes began, so a stored run keeps
+#: its hash and a run at the new default gets another (comed_even was "mean" before 0.3)
+HASH_BASELINE = {"comed_even": "mean"}
 #: the server's defense: an undefended twin (ExperimentConfig.undefended) has these at their defaults
 DEFENSE_KEYS = ("aggregator", "server_lr", "rlr_threshold", "buffer_aggregation", "rlr_scope", "rlr_soft",
                 "rlr_from_round", "rlr_from_val_acc", "clip_norm", "clip_scope", "noise_sigma", "assumed_corrupt",
@@ -760,9 +763,12 @@ def config_hash(cfg: ExperimentConfig) -> str:
     defaults."""
     dumped = cfg.model_dump(mode="json")
     inert = cfg.inert_keys()  # as if at their defaults: they cannot change the numbers
+    for k, was in HASH_BASELINE.items():  # a changed default that cannot act here is inert too
+        if getattr(cfg, k) != was and k in cfg.model_copy(update={k: was}).inert_keys():
+            inert[k] = "inert"
     keys = {k: dumped[k] for k, field in ExperimentConfig.model_fields.items()
             if k not in NEUTRAL_KEYS and k not in inert and (field.is_required()
-                                          or getattr(cfg, k) != field.get_default(call_default_factory=True))}
+                                          or getattr(cfg, k) != HASH_BASELINE.get(k, field.get_default(call_default_factory=True)))}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
