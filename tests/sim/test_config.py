@@ -278,3 +278,16 @@ def test_comed_takes_the_authors_lower_middle_by_default_and_old_hashes_stay():
     assert config_hash(old) == config_hash(make_config({"aggregator": "comed", "comed_even": "mean", "rounds": 200}))
     # the paper presets split iid data as the authors: every agent the same count of every class
     assert load_config("iid-fedavg").partition == "iid-balanced" and load_config("demo-iid").partition == "iid"
+
+
+def test_a_run_stored_at_the_old_comed_default_resumes_where_comed_is_not_its_rule():
+    """A run folder written before the default changed (config.json says comed_even "mean") is the
+    same run for a FedAvg config today (the key cannot act), not for a comed one."""
+    from robustlr.sim.rundir import blocking_differences
+
+    old_fedavg = make_config({"comed_even": "mean", "rounds": 5})
+    assert blocking_differences(old_fedavg, make_config({"rounds": 5})) == {}
+    assert blocking_differences(old_fedavg, make_config({"rounds": 8})) == {}  # extending it too
+    old_comed = make_config({"aggregator": "comed", "comed_even": "mean"})
+    assert blocking_differences(old_comed, make_config({"aggregator": "comed"})) == {"comed_even": ("mean", "lower")}
+    assert blocking_differences(old_fedavg, make_config({"rounds": 5, "seed": 1})) == {"seed": (0, 1)}

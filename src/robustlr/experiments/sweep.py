@@ -37,7 +37,7 @@ from robustlr.experiments.suite import Suite, SuiteRun
 from robustlr.sim.checkpoint import atomic_write_text
 from robustlr.sim.config import ExperimentConfig
 from robustlr.sim.lifecycle import sigterm_raises
-from robustlr.sim.rundir import prepare_out_dir, read_run_config
+from robustlr.sim.rundir import blocking_differences, prepare_out_dir, read_run_config
 
 _logger = logging.getLogger("robustlr")
 
@@ -61,7 +61,8 @@ def _finished(folder: Path, cfg: ExperimentConfig, warn: Callable[[str], None]) 
     if not (folder / "summary.json").exists() or not (folder / "config.json").exists():
         return False
     try:
-        if read_run_config(folder / "config.json").model_dump(exclude={"threads"}) != cfg.model_dump(exclude={"threads"}):
+        old = read_run_config(folder / "config.json")
+        if old.rounds != cfg.rounds or blocking_differences(old, cfg):
             return False  # another config: the run's process says why it cannot resume
     except RobustlrError:
         return False  # a damaged config.json: the run's process fails with the message

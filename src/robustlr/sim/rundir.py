@@ -26,7 +26,7 @@ from typing import IO
 
 from robustlr.errors import ConfigError, OutputError, ResumeError
 from robustlr.sim import checkpoint
-from robustlr.sim.config import NEUTRAL_KEYS, ExperimentConfig, make_config
+from robustlr.sim.config import NEUTRAL_KEYS, ExperimentConfig, config_hash, make_config
 from robustlr.sim.records import RecordError, RunSummary, read_summary
 
 __all__ = ["LOCK_NAME", "RESULT_FILES", "RunLock", "blocking_differences", "check_out_dir", "check_run",
@@ -44,13 +44,18 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 def blocking_differences(old: ExperimentConfig, new: ExperimentConfig) -> dict:
     """The keys in which ``new`` differs from the run ``old`` so that resuming would change its numbers.
 
-    ``rounds`` may grow (extending a run); the keys of :data:`NEUTRAL_KEYS` may change."""
+    ``rounds`` may grow (extending a run); the keys of :data:`NEUTRAL_KEYS` may change; a key that
+    cannot act in the old run (setting it to the new value leaves its :func:`config_hash` the same:
+    e.g. a run stored at an old default of a key its aggregator never reads) does not block."""
     out = {}
     for k in type(new).model_fields:
         a, b = getattr(old, k), getattr(new, k)
         if a == b or k in NEUTRAL_KEYS or (k == "rounds" and b >= a):
             continue
         out[k] = (a, b)
+    if out:  # a key whose value cannot act in the old run (its hash is the same either way) does not block
+        base = config_hash(old)
+        out = {k: v for k, v in out.items() if k == "rounds" or config_hash(old.model_copy(update={k: v[1]})) != base}
     return out
 
 
