@@ -12,7 +12,7 @@ SHARED_DATA := $(wildcard ../shared/data)
 SLOW_TIERS := science or multiprocess or packaging or deployment or slow or long
 PYTEST = $(if $(SHARED_DATA),ROBUSTLR_DATA_DIR=$${ROBUSTLR_DATA_DIR:-$(abspath $(SHARED_DATA))}) $(PY) -m pytest -q --durations=15
 
-.PHONY: demo test test-all test-slow test-long test-headline install bench clean-venv fashion-mnist
+.PHONY: demo test test-all test-slow test-long test-headline install bench clean-venv fashion-mnist docs docs-serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ test-headline: $(VENV)/.installed
 # only the tiers `make test-all` adds to `make test`
 test-slow: $(VENV)/.installed
 	$(PYTEST) -m "($(SLOW_TIERS)) and not long"
+
+# the documentation site, built from docs/ into site/ (not committed); --strict: a broken link or
+# reference fails. docs-serve: the same, served at http://127.0.0.1:8000 with live reload
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/robustlr bench engines

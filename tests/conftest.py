@@ -97,6 +97,9 @@ TIER_OF = {
     # whole tiny runs of the defenses of issue 29 (10-25 s each on 2 cores): in the full tier, out of `make test`
     "tests/sim/test_crfl.py": "slow",
     "tests/sim/test_deepsight_freqfed.py::test_the_servers_aggregate": "slow",
+    # the documentation site: mkdocs build --strict (~15 s) and headless Chromium on it (~60 s)
+    "tests/docs/test_site.py::test_the_site_builds_strict": "slow",
+    "tests/docs/test_site.py::test_the_built_site_renders_in_a_real_browser": "slow",
     "tests/sim/test_loop.py::test_resume_gives_the_numbers_of_an_uninterrupted_run[crfl-rlr]": "slow",
     "tests/sim/test_fltrust.py": "slow",
     "tests/sim/test_fldetector.py": "slow",

@@ -164,7 +164,8 @@ class DeepSight(AggregationRule):
             e.g. ``ParamLayout.output_layer(num_classes).weight``; ``shape`` its ``(P, N)``.
         bias: the output layer's bias coordinates, or None if it has none.
         input_shape: the model's input shape, e.g. ``(1, 28, 28)``.
-        samples, seeds: the random inputs per seed and the number of seeds.
+        samples: the random inputs per seed.
+        seeds: the number of seeds.
         tau: the largest share of suspicious agents a cluster may hold to be accepted, in (0, 1].
         min_cluster_size: HDBSCAN's, an integer >= 2.
 

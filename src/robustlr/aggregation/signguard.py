@@ -80,7 +80,8 @@ class SignGuard(AggregationRule):
     does not ask who sent it.
 
     Args:
-        lower, upper: the norm filter's bounds relative to the median norm, ``0 <= lower < upper``.
+        lower: the norm filter's lower bound relative to the median norm, ``0 <= lower < upper``.
+        upper: its upper bound relative to the median norm.
         coord_fraction: the share of coordinates whose signs are read, in (0, 1].
         generator: a CPU ``torch.Generator`` for the window's offset (torch's global one if None).
 

@@ -167,7 +167,8 @@ class RobustLRStrategy(_KeepsGlobal, Strategy):
             ``ArrayRecord`` does not mark batch-norm buffers: pass
             :func:`robustlr.integrations.flower.trainable_keys(model)`; the others are averaged
             as the inner strategy does, never flipped or scaled.
-        arrayrecord_key, weighted_by_key: as in Flower's FedAvg.
+        arrayrecord_key: as in Flower's FedAvg.
+        weighted_by_key: as in Flower's FedAvg.
 
     The round's ``MetricRecord`` gains ``rlr-flipped-fraction``, ``rlr-threshold``,
     ``rlr-flipped-fraction/<array>`` per array (from the flip mask of the one vote), and

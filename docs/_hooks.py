@@ -1,0 +1,63 @@
+"""MkDocs hooks of robustlr's site (mkdocs.yml: ``hooks``).
+
+- ``<!-- CONFIG-KEYS -->`` in a page becomes the table of every config key, generated from
+  :class:`robustlr.sim.config.ExperimentConfig`'s fields (type, default, description), so the
+  page cannot drift from the code.
+- Formulas (``$...$``, ``$$...$$``; pymdownx.arithmatex in generic mode marks them) are rendered to
+  MathML at build time (latex2mathml), which browsers typeset natively: no JavaScript, no network.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import typing
+
+CONFIG_MARKER = "<!-- CONFIG-KEYS -->"
+_INLINE = re.compile(r'<span class="arithmatex">\\\((.+?)\\\)</span>', re.S)
+_BLOCK = re.compile(r'<div class="arithmatex">\\\[(.+?)\\\]</div>', re.S)
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_table() -> str:
+    from pydantic_core import PydanticUndefined
+
+    from robustlr.sim.config import ExperimentConfig
+
+    lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for name, field in ExperimentConfig.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "required" if default is PydanticUndefined else f"`{default!r}`"
+        desc = " ".join((field.description or "").split()).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{_type_name(field.annotation)}` | {shown} | {desc} |")
+    return "\n".join(lines)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if CONFIG_MARKER in markdown:
+        markdown = markdown.replace(CONFIG_MARKER, config_table())
+    return markdown
+
+
+def _mathml(tex: str, display: str) -> str:
+    from latex2mathml.converter import convert
+
+    return convert(html.unescape(tex).strip(), display=display)
+
+
+def on_page_content(content: str, page, config, files) -> str:
+    content = _BLOCK.sub(lambda m: f'<div class="math">{_mathml(m.group(1), "block")}</div>', content)
+    return _INLINE.sub(lambda m: _mathml(m.group(1), "inline"), content)
