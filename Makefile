@@ -32,7 +32,7 @@ fashion-mnist: $(VENV)/.installed
 	  $(VENV)/bin/robustlr data fashion-mnist --download; } || { \
 	  echo "The download failed: installing Debian's dataset-fashion-mnist package instead (apt-get)"; \
 	  command -v apt-get >/dev/null || { echo "no apt-get here: put Fashion-MNIST's 4 .gz files in a folder" \
-	    "fashion-mnist/ under \$$ROBUSTLR_DATA_DIR (see the README's Data section)"; exit 1; }; \
+	    "fashion-mnist/ under \$$ROBUSTLR_DATA_DIR (see docs/how-to/data.md)"; exit 1; }; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
 

@@ -16,7 +16,7 @@ backdoor accuracy per round). Run it::
     python examples/custom_model_and_data.py --out runs/digits          # 9 runs, 2-4 min on 2 cores
     python examples/custom_model_and_data.py --rounds 2 --seeds 1       # a smoke run (CI runs this)
 
-What it measured (2026-12-03, the 2-core Intel Xeon of the README, default settings, 3 seeds)::
+What it measured (2026-12-03, the 2-core Intel Xeon with AMX-BF16, default settings, 3 seeds)::
 
     run                                      validation         backdoor
     FedAvg, no attack                    95.8 +-  0.5 %    0.0 +-  0.0 %

@@ -12,7 +12,7 @@ The package has one folder per concern; imports go one way, from the top of this
     errors, _optional        robustlr's own error types; the check that names a missing extra
 
 ``pip install robustlr`` (torch and numpy) is enough for :mod:`robustlr.aggregation`; the simulator,
-the command line and the rest need extras (``robustlr[sim]``, ...; see the README) and name theirs
+the command line and the rest need extras (``robustlr[sim]``, ...; see docs/how-to/install.md) and name theirs
 when it is missing.
 
 ``robustlr.run(config)`` and ``robustlr.load_config(...)`` (``robustlr[sim]``) are the entry points for a script::

@@ -2,7 +2,7 @@
 
 The core install (``pip install robustlr``) brings torch and numpy only: enough for
 :mod:`robustlr.aggregation` and, with ``flwr``, the Flower strategies. Everything else is an
-extra (see pyproject.toml and the README's install section)::
+extra (see pyproject.toml and docs/how-to/install.md)::
 
     require("captum", extra="attribution", feature="robustlr explain")
 

@@ -1,5 +1,5 @@
 """Bad input, tried as a demanding user would: each gets one clear line naming the problem and
-the fix (exit code 2, no traceback), before any work starts. The README's "bad input"
+the fix (exit code 2, no traceback), before any work starts. docs/how-to/runs.md's "bad input"
 paragraph points here; the count of this table is in the project's notes.
 
 Each row: a name, a setup (what files to create in a temporary folder; ``{tmp}`` and

@@ -5,7 +5,7 @@ one. Every run starts from the clean model of preset ``cifar-pretrain`` (built o
 2 minutes on two cores), so the runs show the paper's ordering, not its from-scratch training.
 
 The thresholds are the issue's (FedAvg's backdoor accuracy at least 30 points above RLR's) and were
-fixed before the runs. The measured numbers and margins are in the README ("CIFAR-10").
+fixed before the runs. The measured numbers and margins are in docs/how-to/data.md ("CIFAR-10 and DBA").
 
 The three attacked pairs are the `long` tier (``make test-long``; tests/conftest.py): 38 minutes on 2
 cores (2026-12-03; 11, 11 and 16 min), more than the full tier's budget, so CI does not run them.

@@ -1,4 +1,4 @@
-"""The README's recipe for the Flower example on one machine, as a user types it: ``flwr run
+"""docs/how-to/flower.md's recipe for the Flower example on one machine, as a user types it: ``flwr run
 examples/flower --stream --federation-config num-supernodes=10`` with
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``. ``flwr`` starts its managed local SuperLink
 (simulation mode, Ray) and the example's ServerApp runs demo-iid's 10 agents on 10 simulated

@@ -147,7 +147,7 @@ def load_tff_emnist(
     for path in (train_h5, test_h5):
         if not h5py.is_hdf5(path):
             raise DataError(f"{path} is not an HDF5 file (damaged or truncated?); get the files again "
-                            f"(see the README, 'Non-iid (FEMNIST)')")
+                            f"(see docs/how-to/data.md, 'Non-iid (FEMNIST)')")
     with h5py.File(train_h5, "r") as ftrain, h5py.File(test_h5, "r") as ftest:
         train_group, test_group = _examples(ftrain, train_h5), _examples(ftest, test_h5)
         train_ids = sorted(train_group.keys())
