@@ -97,6 +97,8 @@ TIER_OF = {
     # whole tiny runs of the defenses of issue 29 (10-25 s each on 2 cores): in the full tier, out of `make test`
     "tests/sim/test_crfl.py": "slow",
     "tests/sim/test_deepsight_freqfed.py::test_the_servers_aggregate": "slow",
+    # the site's tutorials at a smoke budget on real Fashion-MNIST (~2 min together)
+    "tests/examples/test_tutorials.py": "slow",
     # the documentation site: mkdocs build --strict (~15 s) and headless Chromium on it (~60 s)
     "tests/docs/test_site.py::test_the_site_builds_strict": "slow",
     "tests/docs/test_site.py::test_the_built_site_renders_in_a_real_browser": "slow",

@@ -20,6 +20,7 @@ def test_the_undefended_twin_resets_the_defense_and_keeps_the_attack():
     assert (twin.trojan, twin.boost_factor, twin.seed, twin.corrupt_fraction) == ("square", 5.0, 2, cfg.corrupt_fraction)
     assert make_config({"corrupt_fraction": 0.0, "rlr_threshold": 4}).undefended() is None  # no attack
     assert make_config({"trojan": "square"}).undefended() is None  # no defense
+    assert make_config({"rlr_from_val_acc": 0.9}).undefended() is None  # a defense key that cannot act
 
 
 def test_the_note_says_where_the_attack_took_where_it_did_not_and_where_no_twin_ran():

@@ -28,15 +28,16 @@ def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: s
     for key, records in runs.items():
         evaluated = [r for r in records if r.evaluated]
         rounds = [r.round for r in evaluated]
-        label = RUN_LABELS.get(key, key)
-        axes[0].plot(rounds, [100 * r.backdoor_acc for r in evaluated], marker="o", ms=3, label=label)
-        axes[1].plot(rounds, [100 * r.val_acc for r in evaluated], marker="o", ms=3, label=label)
+        label, colour = label_in_words(key), _colour(method_of(key))
+        axes[0].plot(rounds, [100 * r.backdoor_acc for r in evaluated], marker="o", ms=3, label=label, color=colour)
+        axes[1].plot(rounds, [100 * r.val_acc for r in evaluated], marker="o", ms=3, label=label, color=colour)
     axes[0].set_title("backdoor accuracy")
     axes[1].set_title("validation accuracy")
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
+        _integer_rounds(ax)
     axes[0].set_ylim(-2, 102)
     axes[0].legend(loc="best", fontsize=9)
     if title:
@@ -58,6 +59,53 @@ METRIC_TITLES = {"val_acc": "validation accuracy", "base_acc": "base-class accur
                  "backdoor_loss": "backdoor loss",
                  "corrupt_outvoted": "corrupt agents' sign vote lost",
                  "honest_outvoted": "honest agents' sign vote lost"}
+
+
+#: how a row label's words read in a legend or a title ("rlr_switch_theta7" -> "FedAvg + RLR, switched on,
+#: theta 7"); a label of a suite's own is kept, its underscores read as ", "
+_WORDS = {"fedavg": "FedAvg", "rlr": "FedAvg + RLR", "clean": "no attack", "attack": "attack", "comed": "comed",
+          "sign": "sign", "foolsgold": "FoolsGold", "negated": "negated loss", "switch": "switched on", "dba": "DBA",
+          "plus": "plus", "square": "square", "copyright": "copyright", "apple": "Apple logo"}
+
+
+def label_in_words(label: str) -> str:
+    """A row label as words for figures (``fedavg_clean`` -> ``FedAvg, no attack``).
+
+    Example:
+        >>> label_in_words("fedavg_clean"), label_in_words("rlr_switch_theta7"), label_in_words("rlr_20")
+        ('FedAvg, no attack', 'FedAvg + RLR, switched on, theta 7', 'FedAvg + RLR, 20 % corrupt')
+    """
+    if label in RUN_LABELS:
+        return RUN_LABELS[label]
+    head, _, rest = label.partition(" ")
+    words = []
+    for token in head.split("_"):
+        if token.startswith("theta") and token[5:].isdigit():
+            words.append(f"theta {token[5:]}")
+        elif token.isdigit() and words:
+            words.append(f"{token} % corrupt")
+        else:
+            words.append(_WORDS.get(token, token))
+    return ", ".join(words) + (f" ({rest})" if rest else "")
+
+
+def _grid(plt, n: int, width: float, height: float, max_cols: int = 3, **kw):
+    """A figure of ``n`` panels wrapped in rows of at most ``max_cols`` (a page is ~800 px wide);
+    returns the figure and the ``n`` axes in order (the unused cells are hidden)."""
+    rows = -(-n // max_cols)
+    cols = -(-n // rows)  # balanced: 4 panels are 2 x 2, 5 are 3 + 2
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), constrained_layout=True,
+                             squeeze=False, **kw)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _integer_rounds(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def method_of(label: str) -> str:
@@ -87,8 +135,8 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
     row switched RLR on."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 4.0), constrained_layout=True,
-                             squeeze=False)
+    fig, flat = _grid(plt, len(metrics), 4.3, 3.6)
+    axes = [flat]
     styles: dict[str, int] = {}
     for row, curves in series.items():
         method = method_of(row)
@@ -100,7 +148,7 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
             pts = curves.get(key, [])
             if pts:
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker=marker, ms=3,
-                        color=_colour(method), label=row)
+                        color=_colour(method), label=label_in_words(row))
             switch = (switch_rounds or {}).get(row)
             if switch is not None:
                 ax.axvline(switch, color=_colour(method), ls="--", lw=1, alpha=0.7)
@@ -109,6 +157,7 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
         ax.set_xlabel("round")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
+        _integer_rounds(ax)
         if key == "backdoor_acc":
             ax.set_ylim(-2, 102)
     if axes[0][0].get_legend_handles_labels()[0]:
@@ -126,9 +175,8 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], pa
     plt = pyplot()
 
     colours = {"val_acc": "tab:green", "base_acc": "tab:blue", "backdoor_acc": "tab:red"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), constrained_layout=True,
-                             squeeze=False, sharey=True)
-    for ax, (name, curves) in zip(axes[0], panels):
+    fig, flat = _grid(plt, len(panels), 4.2, 3.6, sharey=True)
+    for ax, (name, curves) in zip(flat, panels):
         for key, colour in colours.items():
             pts = curves.get(key, [])
             if pts:
@@ -138,8 +186,10 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], pa
         ax.set_xlabel("round")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy %")
-    axes[0][0].legend(loc="center right", fontsize=8)
+        _integer_rounds(ax)
+    for ax in flat[::3]:
+        ax.set_ylabel("accuracy %")
+    flat[0].legend(loc="center right", fontsize=8)
     fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=100)
@@ -220,6 +270,7 @@ def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str)
             ax.plot(d["rounds"], d[key], color="tab:blue", marker="o", ms=3, label="cumulative I_hon - I_adv")
             ax.axhline(0, color="black", lw=0.8)
             ax.set_xlabel("round")
+            _integer_rounds(ax)
             ax.set_ylabel(ylabel, color="tab:blue", fontsize=9)
             ax.grid(alpha=0.3)
             if i == 0:

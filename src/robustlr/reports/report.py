@@ -31,6 +31,7 @@ from pathlib import Path
 from robustlr.experiments import store
 from robustlr.experiments.suite import Suite, list_suites, load_suite
 from robustlr.reports.plots import (
+    label_in_words,
     plot_curves,
     plot_grid_finals,
     plot_influence,
@@ -137,6 +138,16 @@ def _aliases(meta: Suite | None, budget: str | None) -> dict[str, tuple[str, lis
     return out
 
 
+#: report.html looks like the documentation site (MkDocs Material's default palette and type)
+REPORT_CSS = (
+    "body{margin:0;font-family:Roboto,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#222;"
+    "line-height:1.6;font-size:15px}header{background:#3f51b5;color:#fff;padding:.8rem 1.5rem;font-size:1.2rem;"
+    "font-weight:500}main{max-width:61rem;margin:0 auto;padding:1rem 1.5rem}h1{font-weight:300;font-size:2rem}"
+    "h2{font-weight:400;font-size:1.5rem;margin-top:2.2rem}table{border-collapse:collapse;font-size:.8rem;"
+    "display:block;overflow-x:auto;margin:1rem 0}th{background:#f5f5f5;font-weight:600}th,td{border-bottom:1px "
+    "solid #e0e0e0;padding:.4rem .7rem;text-align:left;vertical-align:top}img{max-width:100%;height:auto}"
+    "code{background:#f5f5f5;padding:.1rem .3rem;border-radius:.2rem;font-size:.85em}"
+)
 #: a defended cell is evidence only where its undefended twin's backdoor accuracy reached this
 TOOK = 0.5
 
@@ -312,7 +323,7 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
                     curves[key] = list(itertools.accumulate(get(x) for x in doc["rounds"]))
             recs = [x for x in files.records(r)
                     if x.evaluated and x.backdoor_loss is not None]
-            panels.append((f"{r['label']} (seed {r['seed']}, k {doc['k']})",
+            panels.append((f"{label_in_words(r['label'])} (seed {r['seed']}, k {doc['k']})",
                            {"rounds": rounds, **curves,
                             "loss_rounds": [x.round for x in recs], "backdoor_loss": [x.backdoor_loss for x in recs]}))
         pngs.append(plot_influence(panels, out / f"{suite}-influence.png",
@@ -322,7 +333,7 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
         target.write_bytes(p.read_bytes())
         pngs.append(target)
     for i, fig in enumerate(meta.figures if meta else []):
-        titles = list(fig.get("titles", [])) + list(fig["rows"])[len(fig.get("titles", [])):]
+        titles = list(fig.get("titles", [])) + [label_in_words(k) for k in list(fig["rows"])[len(fig.get("titles", [])):]]
         panels = [(t, _per_round([r for r in done if r["label"] == k], files)) for k, t in zip(fig["rows"], titles)]
         pngs.append(plot_panels(panels, out / f"{suite}-figure{i + 1}.png", fig.get("title", suite)))
     return pngs
@@ -408,6 +419,8 @@ def build_report(results: Path, out: Path, warn: Callable[[str], None] | None = 
                  "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>robustlr report</title></head>"
-                         "<body>" + "\n".join(body) + "</body></html>\n")
+    html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+                         "content='width=device-width, initial-scale=1'><title>robustlr report</title>"
+                         f"<style>{REPORT_CSS}</style></head><body><header>robustlr</header><main>"
+                         + "\n".join(body) + "</main></body></html>\n")
     return md_path, html_path

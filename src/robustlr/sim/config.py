@@ -609,7 +609,9 @@ class ExperimentConfig(BaseModel):
         defaults = {k: fields[k].get_default(call_default_factory=True) for k in DEFENSE_KEYS}
         if all(getattr(self, k) == v for k, v in defaults.items()):
             return None
-        return type(self).model_validate({**self.model_dump(), **defaults})
+        twin = type(self).model_validate({**self.model_dump(), **defaults})
+        # defense keys set where they cannot act (rlr_from_val_acc without RLR, ...) defend nothing
+        return None if config_hash(twin) == config_hash(self) else twin
 
     def inert_keys(self) -> dict[str, str]:
         """The keys set away from their defaults that cannot act in this config, each with the reason.
