@@ -21,20 +21,20 @@ def _run(script: str, *args: str, cwd: Path) -> str:
 
 
 def test_the_sweep_tutorial_runs_stores_and_reports(tmp_path, fmnist_dir):
-    out = _run("sweep_and_report.py", "--rounds", "2", "--seeds", "1", "--out", str(tmp_path / "t"),
+    out = _run("sweep_and_report.py", "--rounds", "2", "--seeds", "1", "--train-limit", "1000", "--out", str(tmp_path / "t"),
                "--data-dir", str(fmnist_dir), cwd=tmp_path)
     assert "2 runs done, 0 failed" in out
     assert [line.split()[:2] for line in out.splitlines() if line.startswith(("fedavg_attack", "rlr_attack"))] == [
         ["fedavg_attack", "1"], ["rlr_attack", "1"]]
     assert (tmp_path / "t" / "report" / "report.md").read_text().count("## tutorial") == 1
-    again = _run("sweep_and_report.py", "--rounds", "2", "--seeds", "1", "--out", str(tmp_path / "t"),
+    again = _run("sweep_and_report.py", "--rounds", "2", "--seeds", "1", "--train-limit", "1000", "--out", str(tmp_path / "t"),
                  "--data-dir", str(fmnist_dir), cwd=tmp_path)
     assert "2 runs done" in again  # started again: the finished runs are skipped, the numbers the same
     assert out.splitlines()[1:4] == again.splitlines()[1:4]
 
 
 def test_the_attacks_and_defenses_tutorial_prints_every_cell(tmp_path, fmnist_dir):
-    out = _run("attacks_and_defenses.py", "--rounds", "2", "--out", str(tmp_path / "p"), "--data-dir", str(fmnist_dir),
+    out = _run("attacks_and_defenses.py", "--rounds", "2", "--train-limit", "1000", "--out", str(tmp_path / "p"), "--data-dir", str(fmnist_dir),
                cwd=tmp_path)
     rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in
             ("fedavg", "rlr", "signguard")}
@@ -43,7 +43,7 @@ def test_the_attacks_and_defenses_tutorial_prints_every_cell(tmp_path, fmnist_di
 
 
 def test_the_why_it_works_tutorial_prints_the_vote_per_round(tmp_path, fmnist_dir):
-    out = _run("why_it_works.py", "--rounds", "2", "--data-dir", str(fmnist_dir), cwd=tmp_path)
+    out = _run("why_it_works.py", "--rounds", "2", "--train-limit", "1000", "--data-dir", str(fmnist_dir), cwd=tmp_path)
     blocks = out.split("\n\n")
     assert "FedAvg: final validation" in out and "FedAvg + RLR (theta 4): final validation" in out
     rlr_rows = [line.split() for line in blocks[-1].splitlines() if line.strip()[:1].isdigit()]
