@@ -14,6 +14,7 @@ import re
 import typing
 
 CONFIG_MARKER = "<!-- CONFIG-KEYS -->"
+STORE_MARKER = "<!-- STORE-SCHEMA -->"
 _INLINE = re.compile(r'<span class="arithmatex">\\\((.+?)\\\)</span>', re.S)
 _BLOCK = re.compile(r'<div class="arithmatex">\\\[(.+?)\\\]</div>', re.S)
 
@@ -46,9 +47,35 @@ def config_table() -> str:
     return "\n".join(lines)
 
 
+def store_schema() -> str:
+    """The results store's table ``runs`` as SQLite makes it (a new store in a temporary folder)."""
+    import tempfile
+    from pathlib import Path
+
+    from robustlr.experiments import store
+    from robustlr.sim.config import ExperimentConfig
+
+    with tempfile.TemporaryDirectory() as d:
+        store.check(Path(d))
+        con = store._connect(Path(d))
+        try:
+            columns = con.execute("PRAGMA table_info(runs)").fetchall()
+        finally:
+            con.close()
+    lines = ["| column | SQL type | holds |", "|---|---|---|"]
+    for _cid, name, sqltype, _notnull, _default, pk in columns:
+        note = store.COLUMN_NOTES.get(name)
+        if note is None:
+            note = "config key (see [Every config key](config.md))" if name in ExperimentConfig.model_fields else ""
+        lines.append(f"| `{name}` | {sqltype or '-'} | {note}{' (primary key with suite)' if name == 'name' else ''} |")
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if CONFIG_MARKER in markdown:
         markdown = markdown.replace(CONFIG_MARKER, config_table())
+    if STORE_MARKER in markdown:
+        markdown = markdown.replace(STORE_MARKER, store_schema())
     return markdown
 
 

@@ -114,3 +114,17 @@ def test_the_home_pages_headline_is_the_reproduction_reports_table1_iid():
         cells = rows[label]
         val, backdoor, paper_val, paper_backdoor = cells[2], cells[4], cells[5], cells[7]
         assert f"| {run} | {val} | {backdoor} | {paper_val} / {paper_backdoor} |" in home, run
+
+
+def test_the_store_schema_page_names_every_column_sqlite_makes():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from _hooks import store_schema
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    from robustlr.experiments import store
+
+    table = store_schema()
+    for column in store._FIXED:
+        assert f"| `{column}` |" in table and store.COLUMN_NOTES[column] in table
+    assert "| `aggregator` | TEXT | config key" in table or "| `aggregator` |" in table

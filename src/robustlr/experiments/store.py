@@ -7,7 +7,9 @@ users' own queries)::
          suite TEXT, label TEXT,        -- the suite and its table row
          name TEXT, seed INTEGER, status TEXT,   -- 'done' | 'failed'
          config TEXT,                   -- the full config, JSON
-         val_acc REAL, val_loss REAL, base_acc REAL, backdoor_acc REAL, rlr_switch_round INTEGER,
+         val_acc REAL, val_loss REAL, base_acc REAL, backdoor_acc REAL,
+         collapsed INTEGER,             -- final validation at or below 1.5 x chance
+         rlr_switch_round INTEGER,
          seconds REAL, rounds INTEGER, engine TEXT,
          path TEXT,                     -- the run folder, relative to the results folder
          robustlr_version TEXT,
@@ -67,6 +69,24 @@ _FIXED = ["config_hash", "suite", "label", "name", "seed", "status", "config", "
           "updated", "data_fingerprint", "backdoor_auc", "backdoor_peak", "backdoor_durability",
           "backdoor_durability_censored"]
 _CONFIG_COLUMNS = [k for k in ExperimentConfig.model_fields if k not in ("name", "seed", "rounds")]
+#: what each fixed column holds (the documentation site's table of the schema is built from it)
+COLUMN_NOTES = {
+    "config_hash": "hash of the config's non-default, number-changing keys (robustlr.sim.config.config_hash)",
+    "suite": "the suite", "label": "the suite's row", "name": "the run (its folder's name)", "seed": "the seed",
+    "status": "'done' or 'failed'", "config": "the full config, JSON",
+    "val_acc": "final validation accuracy (0..1)", "val_loss": "final validation loss",
+    "base_acc": "final base-class accuracy", "backdoor_acc": "final backdoor accuracy",
+    "collapsed": "1 when the final validation accuracy is at or below 1.5 x chance",
+    "rlr_switch_round": "the first round RLR was on (rlr_from_round, rlr_from_val_acc)",
+    "seconds": "the run's wall time", "rounds": "rounds run", "engine": "the training engine",
+    "path": "the run folder, relative to the results folder", "robustlr_version": "robustlr's version",
+    "machine": "the machine (CPU model, ISA flags, cores), JSON", "updated": "when the row was written (UTC)",
+    "data_fingerprint": "the data that ran (robustlr.data.fingerprint)",
+    "backdoor_auc": "the mean backdoor accuracy over the evaluated rounds",
+    "backdoor_peak": "with an attack window: the highest backdoor accuracy in it",
+    "backdoor_durability": "with an attack window: rounds after it until the backdoor fell below half its peak",
+    "backdoor_durability_censored": "1 when the backdoor outlived the run (durability is a lower bound)",
+}
 
 
 class StoreError(RobustlrError):
