@@ -127,9 +127,9 @@ def test_demo_runs_three_runs_and_plots(tmp_path, data_dir, monkeypatch):
     assert len(colours) > 20  # text, grid, three coloured series, antialiasing: far from a blank image
     non_white = (pixels < 250).any(axis=1).mean()
     assert 0.01 < non_white < 0.5, non_white  # mostly background, but something drawn
-    # the three runs take the first three colours of matplotlib's default cycle (tab:blue, tab:orange,
-    # tab:green); each appears in the image (markers and legend)
-    for hex_colour in ("1f77b4", "ff7f0e", "2ca02c"):
+    # the three runs take their methods' colours (the same in the demo, the report and the docs):
+    # no attack tab:gray, FedAvg tab:blue, RLR tab:orange; each appears in the image (markers and legend)
+    for hex_colour in ("7f7f7f", "1f77b4", "ff7f0e"):
         rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (0, 2, 4)])
         assert (np.abs(pixels.astype(int) - rgb).max(axis=1) <= 8).sum() >= 10, hex_colour
 

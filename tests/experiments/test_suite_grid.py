@@ -181,7 +181,7 @@ def test_the_suites_command_lists_every_shipped_suite_with_its_run_counts():
     res = CliRunner().invoke(app, ["suites"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if "table11-plus" in x)
-    assert [c.strip() for c in line.split("│")][-3:-1] == ["7", "27"]  # lite, paper
+    assert [c.strip() for c in line.split("│")][-3:-1] == ["21", "81"]  # lite, paper (7 and 27 grid points x 3 seeds)
     assert all(name in res.output for name in list_suites())
 
 

@@ -165,7 +165,7 @@ def test_buffer_aggregation_rule_lets_the_rule_see_the_buffers(tiny, monkeypatch
 
     from robustlr.aggregation import CoordinateMedian
 
-    sim = _sim(tiny, aggregator="comed", buffer_aggregation="rule")
+    sim = _sim(tiny, aggregator="comed", buffer_aggregation="rule", comed_even="mean")
     trainable = sim.layout.trainable_mask()
     seen = []
     aggregate = CoordinateMedian.aggregate_validated
