@@ -301,7 +301,8 @@ def test_a_config_with_the_authors_logos_refuses_a_value_a_split_and_another_siz
         make_config({"dataset": "fashion-mnist", "trojan": "copyright-authors", "trojan_value": 200})
     with pytest.raises(ValueError, match="not split into parts"):
         make_config({"dataset": "fashion-mnist", "trojan": "apple-authors", "attack": "dba"})
-    with pytest.raises(ValueError, match="use trojan = 'copyright'"):
+    with pytest.raises(ValueError, match=r"trojan = 'copyright-authors' is the authors' 28x28 image and cifar10's "
+                                         r"images are 32x32: use trojan = 'copyright'"):
         make_config({"dataset": "cifar10", "trojan": "copyright-authors"})
 
 

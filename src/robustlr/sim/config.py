@@ -543,7 +543,10 @@ class ExperimentConfig(BaseModel):
         family = facts.trojan_family
         if facts.image and len(facts.input_shape) == 3:
             _, height, width = facts.input_shape
-            if self.attack != "label-flip":
+            if self.attack != "label-flip" and self.trojan.endswith("-authors") and (height, width) != (28, 28):
+                problems.append(f"trojan = {self.trojan!r} is the authors' 28x28 image and {self.dataset}'s images are "
+                                f"{height}x{width}: use trojan = {self.trojan.removesuffix('-authors')!r} (drawn, any size)")
+            elif self.attack != "label-flip":
                 try:
                     placement_offset(trojan_mask(self.trojan, height, width, dataset=family), self.trojan_position)
                 except ValueError as exc:
