@@ -95,7 +95,7 @@ def test_the_wheel_requires_torch_and_numpy_only_and_names_its_extras(wheel):
     core = sorted(r for r in requires if "extra ==" not in r)
     assert core == ["numpy>=1.24", "torch>=2.2"], core
     assert set(meta.get_all("Provides-Extra")) == {"sim", "attribution", "femnist", "cifar-images", "flower",
-                                                   "ray", "tensorboard", "flame", "all", "test"}
+                                                   "ray", "tensorboard", "flame", "all", "test", "docs"}
     sim = sorted(re.split(r"[<>=!~;\[ ]", r)[0] for r in requires if 'extra == "sim"' in r)
     assert sim == ["matplotlib", "pydantic", "rich", "tomli", "typer"], sim
 
