@@ -51,6 +51,8 @@ ORDER_INVARIANT = {
     "ClipAndNoise": lambda n: ClipAndNoise(FedAvg(), clip_norm=2.0),
     "RobustLR(FedAvg)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2),
     "RobustLR(median)": lambda n: RobustLR(CoordinateMedian(), threshold=0.6),
+    "RobustLR(FedAvg, soft)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2, soft=True),
+    "RobustLR(FedAvg, max_flip)": lambda n: RobustLR(FedAvg(), threshold=(n + 1) // 2, max_flip=0.25),
     "TrimmedMean": lambda n: TrimmedMean(0.2),
 }
 
@@ -93,6 +95,25 @@ def test_unanimous_coordinates_are_never_flipped(U, col, sign, data):
     expected = torch.where(vote >= theta, 1.0, -1.0) * FedAvg()(U)
     assert torch.equal(out, expected)
     assert rlr.telemetry["n_flipped"] == int((vote < theta).sum())
+
+
+@FAST
+@given(U=update_matrices(max_params=30), data=st.data())
+def test_max_flip_flips_a_subset_of_the_plain_rules_flips_within_the_cap(U, data):
+    n, d = U.shape
+    theta = data.draw(st.integers(1, n))
+    q = data.draw(st.floats(0.01, 1.0))
+    plain, capped = RobustLR(FedAvg(), threshold=theta), RobustLR(FedAvg(), threshold=theta, max_flip=q)
+    plain(U)
+    capped(U)
+    assert int(capped.flipped.sum()) <= int(q * d + 1e-9)
+    assert not bool((capped.flipped & ~plain.flipped).any())
+    # the flipped coordinates are the least supported: each has a vote below every unflipped one's
+    # among the plain rule's flips
+    vote = torch.sign(U).sum(0).abs()
+    kept = plain.flipped & ~capped.flipped
+    if bool(capped.flipped.any()) and bool(kept.any()):
+        assert float(vote[capped.flipped].max()) < float(vote[kept].min())
 
 
 @FAST

@@ -9,7 +9,7 @@ from robustlr.bench.aggregation import format_table, run_benchmark
 from robustlr.cli import app
 
 RULES = ["FedAvg", "CoordinateMedian", "SignAggregation", "FoolsGold", "ClipAndNoise(FedAvg)", "RobustLR(FedAvg)",
-         "TrimmedMean"]
+         "RobustLR(FedAvg, soft)", "RobustLR(FedAvg, max_flip 0.25)", "TrimmedMean"]
 
 
 def _clustering() -> list[str]:
@@ -31,6 +31,21 @@ def test_one_row_per_agent_count_and_rule_and_a_baseline_of_ratio_one():
     assert [r["ratio"] for r in rows if r["rule"] == "mean(0) baseline"] == [1.0, 1.0, 1.0]
     table = format_table(rows)
     assert table.count("RobustLR(FedAvg)") == 3 and "x mean" in table
+
+
+def test_a_model_sets_the_size_and_gives_rlrs_variants_its_layout():
+    from robustlr.aggregation import ParamLayout
+    from robustlr.models import build_model
+
+    rows = run_benchmark(n_agents_list=(4,), n_params=7, repeats=1, threads=1, model="resnet20-bn",
+                         rules=["RobustLR(FedAvg)", "RobustLR(FedAvg, weights)", "RobustLR(FedAvg, max_flip 0.25)"])
+    numel = ParamLayout.from_module(build_model("resnet20-bn")).numel
+    assert numel > 269_722  # the parameters and the batch-norm buffers
+    assert [(r["rule"], r["n_params"]) for r in rows] == [
+        ("mean(0) baseline", numel), ("RobustLR(FedAvg)", numel), ("RobustLR(FedAvg, max_flip 0.25)", numel),
+        ("RobustLR(FedAvg, weights)", numel)]
+    with pytest.raises(ValueError, match=r"unknown model 'resnet20' \(did you mean 'resnet20-[bg]n'\?\) for --model"):
+        run_benchmark(n_agents_list=(4,), repeats=1, model="resnet20")
 
 
 def test_unknown_rule_is_refused_and_names_match_in_any_case():

@@ -246,3 +246,25 @@ def test_rlr_scope_weights_and_the_soft_rule_in_the_simulator(tiny):
     # soft: every weight moves by at most the plain step, and against it exactly where flipped
     assert bool((moved.abs() <= mean.abs() * (1 + 1e-5) + 1e-7).all())
     assert bool((moved[flipped[weights]] * mean[flipped[weights]] <= 0).all())
+
+
+def test_rlr_max_flip_in_the_simulator_caps_each_layers_flips_and_records_its_threshold(tiny):
+    """``rlr_max_flip``: no trainable array has more than the cap flipped; the round record holds
+    each array's threshold, none above theta."""
+    sim = _sim(tiny, rlr_threshold=4, rlr_max_flip=0.25)
+    before, updates, rec = _round_with_updates(sim)
+    flipped = sim.server.rlr.flipped
+    for name, sl in sim.layout.slices().items():
+        if name in rec.rlr_layer_thresholds:
+            assert float(flipped[sl].float().mean()) <= 0.25
+    assert set(rec.rlr_layer_thresholds) == {n for n, t in zip(sim.layout.names, sim.layout.is_trainable) if t}
+    assert all(0 <= t <= 4 for t in rec.rlr_layer_thresholds.values())
+    # the uncapped rule flips more than a quarter of this model in the same round
+    plain = RobustLR(FedAvg(), threshold=4, layout=sim.layout)
+    plain(updates)
+    assert plain.telemetry["flipped_fraction"] > 0.25 >= rec.flipped_fraction
+
+
+def test_rlr_max_flip_with_the_soft_rule_is_refused_before_work():
+    with pytest.raises(ValueError, match="rlr_max_flip caps the hard rule"):
+        make_config({**BASE, "rlr_threshold": 4, "rlr_soft": True, "rlr_max_flip": 0.25})

@@ -116,6 +116,7 @@ INERT = [
     ("iid-rlr", "rlr_scope='all'", "model mnist-cnn has no batch-norm buffers ('all' differs from 'trainable' "
                                    "only on them)"),
     ("iid-fedavg", "rlr_soft=true", "rlr_threshold = 0 (no RLR)"),
+    ("iid-fedavg", "rlr_max_flip=0.25", "rlr_threshold = 0 (no RLR)"),
     ("iid-rlr", "buffer_aggregation='rule'", "model mnist-cnn has no batch-norm buffers"),
     ("iid-rlr", "assumed_corrupt=2", "aggregator fedavg (only krum, multikrum and bulyan use it)"),
     ("iid-rlr", "multikrum_keep=3", "aggregator fedavg (only multikrum)"),
@@ -154,6 +155,7 @@ def test_an_inert_key_is_warned_about_and_does_not_change_the_hash(preset, overr
     ("iid-rlr", "dirichlet_alpha=0.1 partition='dirichlet'"), ("iid-rlr", "assumed_corrupt=1 aggregator='krum'"),
     ("iid-rlr", "clip_scope='server' clip_norm=4.0"), ("iid-rlr", "dba_parts=3 attack='dba'"),
     ("iid-rlr", "poison_fraction=0.3"), ("iid-rlr", "rlr_scope='weights'"), ("iid-rlr", "rlr_soft=true"),
+    ("iid-rlr", "rlr_max_flip=0.25"),
 ])
 def test_the_same_key_where_it_acts_changes_the_hash(preset, override):
     from robustlr.sim.config import config_hash

@@ -194,6 +194,8 @@ class RobustLR(FusedCheckRule):
             mask through ``layout``; requires ``layout``.
         soft: scale each masked coordinate by the vote's margin instead of flipping it (see
             "Variants" below); False (the paper's rule) by default.
+        max_flip: a cap in (0, 1] on the share of each layer's coordinates that may be flipped
+            (see "Variants" below); None (the paper's rule, no cap) by default.
 
     Variants (robustlr's, not the paper's; for models where the plain rule costs accuracy, such
     as batch-norm ResNets under a label skew, see docs/resnet.md):
@@ -210,6 +212,18 @@ class RobustLR(FusedCheckRule):
       the vote barely carries or barely misses then moves little, instead of a full step either
       way; the sign of ``s_i`` is the hard rule's. ``flipped`` (and the telemetry) counts the
       coordinates with ``s_i < 0``; ``telemetry["mean_scale"]`` is the mean ``s_i`` over the mask.
+    - **a threshold per layer** (``max_flip=q``): Theorem 1 of the paper assumes that a
+      coordinate fails the vote with probability ``p0 < 1/4``; under a label skew the honest
+      agents of a large model agree so little that most coordinates fail it (``p0`` about 0.7 on
+      a batch-norm ResNet-20, docs/resnet.md), and the rule then reverses most honest progress.
+      With a cap, each array ``l`` of the layout (the whole mask without a layout) gets its own
+      threshold ``theta_l``: the largest integer ``c <= theta`` such that at most
+      ``floor(q * n_l)`` of its ``n_l`` masked coordinates have ``a_i < c``; the coordinates
+      with ``a_i < theta_l`` are flipped. So at most a share ``q`` of each layer is flipped
+      (``q = 0.25`` puts every layer inside Theorem 1's premise), always the coordinates the
+      vote supports least, and a layer whose agents agree enough keeps the paper's ``theta``.
+      ``telemetry["layer_thresholds"]`` holds ``theta_l`` per array (``{"*": theta_l}`` without a
+      layout). Not combined with ``soft``.
 
     When to use which: the paper's rule on models without normalisation layers (where the paper
     shows it). On a batch-norm ResNet-20 under Dirichlet(0.5) (docs/resnet.md; one seed, so a lead
@@ -247,11 +261,22 @@ class RobustLR(FusedCheckRule):
         layout: ParamLayout | None = None,
         param_names: str | Iterable[str] | None = None,
         soft: bool = False,
+        max_flip: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(soft, bool):
             raise ValueError(f"soft must be True or False, got {soft!r}")
         self.soft = soft
+        if max_flip is not None:
+            if isinstance(max_flip, bool) or not isinstance(max_flip, numbers.Real) \
+                    or not 0.0 < float(max_flip) <= 1.0:
+                raise ValueError(f"max_flip must be a share in (0, 1] of a layer's coordinates (e.g. 0.25, "
+                                 f"Theorem 1's p0 < 1/4), or None for no cap; got {max_flip!r}")
+            if soft:
+                raise ValueError("max_flip caps the hard rule's flips; it is not defined for soft=True: "
+                                 "choose one of them")
+            max_flip = float(max_flip)
+        self.max_flip = max_flip
         if rule is not None:
             check_rule(rule)
         self.rule = rule
@@ -362,6 +387,8 @@ class RobustLR(FusedCheckRule):
             flipped = agreement < theta
             if mask is not None:
                 flipped &= mask
+            if self.max_flip is not None:
+                layer_thresholds = self._cap_flips(agreement, flipped, theta, n_agents)
         if given is not None:
             out = given
         elif not fused:
@@ -393,10 +420,43 @@ class RobustLR(FusedCheckRule):
         }
         if self.soft:
             telemetry["mean_scale"] = 1.0 if mean_scale is None else mean_scale
+        if self.max_flip is not None:
+            telemetry["layer_thresholds"] = {} if flipped is None else layer_thresholds
         if self.layout is not None:
             telemetry["per_layer"] = self._per_layer(flipped)
         self.telemetry = telemetry
         self.flipped = flipped  # the last call's flip mask (None when theta is 0), for vote telemetry
+        return out
+
+    def _segments(self) -> list[tuple[str, int, int]]:
+        """The arrays the cap applies to, as ``(name, start, stop)``: the layout's, or the whole vector."""
+        if self.layout is None:
+            n = self.mask.shape[0] if self.mask is not None else None
+            return [("*", 0, n if n is not None else -1)]
+        return [(name, o, o + k) for name, o, k in zip(self.layout.names, self.layout.offsets, self.layout.numels)]
+
+    def _cap_flips(self, agreement: Tensor, flipped: Tensor, theta: int, n_agents: int) -> dict[str, int]:
+        """Lower theta per array so that at most ``max_flip`` of its masked coordinates flip (in place
+        on ``flipped``); returns each array's threshold (arrays with no masked coordinate left out)."""
+        assert self.max_flip is not None
+        out: dict[str, int] = {}
+        mask = None if self._all_masked else self._mask_for_device(agreement.device)
+        for name, start, stop in self._segments():
+            stop = agreement.shape[0] if stop < 0 else stop
+            a = agreement[start:stop]
+            if mask is not None:
+                a = a[mask[start:stop]]
+            n = a.numel()
+            if n == 0:
+                continue
+            cap = math.floor(round(self.max_flip * n, _ROUND_DIGITS))
+            # below[c] = coordinates with a < c, for c = 0 .. theta
+            hist = torch.bincount(a.to(torch.int64), minlength=n_agents + 1)[:theta]
+            below = torch.cat([hist.new_zeros(1), hist.cumsum(0)])
+            layer_theta = int(torch.count_nonzero(below <= cap)) - 1
+            if layer_theta < theta:
+                flipped[start:stop] &= agreement[start:stop] < layer_theta
+            out[name] = layer_theta
         return out
 
     @staticmethod

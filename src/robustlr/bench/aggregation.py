@@ -38,6 +38,7 @@ def run_benchmark(
     seed: int = 0,
     rules: Sequence[str] | None = None,
     threads: int | None = None,
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
     """Time each rule for each number of agents; one row per (n_agents, rule).
 
@@ -54,6 +55,13 @@ def run_benchmark(
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).
     The RLR threshold is the low end of :func:`threshold_range` at F = 0.1; the clipping
     bound is the median update norm, so about half of the agents are clipped.
+
+    RLR's variants (issue 30; see :class:`RobustLR`) are timed beside the paper's rule:
+    ``RobustLR(FedAvg, soft)``, ``RobustLR(FedAvg, max_flip 0.25)`` (a threshold per array) and,
+    with ``model``, ``RobustLR(FedAvg, weights)`` (the vote on convolution and linear weights
+    only). ``model`` (a name of the model registry, e.g. ``resnet18-bn``) sets ``n_params`` to the
+    model's state (parameters and buffers) and gives the variants its layout (the default
+    scope then leaves the buffers unvoted, as in a run); without it the vector is one array.
     """
     dev = torch.device(device)
     if repeats < 1:
@@ -62,9 +70,19 @@ def run_benchmark(
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return run_benchmark(n_agents_list, n_params, repeats, device, seed, rules)
+            return run_benchmark(n_agents_list, n_params, repeats, device, seed, rules, model=model)
         finally:
             torch.set_num_threads(previous)
+    layout = None
+    if model is not None:
+        from robustlr.aggregation import ParamLayout
+        from robustlr.models import MODELS, build_model
+
+        if model not in MODELS:
+            raise ConfigError(f"unknown model {model!r}{did_you_mean(model, MODELS)} for --model; choose from "
+                              f"{', '.join(MODELS)}")
+        layout = ParamLayout.from_module(build_model(model))
+        n_params = layout.numel
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
     for n_agents in n_agents_list:
@@ -92,7 +110,10 @@ def run_benchmark(
             "ClipAndNoise(FedAvg)": lambda: ClipAndNoise(
                 FedAvg(), clip_norm, 1e-3, torch.Generator().manual_seed(seed)
             )(updates),
-            "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta)(updates),
+            "RobustLR(FedAvg)": lambda: RobustLR(FedAvg(), threshold=theta, layout=layout)(updates),
+            "RobustLR(FedAvg, soft)": lambda: RobustLR(FedAvg(), threshold=theta, layout=layout, soft=True)(updates),
+            "RobustLR(FedAvg, max_flip 0.25)": lambda: RobustLR(FedAvg(), threshold=theta, layout=layout,
+                                                                max_flip=0.25)(updates),
             # the defenses RLR is compared with (docs/defenses.md), with the simulator's defaults at F = 0.1
             "TrimmedMean": lambda: TrimmedMean(0.1)(updates),
             "MultiKrum": lambda: Krum(f, m=n_agents - f)(updates),
@@ -101,6 +122,9 @@ def run_benchmark(
             "FLTrust": lambda: fltrust(updates),
             "FLDetector": lambda: fldetector(updates, agent_ids=ids),
         }
+        if layout is not None:
+            candidates["RobustLR(FedAvg, weights)"] = lambda: RobustLR(FedAvg(), threshold=theta, layout=layout,
+                                                                       mask=layout.weight_mask())(updates)
         if n_agents <= 2 * f + 2:  # Krum needs n > 2f + 2, Bulyan n >= 4f + 3: not timed below that
             del candidates["MultiKrum"]
         if n_agents < 4 * f + 3:
@@ -148,7 +172,8 @@ def _have_sklearn() -> bool:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table of :func:`run_benchmark`'s rows."""
-    header = f"{'agents':>6}  {'params':>9}  {'rule':<22}  {'ms':>10}  {'x mean':>7}"
+    w = max([22, *(len(r["rule"]) for r in rows)])
+    header = f"{'agents':>6}  {'params':>9}  {'rule':<{w}}  {'ms':>10}  {'x mean':>7}"
     lines = [header, "-" * len(header)]
     last = None
     for r in rows:
@@ -156,7 +181,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             lines.append("")
         last = r["n_agents"]
         lines.append(
-            f"{r['n_agents']:>6}  {r['n_params']:>9}  {r['rule']:<22}  "
+            f"{r['n_agents']:>6}  {r['n_params']:>9}  {r['rule']:<{w}}  "
             f"{r['seconds'] * 1e3:>10.2f}  {r['ratio']:>7.2f}"
         )
     return "\n".join(lines)

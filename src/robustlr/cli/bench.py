@@ -71,12 +71,14 @@ def aggregation(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     rules: Optional[List[str]] = typer.Option(None, "--rule", help="only this rule (repeatable; names as in the table)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's)"),
+    model: Optional[str] = typer.Option(None, "--model", help="a model's size and layout instead of --params "
+                                        "(e.g. resnet18-bn: 11.2 M; RLR's per-array variants use its layout)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Each aggregation rule vs a plain updates.mean(0) on the same matrix, timed alternately."""
     from robustlr.bench.aggregation import format_table, run_benchmark
 
-    rows = run_benchmark(agents or [10, 40, 100], params, repeats, device, rules=rules, threads=threads)
+    rows = run_benchmark(agents or [10, 40, 100], params, repeats, device, rules=rules, threads=threads, model=model)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:

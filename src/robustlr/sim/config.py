@@ -245,6 +245,10 @@ class ExperimentConfig(BaseModel):
     rlr_soft: bool = Field(
         False, description="scale each coordinate by the vote's margin, (a - theta) / (n - theta) above theta and "
         "(a - theta) / theta below it, instead of +-1 (robustlr's variant; see RobustLR)")
+    rlr_max_flip: float | None = Field(
+        None, gt=0, le=1, description="a threshold per array: at most this share of each layer's coordinates is "
+        "flipped (theta lowered per array to the largest count that keeps within it; 0.25 = Theorem 1's p0 < 1/4); "
+        "None = the paper's single theta (robustlr's variant; see RobustLR)")
     rlr_from_round: int = Field(1, ge=1, description="RLR is on from this round (the rounds before aggregate "
                                 "without it); Table 6 non-iid switches it on for the last 50 of 500 rounds")
     rlr_from_val_acc: float | None = Field(
@@ -519,6 +523,9 @@ class ExperimentConfig(BaseModel):
             problems.append(f"trojan {self.trojan!r} is the authors' greyscale logo, added to (or subtracted from) the "
                             f"image: trojan_value does not apply; leave it unset, or use trojan = "
                             f"{self.trojan.removesuffix('-authors')!r} (drawn in one value)")
+        if self.rlr_soft and self.rlr_max_flip is not None and self.rlr_threshold > 0:
+            problems.append("rlr_max_flip caps the hard rule's flips and is not defined with rlr_soft = true: "
+                            "set one of them")
         if self.attack == "label-flip" and (self.trojan != "plus" or self.trojan_position != "default"
                                             or self.trojan_value is not None):
             problems.append("attack 'label-flip' draws no trojan: leave trojan, trojan_position and trojan_value unset")
@@ -626,7 +633,7 @@ class ExperimentConfig(BaseModel):
 
     def _inert(self) -> dict[str, tuple[str, bool]]:
         rules: list[tuple[tuple[str, ...], bool, str, bool]] = [  # keys, inert?, why, warn?
-            (("rlr_from_round", "rlr_from_val_acc", "rlr_scope", "rlr_soft"), self.rlr_threshold == 0,
+            (("rlr_from_round", "rlr_from_val_acc", "rlr_scope", "rlr_soft", "rlr_max_flip"), self.rlr_threshold == 0,
              "rlr_threshold = 0 (no RLR)", True),
             (("rlr_scope",), not self.batch_norm and self.rlr_scope == "all",
              f"model {self.model} has no batch-norm buffers ('all' differs from 'trainable' only on them)", True),
@@ -753,7 +760,7 @@ NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updat
 #: its hash and a run at the new default gets another (comed_even was "mean" before 0.3)
 HASH_BASELINE = {"comed_even": "mean"}
 #: the server's defense: an undefended twin (ExperimentConfig.undefended) has these at their defaults
-DEFENSE_KEYS = ("aggregator", "server_lr", "rlr_threshold", "buffer_aggregation", "rlr_scope", "rlr_soft",
+DEFENSE_KEYS = ("aggregator", "server_lr", "rlr_threshold", "buffer_aggregation", "rlr_scope", "rlr_soft", "rlr_max_flip",
                 "rlr_from_round", "rlr_from_val_acc", "clip_norm", "clip_scope", "noise_sigma", "assumed_corrupt",
                 "multikrum_keep", "trim_fraction", "flame_noise_lambda", "signguard_lower", "signguard_upper",
                 "signguard_coord_fraction", "fltrust_root_size", "fldetector_window", "deepsight_samples",

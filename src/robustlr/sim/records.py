@@ -60,6 +60,7 @@ class RoundRecord(BaseModel):
     flipped_fraction: float | None = None  # RLR: share of the coordinates whose sign was flipped
     threshold: int | None = None  # RLR: theta used in the round
     rlr_mean_scale: float | None = None  # soft RLR (rlr_soft): the mean scale of the flippable coordinates
+    rlr_layer_thresholds: dict[str, int] | None = None  # rlr_max_flip: theta per array after the cap
     crfl_rho: float | None = None  # CRFL: the round's bound on the global model's parameter norm
     crfl_clip_scale: float | None = None  # CRFL: the factor the clip applied (1.0 when the norm was within rho)
     rlr_on: bool | None = None  # RLR switched on in this round (None: the run has no RLR)

@@ -139,11 +139,14 @@ def build_rule(cfg: ExperimentConfig, layout: ParamLayout, noise_gen: torch.Gene
 
 def build_rlr(cfg: ExperimentConfig, base: AggregationRule, theta: Threshold, layout: ParamLayout) -> RobustLR:
     """:class:`RobustLR` around ``base`` as the config says: its scope (``rlr_scope``: trainable
-    coordinates, conv/linear weights only, or all) and ``rlr_soft``."""
+    coordinates, conv/linear weights only, or all), ``rlr_soft`` and ``rlr_max_flip`` (a threshold
+    per array of the layout)."""
     if cfg.rlr_scope == "all":
-        return RobustLR(base, theta, soft=cfg.rlr_soft)
+        return RobustLR(base, theta, soft=cfg.rlr_soft, max_flip=cfg.rlr_max_flip,
+                        layout=layout if cfg.rlr_max_flip is not None else None,
+                        mask=torch.ones(layout.numel, dtype=torch.bool) if cfg.rlr_max_flip is not None else None)
     mask = layout.weight_mask() if cfg.rlr_scope == "weights" else None
-    return RobustLR(base, theta, layout=layout, mask=mask, soft=cfg.rlr_soft)
+    return RobustLR(base, theta, layout=layout, mask=mask, soft=cfg.rlr_soft, max_flip=cfg.rlr_max_flip)
 
 
 def rlr_on(cfg: ExperimentConfig, round_: int, records: Iterable[RoundRecord]) -> bool | None:
@@ -383,6 +386,8 @@ class Server:
             rec.threshold = tel.get("threshold")
             if "mean_scale" in tel:
                 rec.rlr_mean_scale = float(tel["mean_scale"])
+            if tel.get("layer_thresholds"):
+                rec.rlr_layer_thresholds = dict(tel["layer_thresholds"])
         excluded = excluded_agents(tel, agents)
         if excluded is not None:
             rec.excluded = excluded
