@@ -268,3 +268,24 @@ def test_rlr_max_flip_in_the_simulator_caps_each_layers_flips_and_records_its_th
 def test_rlr_max_flip_with_the_soft_rule_is_refused_before_work():
     with pytest.raises(ValueError, match="rlr_max_flip caps the hard rule"):
         make_config({**BASE, "rlr_threshold": 4, "rlr_soft": True, "rlr_max_flip": 0.25})
+
+
+def test_per_layer_telemetry_covers_every_array_and_leaves_the_numbers_alone(tiny):
+    """``telemetry_per_layer``: every array (running statistics included) gets each group's agreement and
+    mean update norm, the norms those of the round's updates; the model and the config hash are unchanged."""
+    from robustlr.sim.config import config_hash
+
+    on, off = _sim(tiny, rlr_threshold=2, telemetry_per_layer=True), _sim(tiny, rlr_threshold=2)
+    assert config_hash(on.cfg) == config_hash(off.cfg)
+    _, updates, rec = _round_with_updates(on)
+    _, _, rec_off = _round_with_updates(off)
+    assert rec_off.per_layer is None
+    torch.testing.assert_close(on.global_params, off.global_params, rtol=0, atol=0)
+    assert set(rec.per_layer) == {n for n, k in zip(on.layout.names, on.layout.numels) if k}
+    for name, sl in on.layout.slices().items():  # 4 agents a round, 1 of them corrupt (F 0.25)
+        row = rec.per_layer[name]
+        norms = torch.linalg.vector_norm(updates[:, sl].double(), dim=1)
+        assert (3 * row["honest_norm"] + row["corrupt_norm"]) / 4 == pytest.approx(float(norms.mean()), rel=1e-5)
+        for g in ("honest", "corrupt"):
+            assert row[f"{g}_agreement"] is None or 0.0 <= row[f"{g}_agreement"] <= 1.0
+    assert any(name.endswith("running_var") for name in rec.per_layer)

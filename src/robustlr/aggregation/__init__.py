@@ -42,7 +42,7 @@ from .step import apply_server_lr, server_lr_vector
 from .robust import Bulyan, GeometricMedian, Krum, TrimmedMean
 from .rules import CoordinateMedian, FedAvg, SignAggregation
 from .signguard import SignGuard
-from .telemetry import flipped_per_layer, vote_telemetry
+from .telemetry import flipped_per_layer, layer_telemetry, vote_telemetry
 
 __all__ = [
     "DeepSight",
@@ -77,6 +77,7 @@ __all__ = [
     "sign_vote",
     "validate_inputs",
     "vote_telemetry",
+    "layer_telemetry",
     "flipped_per_layer",
     "apply_server_lr",
     "server_lr_vector",

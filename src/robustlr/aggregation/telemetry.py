@@ -10,7 +10,9 @@ coordinate. These numbers show it per round, for any rule (with RLR or without):
   collective vote, ``sgn(sum of its agents' sgn(update))``, is opposite to the applied step's
   sign (over the coordinates where both are non-zero);
 - ``flipped_per_layer``: with a layout and RLR's flip mask, the fraction of each layer's
-  coordinates that RLR flipped.
+  coordinates that RLR flipped;
+- ``layer_telemetry``: with a layout, per array (buffers included), each group's agreement with
+  the step and its agents' mean update norm on that array.
 
 The step is what the server applies (the rule's output; its sign is the server step's sign for
 a positive eta). A group with no agent in the round gives ``None``. One pass over the matrix in
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from .layout import ParamLayout
 
-__all__ = ["vote_telemetry", "flipped_per_layer"]
+__all__ = ["vote_telemetry", "flipped_per_layer", "layer_telemetry"]
 
 _BLOCK = 1 << 16
 
@@ -80,3 +82,47 @@ def flipped_per_layer(flipped: Tensor, layout: ParamLayout) -> dict[str, float]:
     return {name: float(flipped[o:o + k].float().mean())
             for name, o, k, trainable in zip(layout.names, layout.offsets, layout.numels, layout.is_trainable)
             if k and trainable}
+
+
+def layer_telemetry(updates: Tensor, corrupt: Tensor, step: Tensor,
+                    layout: ParamLayout) -> dict[str, dict[str, float | None]]:
+    """Per array of ``layout`` (parameters and buffers): each group's agreement with the step and
+    mean update norm.
+
+    For an array with coordinates ``c``: ``honest_agreement`` / ``corrupt_agreement`` is the mean
+    over the group's agents of the share of ``c`` (where the step is non-zero) on which the agent's
+    update has the step's sign (None when the step is zero on the whole array);
+    ``honest_norm`` / ``corrupt_norm`` the mean over the group's agents of ``||update[c]||_2``. A
+    group with no agent in the round gives None.
+
+    >>> import torch
+    >>> lay = ParamLayout.from_module(torch.nn.Linear(2, 1))
+    >>> U = torch.tensor([[3.0, 4.0, 1.0], [-3.0, 4.0, 0.0]])
+    >>> t = layer_telemetry(U, torch.tensor([False, True]), torch.tensor([1.0, 1.0, 0.0]), lay)
+    >>> t["weight"]
+    {'honest_agreement': 1.0, 'corrupt_agreement': 0.5, 'honest_norm': 5.0, 'corrupt_norm': 5.0}
+    >>> t["bias"]
+    {'honest_agreement': None, 'corrupt_agreement': None, 'honest_norm': 1.0, 'corrupt_norm': 0.0}
+    """
+    if updates.ndim != 2 or corrupt.shape != (updates.shape[0],) or step.shape != (updates.shape[1],) \
+            or updates.shape[1] != layout.numel:
+        raise ValueError(f"updates (n, {layout.numel}), corrupt (n,) and step ({layout.numel},) expected; got "
+                         f"{tuple(updates.shape)}, {tuple(corrupt.shape)}, {tuple(step.shape)}")
+    corrupt = corrupt.to(device=updates.device, dtype=torch.bool)
+    groups = {"honest": ~corrupt, "corrupt": corrupt}
+    out: dict[str, dict[str, float | None]] = {}
+    for name, o, k in zip(layout.names, layout.offsets, layout.numels):
+        if not k:
+            continue
+        block = updates[:, o:o + k].float()
+        s = torch.sign(step[o:o + k].float())
+        nonzero = int(torch.count_nonzero(s))
+        agree = (torch.sign(block) * s > 0).sum(dim=1, dtype=torch.float64) / nonzero if nonzero else None
+        norms = torch.linalg.vector_norm(block, dim=1).double()
+        row: dict[str, float | None] = {}
+        for g, rows in groups.items():
+            row[f"{g}_agreement"] = float(agree[rows].mean()) if agree is not None and rows.any() else None
+        for g, rows in groups.items():
+            row[f"{g}_norm"] = float(norms[rows].mean()) if rows.any() else None
+        out[name] = row
+    return out

@@ -321,6 +321,10 @@ class ExperimentConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32, description="the run's seed, 0 .. 2**32 - 1 (every random stream is "
                       "derived from it; larger integers would repeat streams)")
     eval_every: int = Field(1, ge=1)
+    telemetry_per_layer: bool = Field(
+        False, description="record, each round and for every array of the model (batch-norm statistics included), "
+        "the honest and corrupt agents' agreement with the applied step and their mean update norm "
+        "(round records' per_layer; costs one more pass over the updates; the numbers do not depend on it)")
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0 = only at the end)")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="cpu, cuda, cuda:0, ...")
     max_rounds_without_updates: int = Field(
@@ -755,7 +759,7 @@ class ExperimentConfig(BaseModel):
 
 
 #: config keys that cannot change a run's numbers: a resume may change them
-NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates")
+NEUTRAL_KEYS = ("name", "threads", "checkpoint_every", "max_rounds_without_updates", "telemetry_per_layer")
 #: defaults that changed: a hash compares with the value the key had when hashes began, so a stored run keeps
 #: its hash and a run at the new default gets another (comed_even was "mean" before 0.3)
 HASH_BASELINE = {"comed_even": "mean"}

@@ -71,6 +71,7 @@ class RoundRecord(BaseModel):
     honest_outvoted: float | None = None
     corrupt_outvoted: float | None = None
     flipped_per_layer: dict[str, float] | None = None
+    per_layer: dict[str, dict[str, float | None]] | None = None  # telemetry_per_layer: see layer_telemetry
     seconds_telemetry: float = 0.0
     seconds_training: float = 0.0
     seconds_aggregation: float = 0.0

@@ -35,7 +35,8 @@ from torch import Tensor
 from robustlr.aggregation import (AggregationRule, Bulyan, ClipAndNoise, CoordinateMedian, FedAvg, Flame, FoolsGold,
                                   GeometricMedian, Krum, ParamLayout, PlainBuffers, RobustLR, SignAggregation, SignGuard,
                                   DeepSight, FLDetector, FLTrust, FreqFed, ModelProbe, RoundInputs,
-                                  Threshold, TrimmedMean, flipped_per_layer, vote_telemetry)
+                                  Threshold, TrimmedMean, flipped_per_layer, layer_telemetry,
+                                  vote_telemetry)
 from robustlr.aggregation.screening import screen_updates
 from robustlr.aggregation.crfl import clip_model, crfl_rho
 from robustlr.aggregation.step import apply_server_lr, server_lr_vector
@@ -397,6 +398,8 @@ class Server:
         flipped = rule.flipped if isinstance(rule, RobustLR) else None
         rec = rec.model_copy(update={
             **votes, "flipped_per_layer": None if flipped is None else flipped_per_layer(flipped, self.layout),
+            "per_layer": layer_telemetry(updates, corrupt_t, aggregate, self.layout) if cfg.telemetry_per_layer
+            else None,
             "seconds_telemetry": time.perf_counter() - t_tel})
         rec.seconds_aggregation = time.perf_counter() - t_agg
         return ServerStep(rec, updates, agents, corrupt_t, aggregate, flipped, all_rejections)
