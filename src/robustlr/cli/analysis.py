@@ -90,3 +90,32 @@ def certify(
                       f"{100 * (doc['smoothed_backdoor_acc'] or 0):.1f} %; median radius {doc['radius_median']:.3g} "
                       f"(the trigger's norm {doc['trigger_norm_mean']:.3g}); certified accuracy {cert}")
         console.print(f"wrote {path}")
+
+
+@user_errors
+def layers(
+    run_dirs: list[Path] = typer.Argument(..., help="run folders (finished or not: the rounds recorded so far)"),
+    out: Path = typer.Option(Path("layers.png"), "--out", "-o", help="the figure (PNG)"),
+    as_json: bool = typer.Option(False, "--json", help="print each run's per-array means as JSON instead"),
+) -> None:
+    """Vote telemetry per layer: RLR's flipped share per array and round, and (with telemetry_per_layer)
+    each group's agreement with the step and update norm per array."""
+    import json
+
+    from robustlr.reports.plots import layer_summary, plot_layers
+    from robustlr.sim.records import read_metrics
+
+    runs = {}
+    for run_dir in run_dirs:
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
+            fail(f"{run_dir} holds no metrics.jsonl; give the folder of a run")
+        runs[run_dir.name] = read_metrics(metrics)
+    if as_json:
+        print(json.dumps({name: layer_summary(recs) for name, recs in runs.items()}, indent=2))
+        return
+    try:
+        path = plot_layers(runs, out, title="vote telemetry per layer")
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"wrote {path}")

@@ -1,7 +1,7 @@
 """The ``robustlr`` command's Typer app: every command, registered from the module of its group.
 
 ``run`` (run, demo, pretrain), ``config`` (config, presets), ``data``, ``experiments`` (suites, sweep, runs, report),
-``analysis`` (attribute, explain, certify),
+``analysis`` (attribute, explain, certify, layers),
 ``bench`` (engines, aggregation, scale, flower). A new command goes in the module of its group, registered below.
 Importing this module needs the ``sim`` extra (typer, rich, pydantic); :func:`robustlr.cli.main` says so.
 """
@@ -58,6 +58,7 @@ app.command("report")(experiments.report)
 app.command("attribute")(analysis.attribute)
 app.command("explain")(analysis.explain)
 app.command("certify")(analysis.certify)
+app.command("layers")(analysis.layers)
 app.add_typer(bench.app, name="bench")
 
 

@@ -403,3 +403,98 @@ def plot_partition(counts, classes: Sequence[str], corrupt: Sequence[int], path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def layer_summary(records: Sequence[RoundRecord]) -> dict[str, dict[str, float | None]]:
+    """Per array, the mean over rounds of RLR's flipped share (``flipped``) and, where the run
+    recorded ``per_layer`` (``telemetry_per_layer``), of each group's agreement and update norm.
+    Arrays in the model's order; a value no round recorded is None."""
+    names: list[str] = []
+    for r in records:
+        for source in (r.flipped_per_layer or {}, r.per_layer or {}):
+            names += [n for n in source if n not in names]
+    out: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        row: dict[str, float | None] = {}
+        vals = [r.flipped_per_layer[name] for r in records if r.flipped_per_layer and name in r.flipped_per_layer]
+        row["flipped"] = sum(vals) / len(vals) if vals else None
+        for key in ("honest_agreement", "corrupt_agreement", "honest_norm", "corrupt_norm"):
+            vals = [r.per_layer[name][key] for r in records
+                    if r.per_layer and name in r.per_layer and r.per_layer[name].get(key) is not None]
+            row[key] = sum(vals) / len(vals) if vals else None
+        out[name] = row
+    return out
+
+
+def plot_layers(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: str = "") -> Path:
+    """Vote telemetry per layer, one column per run: RLR's flipped share per array and round (a
+    heatmap; runs without RLR show none), and, for runs with ``per_layer`` records, each group's
+    agreement with the applied step per array (mean over rounds) and the corrupt agents' mean
+    update norm over the honest agents' per array. The dashed line marks Theorem 1's p0 = 1/4."""
+    plt = pyplot()
+    import numpy as np
+
+    has_flips = any(r.flipped_per_layer for recs in runs.values() for r in recs)
+    has_layers = any(r.per_layer for recs in runs.values() for r in recs)
+    if not has_flips and not has_layers:
+        raise ValueError("these runs hold no per-layer telemetry: RLR's flipped_per_layer needs rlr_threshold > 0, "
+                         "agreement and norms per layer need telemetry_per_layer = true")
+    panels = (["flips"] if has_flips else []) + (["agreement", "norms"] if has_layers else [])
+    n_arrays = max(len(layer_summary(recs)) for recs in runs.values())
+    height = max(3.2, 0.11 * n_arrays + 1.2)
+    fig, axes = plt.subplots(len(panels), len(runs), figsize=(4.8 * len(runs), height * len(panels)),
+                             constrained_layout=True, squeeze=False)
+    for j, (key, records) in enumerate(runs.items()):
+        summary = layer_summary(records)
+        names = list(summary)
+        y = np.arange(len(names))
+        for i, panel in enumerate(panels):
+            ax = axes[i][j]
+            if i == 0:
+                ax.set_title(label_in_words(key), fontsize=10)
+            if panel == "flips":
+                rows = [r for r in records if r.flipped_per_layer]
+                if not rows:
+                    ax.text(0.5, 0.5, "no RLR in this run", ha="center", va="center", transform=ax.transAxes)
+                    ax.set_axis_off()
+                    continue
+                trainable = [n for n in names if any(n in r.flipped_per_layer for r in rows)]
+                grid = np.array([[r.flipped_per_layer.get(n, np.nan) for r in rows] for n in trainable])
+                im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                               extent=(rows[0].round - 0.5, rows[-1].round + 0.5, len(trainable) - 0.5, -0.5))
+                ax.set_yticks(range(len(trainable)), trainable, fontsize=5)
+                ax.set_xlabel("round")
+                _integer_rounds(ax)
+                fig.colorbar(im, ax=ax, label="share of the array flipped", shrink=0.8)
+            elif panel == "agreement":
+                for group, colour in (("honest", "tab:blue"), ("corrupt", "tab:red")):
+                    vals = [summary[n][f"{group}_agreement"] for n in names]
+                    ax.plot([np.nan if v is None else v for v in vals], y, marker="o", ms=2, lw=0.8, color=colour,
+                            label=f"{group} agents")
+                if has_flips:
+                    flips = [summary[n]["flipped"] for n in names]
+                    ax.plot([np.nan if v is None else v for v in flips], y, marker="s", ms=2, lw=0.8,
+                            color="tab:green", label="flipped share (RLR)")
+                ax.axvline(0.25, color="black", ls="--", lw=0.8, label="p0 = 1/4 (Theorem 1)")
+                ax.set_yticks(y, names, fontsize=5)
+                ax.invert_yaxis()
+                ax.set_xlim(0, 1)
+                ax.set_xlabel("agreement with the applied step (mean over rounds)")
+                ax.legend(fontsize=7, loc="lower right")
+                ax.grid(alpha=0.3)
+            else:
+                ratio = [summary[n]["corrupt_norm"] / summary[n]["honest_norm"]
+                         if summary[n]["corrupt_norm"] is not None and summary[n]["honest_norm"] else np.nan
+                         for n in names]
+                ax.barh(y, ratio, color="tab:purple")
+                ax.axvline(1.0, color="black", lw=0.8)
+                ax.set_yticks(y, names, fontsize=5)
+                ax.invert_yaxis()
+                ax.set_xlabel("corrupt / honest mean update norm")
+                ax.grid(alpha=0.3, axis="x")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
