@@ -460,7 +460,14 @@ def plot_layers(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title:
                     continue
                 trainable = [n for n in names if any(n in r.flipped_per_layer for r in rows)]
                 grid = np.array([[r.flipped_per_layer.get(n, np.nan) for r in rows] for n in trainable])
-                im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                never = np.nan_to_num(grid, nan=0.0).max(axis=1) == 0
+                grid[never] = np.nan  # arrays no round flipped (outside the vote's scope): grey, not "0 %"
+                cmap = plt.get_cmap("viridis").copy()
+                cmap.set_bad("lightgrey")
+                if never.any():
+                    ax.set_title(f"{label_in_words(key)}\n(grey: never flipped, e.g. outside the vote's scope)",
+                                 fontsize=10)
+                im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
                                extent=(rows[0].round - 0.5, rows[-1].round + 0.5, len(trainable) - 0.5, -0.5))
                 ax.set_yticks(range(len(trainable)), trainable, fontsize=5)
                 ax.set_xlabel("round")
