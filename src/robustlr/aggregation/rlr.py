@@ -229,7 +229,8 @@ class RobustLR(FusedCheckRule):
     shows it). On a batch-norm ResNet-20 under Dirichlet(0.5) (docs/resnet.md; one seed, so a lead
     and not a rule yet) every variant kept the backdoor near the clean level and the weights-only
     scope cost the least validation accuracy (3.7 points below clean FedAvg, against the plain
-    rule's 5.9 and the soft rule's 8.8).
+    rule's 5.9 and the soft rule's 8.8). The per-layer threshold (``max_flip``) is measured in the
+    suite ``resnet20-bn-dir05`` (three seeds); until its numbers are in, it is a hypothesis.
 
     After each call ``flipped`` holds the bool mask of the coordinates flipped (None for theta 0)
     and :meth:`flipped_per_entry` counts them per array of a layout.
