@@ -285,7 +285,7 @@ def test_per_layer_telemetry_covers_every_array_and_leaves_the_numbers_alone(tin
     for name, sl in on.layout.slices().items():  # 4 agents a round, 1 of them corrupt (F 0.25)
         row = rec.per_layer[name]
         norms = torch.linalg.vector_norm(updates[:, sl].double(), dim=1)
-        assert (3 * row["honest_norm"] + row["corrupt_norm"]) / 4 == pytest.approx(float(norms.mean()), rel=1e-5)
+        assert (3 * row["honest_norm"] + row["corrupt_norm"]) / 4 == pytest.approx(float(norms.mean()), rel=1e-4)
         for g in ("honest", "corrupt"):
             assert row[f"{g}_agreement"] is None or 0.0 <= row[f"{g}_agreement"] <= 1.0
     assert any(name.endswith("running_var") for name in rec.per_layer)

@@ -93,7 +93,8 @@ def layer_telemetry(updates: Tensor, corrupt: Tensor, step: Tensor,
     over the group's agents of the share of ``c`` (where the step is non-zero) on which the agent's
     update has the step's sign (None when the step is zero on the whole array);
     ``honest_norm`` / ``corrupt_norm`` the mean over the group's agents of ``||update[c]||_2``. A
-    group with no agent in the round gives None.
+    group with no agent in the round gives None. Values are rounded to 5 significant digits (they
+    are written for every array of every round).
 
     >>> import torch
     >>> lay = ParamLayout.from_module(torch.nn.Linear(2, 1))
@@ -120,9 +121,13 @@ def layer_telemetry(updates: Tensor, corrupt: Tensor, step: Tensor,
         agree = (torch.sign(block) * s > 0).sum(dim=1, dtype=torch.float64) / nonzero if nonzero else None
         norms = torch.linalg.vector_norm(block, dim=1).double()
         row: dict[str, float | None] = {}
+        for g, rows in groups.items():  # 5 significant digits: a record per array and round stays small
+            row[f"{g}_agreement"] = _sig(float(agree[rows].mean())) if agree is not None and rows.any() else None
         for g, rows in groups.items():
-            row[f"{g}_agreement"] = float(agree[rows].mean()) if agree is not None and rows.any() else None
-        for g, rows in groups.items():
-            row[f"{g}_norm"] = float(norms[rows].mean()) if rows.any() else None
+            row[f"{g}_norm"] = _sig(float(norms[rows].mean())) if rows.any() else None
         out[name] = row
     return out
+
+
+def _sig(x: float, digits: int = 5) -> float:
+    return float(f"{x:.{digits}g}")
