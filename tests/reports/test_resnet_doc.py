@@ -62,3 +62,30 @@ def test_every_variant_cell_is_the_committed_run():
         assert cells == [f"{100 * summary['val_acc']:.1f}", f"{100 * summary['base_acc']:.1f}",
                          f"{100 * summary['backdoor_acc']:.1f}", f"{100 * flipped:.1f} %",
                          f"{sum(scales) / len(scales):.3f}" if scales else ""], label
+
+
+STUDY = ROOT / "docs" / "resnet" / "results" / "resnet20-bn-dir05"
+
+
+def _study_cells(folder: Path) -> list[str]:
+    summary = json.loads((folder / "summary.json").read_text())
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    at10 = next(r for r in records if r["round"] == 10)
+    return [f"{100 * at10['val_acc']:.1f}", f"{100 * at10['backdoor_acc']:.1f}", f"{100 * summary['val_acc']:.1f}",
+            f"{100 * summary['base_acc']:.1f}", f"{100 * summary['backdoor_acc']:.1f}"]
+
+
+def test_the_studys_committed_runs_are_its_table():
+    """docs/resnet.md's "first runs of the study" table: one row per committed run of resnet20-bn-dir05."""
+    text = (ROOT / "docs" / "resnet.md").read_text()
+    section = text[text.index("## The study's first runs"):text.index("## Not run")]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    folders = sorted(p for p in STUDY.iterdir() if (p / "summary.json").exists())
+    assert [(r[0], r[1]) for r in rows] == [(f"`{json.loads((p / 'suite-run.json').read_text())['label']}`",
+                                              str(json.loads((p / 'config.json').read_text())["seed"]))
+                                             for p in folders]
+    for row, folder in zip(rows, folders):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model"] == "resnet20-bn" and config["precision"] == "fp32" and config["poison_fraction"] == 1.0
+        assert row[2:] == _study_cells(folder), folder.name
