@@ -20,6 +20,16 @@ def pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path, title: str = "", dpi: int = 100) -> Path:
+    """Title a figure (when given), write it as a PNG and close it; the path written."""
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: str = "") -> Path:
     """Backdoor and validation accuracy per evaluated round, one line per run, saved as a PNG."""
     plt = pyplot()
@@ -40,12 +50,7 @@ def plot_runs(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title: s
         _integer_rounds(ax)
     axes[0].set_ylim(-2, 102)
     axes[0].legend(loc="best", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=110)
 
 
 # One colour per method throughout: the unattacked baseline grey, FedAvg blue, RLR orange; other
@@ -162,11 +167,8 @@ def plot_curves(series: dict[str, dict[str, list[tuple[int, float]]]], path: str
             ax.set_ylim(-2, 102)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(loc="best", fontsize=8)
-    fig.suptitle(title + ("; dashed vertical line: the round RLR was switched on" if switch_rounds else ""))
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    suffix = "; dashed vertical line: the round RLR was switched on" if switch_rounds else ""
+    return _save(plt, fig, path, title + suffix, dpi=100)
 
 
 def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], path: str | Path, title: str) -> Path:
@@ -190,11 +192,7 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[int, float]]]]], pa
     for ax in flat[::3]:
         ax.set_ylabel("accuracy %")
     flat[0].legend(loc="center right", fontsize=8)
-    fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=100)
 
 
 def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, title: str,
@@ -242,11 +240,7 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
 
     axes[1].set_xticklabels([label(p) for p in points], fontsize=8)
     axes[1].set_xlabel("grid point")
-    fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=100)
 
 
 def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str) -> Path:
@@ -281,11 +275,7 @@ def plot_influence(panels: list[tuple[str, dict]], path: str | Path, title: str)
             right.set_ylabel("backdoor loss (cross-entropy)", color="tab:red", fontsize=9)
             lines = ax.get_lines()[:1] + right.get_lines()
             ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=7)
-    fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=100)
 
 
 def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[str], attacks: list[str],
@@ -318,11 +308,7 @@ def plot_pivot(values: dict[str, dict[str, list[float | None]]], defenses: list[
         ax.set_yticks(range(len(defenses)))
         ax.set_yticklabels(defenses, fontsize=8)
         ax.set_title(f"final {METRIC_TITLES.get(key, key)} (%)")
-    fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=100)
 
 
 def plot_breakpoints(report, path: str | Path, title: str | None = None) -> Path:
@@ -499,9 +485,4 @@ def plot_layers(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title:
                 ax.invert_yaxis()
                 ax.set_xlabel("corrupt / honest mean update norm")
                 ax.grid(alpha=0.3, axis="x")
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title, dpi=110)
