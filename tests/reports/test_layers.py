@@ -38,9 +38,33 @@ def test_layer_summary_averages_each_array_over_the_rounds_that_recorded_it():
     assert s["bn.running_var"]["flipped"] is None and s["bn.running_var"]["corrupt_norm"] == pytest.approx(0.4)
 
 
-def test_the_figure_is_written_and_runs_without_telemetry_are_refused(tmp_path):
+def test_the_figure_draws_the_records_values_and_runs_without_telemetry_are_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    from robustlr.reports import plots
+
+    drawn = []
+    save = plots._save
+
+    def keep(plt, fig, path, title="", dpi=100):  # read the panels (row-major; colour bars come after them)
+        for ax in fig.axes[:6]:
+            drawn.append({"image": ax.images[0].get_array().filled(np.nan) if ax.images else None,
+                          "lines": [np.asarray(line.get_xdata(), float) for line in ax.lines],
+                          "bars": [b.get_width() for b in ax.patches], "texts": [t.get_text() for t in ax.texts]})
+        return save(plt, fig, path, title, dpi)
+
+    monkeypatch.setattr(plots, "_save", keep)
     path = plot_layers({"rlr": RECORDS, "fedavg": [_rec(1, None, RECORDS[0].per_layer)]}, tmp_path / "l.png")
-    assert path.stat().st_size > 10_000
+    assert path.stat().st_size > 10_000 and len(drawn) == 6  # flips, agreement, norms x the two runs
+    (flips_rlr, flips_fedavg), (agree_rlr, _), (norms_rlr, norms_fedavg) = zip(drawn[::2], drawn[1::2])
+    np.testing.assert_allclose(flips_rlr["image"], [[0.5, 0.7], [0.1, 0.3]])  # arrays x rounds
+    assert flips_fedavg["image"] is None and flips_fedavg["texts"] == ["no RLR in this run"]
+    honest, corrupt, flipped = agree_rlr["lines"][:3]
+    np.testing.assert_allclose(honest, [0.7, 0.8, 0.5])  # mean over rounds, per array
+    np.testing.assert_allclose(corrupt, [0.3, 0.5, 0.5])
+    np.testing.assert_allclose(flipped, [0.6, 0.2, np.nan])  # running_var is outside the vote
+    np.testing.assert_allclose(norms_rlr["bars"], [2.0, 0.5, 2.0])  # corrupt / honest mean norm per array
+    np.testing.assert_allclose(norms_fedavg["bars"], [2.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="telemetry_per_layer = true"):
         plot_layers({"fedavg": [_rec(1, None, None)]}, tmp_path / "none.png")
 

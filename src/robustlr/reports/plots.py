@@ -448,8 +448,7 @@ def plot_layers(runs: dict[str, Sequence[RoundRecord]], path: str | Path, title:
                 grid = np.array([[r.flipped_per_layer.get(n, np.nan) for r in rows] for n in trainable])
                 never = np.nan_to_num(grid, nan=0.0).max(axis=1) == 0
                 grid[never] = np.nan  # arrays no round flipped (outside the vote's scope): grey, not "0 %"
-                cmap = plt.get_cmap("viridis").copy()
-                cmap.set_bad("lightgrey")
+                cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
                 if never.any():
                     ax.set_title(f"{label_in_words(key)}\n(grey: never flipped, e.g. outside the vote's scope)",
                                  fontsize=10)
