@@ -29,12 +29,12 @@ from robustlr.sim.engines.sequential import SequentialEngine
 from robustlr.sim.engines.vectorized import VectorizedEngine
 
 
-def _ctx(ds, clip_norm=0.0, precision="fp32", model="mnist-cnn"):
+def _ctx(ds, clip_norm=0.0, precision="fp32", model="mnist-cnn", device="cpu"):
     x = ((ds.train_x.float() / 255.0 - 0.2) / 0.3).contiguous()
     settings = LocalSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.9, grad_clip=10.0, clip_norm=clip_norm,
                              seed=1, precision=precision)
     indices = [np.arange(0, 70), np.arange(70, 100), np.arange(100, 240)]  # unequal sizes, short last batches
-    return EngineContext(model, 10, settings, x, ds.train_y.clone(), indices, torch.device("cpu"), max_agents=3)
+    return EngineContext(model, 10, settings, x, ds.train_y.clone(), indices, torch.device(device), max_agents=3)
 
 
 def _global():
@@ -56,6 +56,17 @@ def test_vectorized_updates_equal_sequential_updates(tiny, clip_norm):
     assert diff <= 2e-3 * scale
     if clip_norm:
         assert torch.linalg.vector_norm(got, dim=1).max() <= clip_norm * (1 + 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_agents_of_unequal_sizes_train_as_on_the_cpu(tiny):
+    # agents whose batches run out at different steps train in groups (index_copy_ into the momentum
+    # buffers): the index must live on the GPU (it did not, and every FEMNIST run failed there)
+    ds = tiny()
+    flat = _global()
+    ref = SequentialEngine(_ctx(ds)).train_round(flat, [0, 1, 2], 3).updates
+    got = VectorizedEngine(_ctx(ds, device="cuda")).train_round(flat.cuda(), [0, 1, 2], 3).updates.cpu()
+    assert (got - ref).abs().max().item() <= 2e-3 * ref.abs().max().item()
 
 
 def test_vectorized_honours_bf16(tiny):

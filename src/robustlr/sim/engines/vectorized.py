@@ -112,7 +112,7 @@ class VectorizedEngine:
                 if t < len(plan):
                     groups.setdefault(len(plan[t]), []).append(i)
             for bsz, members in groups.items():
-                g_idx = torch.tensor(members, dtype=torch.int64)
+                g_idx = torch.tensor(members, dtype=torch.int64, device=self.device)  # index_copy_ wants it beside the params
                 whole = len(members) == k
                 xb = torch.stack([self.x[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
                 yb = torch.stack([self.y[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
