@@ -34,3 +34,12 @@ def test_the_note_says_where_the_attack_took_where_it_did_not_and_where_no_twin_
     assert "no undefended twin run for seed 2" in note  # a running twin is not a finished one
     assert twin_note(done[:1], index) == "attack took in the undefended twin (1 of 1 seeds)"
     assert twin_note([_row(twins[0], 0.95)], index) == ""  # an undefended row needs no twin
+
+
+def test_a_twin_trained_on_another_device_counts():
+    rlr_on_gpu = make_config({"rlr_threshold": 4, "seed": 1, "device": "cuda"})
+    fedavg_on_cpu = make_config({"seed": 1})
+    index = twin_index([_row(fedavg_on_cpu, 0.9)])
+    assert twin_note([_row(rlr_on_gpu, 0.05)], index) == "attack took in the undefended twin (1 of 1 seeds)"
+    other_seed = twin_index([_row(make_config({"seed": 2}), 0.9)])
+    assert "no undefended twin run for seed 1" in twin_note([_row(rlr_on_gpu, 0.05)], other_seed)

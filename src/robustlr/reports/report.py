@@ -152,12 +152,28 @@ REPORT_CSS = (
 TOOK = 0.5
 
 
+def _twin_key(cfg) -> str:
+    """The hash a twin is looked up by: the config's, with the device left out. Whether an attack
+    took is a property of the attack and the setting; a twin trained on another device (a GPU's
+    kernels round differently from a CPU's) answers it as well as one from this machine."""
+    from robustlr.sim.config import config_hash
+
+    return config_hash(cfg.model_copy(update={"device": "cpu"}))
+
+
 def twin_index(rows: list[dict]) -> dict[str, list[dict]]:
-    """The store's finished runs by config hash (where :func:`twin_note` looks for undefended twins)."""
+    """The store's finished runs by their config's hash without the device (where :func:`twin_note`
+    looks for undefended twins)."""
+    from robustlr.sim.config import make_config
+
     out: dict[str, list[dict]] = {}
     for r in rows:
         if r["status"] == "done":
-            out.setdefault(r["config_hash"], []).append(r)
+            try:
+                key = _twin_key(make_config(json.loads(r["config"])))
+            except ValueError:  # a config this version no longer reads: its stored hash
+                key = r["config_hash"]
+            out.setdefault(key, []).append(r)
     return out
 
 
@@ -166,7 +182,7 @@ def twin_note(done: list[dict], twins: dict[str, list[dict]]) -> str:
     defense keys at their defaults, :meth:`ExperimentConfig.undefended`, found anywhere in the
     store): "" for undefended or clean rows, else a note; a cell whose twin's backdoor accuracy
     stayed below :data:`TOOK`, or that has no twin, is no evidence for the defense."""
-    from robustlr.sim.config import config_hash, make_config
+    from robustlr.sim.config import make_config
 
     took, low, missing = [], [], []
     for r in done:
@@ -178,7 +194,7 @@ def twin_note(done: list[dict], twins: dict[str, list[dict]]) -> str:
             continue
         if twin is None:
             return ""
-        found = [t for t in twins.get(config_hash(twin), []) if t["backdoor_acc"] is not None]
+        found = [t for t in twins.get(_twin_key(twin), []) if t["backdoor_acc"] is not None]
         if not found:
             missing.append(r["seed"])
         elif found[0]["backdoor_acc"] >= TOOK:
