@@ -70,6 +70,7 @@ METRIC_TITLES = {"val_acc": "validation accuracy", "base_acc": "base-class accur
 #: theta 7"); a label of a suite's own is kept, its underscores read as ", "
 _WORDS = {"fedavg": "FedAvg", "rlr": "FedAvg + RLR", "clean": "no attack", "attack": "attack", "comed": "comed",
           "sign": "sign", "foolsgold": "FoolsGold", "negated": "negated loss", "switch": "switched on", "dba": "DBA",
+          "clipnoise": "clip + noise",
           "plus": "plus", "square": "square", "copyright": "copyright", "apple": "Apple logo"}
 
 
@@ -240,6 +241,42 @@ def plot_grid_finals(finals: dict[str, dict[str, float]], path: str | Path, titl
 
     axes[1].set_xticklabels([label(p) for p in points], fontsize=8)
     axes[1].set_xlabel("grid point")
+    return _save(plt, fig, path, title, dpi=100)
+
+
+def plot_row_finals(finals: dict[str, dict[str, float | None]], spreads: dict[str, dict[str, float | None]],
+                    path: str | Path, title: str, paper: dict[str, dict[str, float]] | None = None) -> Path:
+    """Final backdoor and validation accuracy of each table row of a suite without grid points (too
+    many rows for curves): one horizontal bar per row (the mean over seeds, the seeds' sd as an
+    error bar), coloured by method, hatched where the row adds clipping and noise; the paper's value,
+    where it has one, as a hollow diamond."""
+    plt = pyplot()
+
+    rows = list(finals)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.6), constrained_layout=True, sharey=True)
+    y = list(range(len(rows)))
+    for ax, key in zip(axes, ("backdoor_acc", "val_acc")):
+        for i, row in enumerate(rows):
+            mean = finals[row].get(key)
+            if mean is None:
+                continue
+            sd = (spreads.get(row) or {}).get(key)
+            ax.barh(i, 100 * mean, xerr=None if sd is None else 100 * sd, color=_colour(method_of(row)), alpha=0.85,
+                    hatch="//" if "clipnoise" in row else None, edgecolor="white", capsize=3)
+            ref = (paper or {}).get(row, {}).get(key)
+            if ref is not None:
+                ax.plot(100 * ref, i, "D", ms=7, mfc="none", mec="black",
+                        label="the paper's (its budget)" if i == min(j for j, r in enumerate(rows)
+                                                                   if (paper or {}).get(r, {}).get(key) is not None)
+                        else None)
+        ax.set_title(f"final {METRIC_TITLES[key]} (mean +- sd over seeds)")
+        ax.set_xlabel("%")
+        ax.set_xlim(0, 102)
+        ax.grid(alpha=0.3, axis="x")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_yticks(y, [label_in_words(r) for r in rows], fontsize=9)
+    axes[0].invert_yaxis()
     return _save(plt, fig, path, title, dpi=100)
 
 

@@ -34,6 +34,7 @@ from robustlr.reports.plots import (
     label_in_words,
     plot_curves,
     plot_grid_finals,
+    plot_row_finals,
     plot_influence,
     plot_panels,
     plot_pivot,
@@ -316,15 +317,20 @@ def _figures(srows: list[dict], suite: str, meta: Suite | None, order: list[str]
         pngs.append(plot_curves(series, out / f"{suite}.png", f"suite {suite}: mean over seeds", metrics=metrics,
                                 switch_rounds=switches or None))
     else:
-        finals = {}
+        finals, spreads = {}, {}
         for k in keys:
             runs = [r for r in done if r["label"] == k]
-            finals[k] = {m: statistics.fmean([r[m] for r in runs if r[m] is not None]) if runs else None
-                         for m, _ in METRICS}
+            vals = {m: [r[m] for r in runs if r[m] is not None] for m, _ in METRICS}
+            finals[k] = {m: statistics.fmean(v) if v else None for m, v in vals.items()}
+            spreads[k] = {m: statistics.stdev(v) if len(v) > 1 else None for m, v in vals.items()}
         setting = PAPER.get(meta.paper, {}) if meta else {}
         paper = {k: {m: v[m] / 100 for m, _ in METRICS if m in v} for k, v in setting.items() if isinstance(v, dict)}
-        pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid point "
-                                     "(filled: ours; hollow: the paper's, at its budget)", paper=paper))
+        if any(" " in k for k in keys):
+            pngs.append(plot_grid_finals(finals, out / f"{suite}.png", f"suite {suite}: final accuracy per grid "
+                                         "point (filled: ours; hollow: the paper's, at its budget)", paper=paper))
+        else:  # many rows and no grid: one bar per row
+            pngs.append(plot_row_finals(finals, spreads, out / f"{suite}.png", f"suite {suite}: final accuracy "
+                                        "per row", paper=paper))
     attributed = [r for r in done if (results / r["path"] / "attribution.json").exists()]
     if attributed:
         panels = []
