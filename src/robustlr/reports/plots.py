@@ -256,6 +256,7 @@ def plot_row_finals(finals: dict[str, dict[str, float | None]], spreads: dict[st
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.6), constrained_layout=True, sharey=True)
     y = list(range(len(rows)))
     for ax, key in zip(axes, ("backdoor_acc", "val_acc")):
+        legend = "the paper's (its budget)"  # on the first diamond only
         for i, row in enumerate(rows):
             mean = finals[row].get(key)
             if mean is None:
@@ -265,10 +266,8 @@ def plot_row_finals(finals: dict[str, dict[str, float | None]], spreads: dict[st
                     hatch="//" if "clipnoise" in row else None, edgecolor="white", capsize=3)
             ref = (paper or {}).get(row, {}).get(key)
             if ref is not None:
-                ax.plot(100 * ref, i, "D", ms=7, mfc="none", mec="black",
-                        label="the paper's (its budget)" if i == min(j for j, r in enumerate(rows)
-                                                                   if (paper or {}).get(r, {}).get(key) is not None)
-                        else None)
+                ax.plot(100 * ref, i, "D", ms=7, mfc="none", mec="black", label=legend)
+                legend = None
         ax.set_title(f"final {METRIC_TITLES[key]} (mean +- sd over seeds)")
         ax.set_xlabel("%")
         ax.set_xlim(0, 102)

@@ -112,7 +112,8 @@ class VectorizedEngine:
                 if t < len(plan):
                     groups.setdefault(len(plan[t]), []).append(i)
             for bsz, members in groups.items():
-                g_idx = torch.tensor(members, dtype=torch.int64, device=self.device)  # index_copy_ wants it beside the params
+                # on the params' device: index_copy_ into the momentum buffers refuses a CPU index on CUDA
+                g_idx = torch.tensor(members, dtype=torch.int64, device=self.device)
                 whole = len(members) == k
                 xb = torch.stack([self.x[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
                 yb = torch.stack([self.y[idx_t[i][plans[i][t]]] for i in members]).to(self.device)
@@ -130,13 +131,13 @@ class VectorizedEngine:
                                       f"which vmap cannot replay; use nn.Dropout layers, or train_mode = "
                                       f"'sequential' or 'processes'") from exc
                 if grad_masks is not None:  # Neurotoxin: the masked agents' gradients on their coordinates only
-                    rows = masked if whole else masked[g_idx.to(self.device)]
+                    rows = masked if whole else masked[g_idx]
                     if bool(rows.any()):
                         for n in self.names:
                             grads[n][rows] *= grad_masks[n]
                 self._sgd_step(params, p_g, grads, g_idx, whole)
                 if start is not None:
-                    self._project(params, start, g_idx, whole, radii if whole else radii[g_idx.to(self.device)])
+                    self._project(params, start, g_idx, whole, radii if whole else radii[g_idx])
         with torch.no_grad():
             state = self.layout.unflatten(global_flat)
             for i in range(k):
